@@ -1,0 +1,42 @@
+"""`vit-dt <command> ...`: each command lives in vit_dt/commands/<command>.py and exposes main(argv) -> int."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "one training run here (trainer.nproc=N local ranks)",
+    "sweep": "a Hydra multirun submitted as Slurm jobs, one job array per resource shape",
+    "status": "each point of a sweep: Slurm state, result, logs",
+    "results": "a sweep's results store as a table or CSV",
+    "report": "scaling report (tables + plots) from a sweep's results store",
+    "predict": "scaling model: predicted epoch time, speed-up and efficiency for N GPUs",
+    "preflight": "short checks of a cluster shape before a big sweep",
+    "sync": "upload a sweep's offline W&B runs (from a login node)",
+    "data": "prepare or verify datasets",
+    "cluster": "start, stop or inspect the local Slurm cluster",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: vit-dt <command> [args]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vit-dt: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"vit_dt.commands.{name}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`vit-dt train [hydra overrides]`: one run on this machine, trainer.nproc local ranks."""
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vit_dt.config import ConfigError, compose, to_container, validate
+
+HELP = """usage: vit-dt train [key=value ...]
+
+Runs one training run here. Examples:
+  vit-dt train                                   # small ViT on the embedded digits dataset
+  vit-dt train trainer.nproc=2 trainer.epochs=5  # 2 local ranks (gloo on CPU, NCCL on GPUs)
+  vit-dt train dataset=cifar10 dataset.root=/data model=vit_b_16 precision=bf16
+Keys: see docs/configuration.md."""
+
+
+def new_run_dir(out_dir: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(out_dir) / "runs" / f"{stamp}-{secrets.token_hex(3)}"
+
+
+def compose_checked(overrides: list[str], world_size_key: str = "trainer.nproc"):
+    """Compose and validate; raises ConfigError with a readable message for any bad input."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose(overrides)
+        container = to_container(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(str(exc)) from None
+    validate(container, world_size=int(OmegaConf.select(cfg, world_size_key)))
+    return container
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(HELP)
+        return 0
+    try:
+        cfg = compose_checked(argv)
+    except ConfigError as exc:
+        print(f"vit-dt train: {exc}", file=sys.stderr)
+        return 2
+    run_dir = new_run_dir(cfg["out_dir"]).resolve()
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    print(f"run directory: {run_dir}", flush=True)
+    nproc = int(cfg["trainer"]["nproc"])
+    if nproc == 1:
+        from vit_dt.train import run_rank
+
+        try:
+            run_rank(cfg, run_dir)
+            code = 0
+        except Exception as exc:  # recorded in result.json by run_rank
+            print(f"vit-dt train: run failed: {exc}", file=sys.stderr)
+            code = 1
+    else:
+        from vit_dt.local_launch import launch
+
+        code = launch(run_dir, nproc)
+    print(f"result: {run_dir / 'result.json'}", flush=True)
+    return code

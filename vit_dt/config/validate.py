@@ -1,0 +1,60 @@
+"""Everything that can be checked before a run starts or a job is queued, with messages that name the bad value
+and what would be valid."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vit_dt.config.batch import BatchError, resolve_batch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ENGINES = ("deepspeed", "ddp")
+SCALING_MODES = ("none", "strong", "weak")
+STRONG_FIXED = ("micro", "global")
+WANDB_MODES = ("offline", "online", "disabled")
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet100")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _one_of(key: str, value: Any, valid: tuple) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is invalid; valid: {', '.join(map(str, valid))}")
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}={value!r} is invalid: it must be an integer >= 1")
+
+
+def validate(cfg: Mapping[str, Any], world_size: int) -> None:
+    """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
+    from vit_dt.ds_config import DeepSpeedConfigError, validate_overrides
+    from vit_dt.model import MODEL_NAMES
+
+    _one_of("precision", cfg["precision"], PRECISIONS)
+    _one_of("engine", cfg["engine"], ENGINES)
+    _one_of("dataset.name", cfg["dataset"]["name"], DATASETS)
+    _one_of("model.name", cfg["model"]["name"], MODEL_NAMES)
+    _one_of("wandb.mode", cfg["wandb"]["mode"], WANDB_MODES)
+    scaling = cfg["scaling"]
+    _one_of("scaling.mode", scaling["mode"], SCALING_MODES)
+    if scaling["mode"] == "strong":
+        _one_of("scaling.fixed", scaling.get("fixed"), STRONG_FIXED)
+    if scaling["mode"] == "weak":
+        fraction = scaling.get("fraction_per_gpu")
+        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError(f"scaling.fraction_per_gpu={fraction!r} is invalid: it must be in (0, 1]")
+    trainer = cfg["trainer"]
+    for key in ("epochs", "nproc", "grad_accum", "micro_batch", "timer_sample_every"):
+        _positive_int(f"trainer.{key}", trainer[key])
+    image, patch = cfg["model"]["image_size"], cfg["model"]["patch_size"]
+    if image % patch:
+        raise ConfigError(f"model.image_size={image} is not a multiple of model.patch_size={patch}")
+    _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
+    try:
+        resolve_batch(trainer, scaling, world_size)
+        validate_overrides(cfg["deepspeed"].get("overrides") or {})
+    except (BatchError, DeepSpeedConfigError) as exc:
+        raise ConfigError(str(exc)) from None

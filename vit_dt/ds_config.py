@@ -1,0 +1,122 @@
+"""The DeepSpeed JSON, derived from the composed config and never edited by hand.
+
+The batch keys come from `vit_dt.config.batch` so `train_batch_size = micro x grad_accum x world size` always holds,
+and user overrides (`deepspeed.overrides`) are checked against DeepSpeed's real key names: a misspelt key such as
+the paper's `micro_batch_per_gpu` is an error, not a silently ignored setting.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Mapping
+
+from vit_dt.config.batch import Batch
+
+# Top-level keys DeepSpeed 0.19 reads (docs "DeepSpeed Configuration JSON"); anything else it would silently ignore.
+KNOWN_TOP_LEVEL_KEYS = frozenset({
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "optimizer", "scheduler", "fp16", "bf16", "torch_autocast", "amp", "gradient_clipping",
+    "prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "zero_optimization",
+    "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "steps_per_print", "wall_clock_breakdown",
+    "dump_state", "memory_breakdown", "flops_profiler", "activation_checkpointing", "comms_logger",
+    "communication_data_type", "seq_parallel_communication_data_type", "data_types", "tensorboard", "wandb",
+    "csv_monitor", "comet", "checkpoint", "data_efficiency", "curriculum_learning", "elasticity", "aio",
+    "compression_training", "autotuning", "dataloader_drop_last", "disable_allgather", "graph_harvesting",
+    "compile", "timers", "use_data_before_expert_parallelism", "gradient_allreduce_op",
+})
+# Owned by vit-dt: overriding them would break the batch identity or the measurements.
+DERIVED_KEYS = {
+    "train_batch_size": "trainer.micro_batch / trainer.global_batch",
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch",
+    "gradient_accumulation_steps": "trainer.grad_accum",
+    "bf16": "precision=bf16",
+    "fp16": "precision=fp16",
+}
+PRECISIONS = ("fp32", "bf16", "fp16")
+ZERO_STAGES = (0, 1, 2, 3)
+QUIET_STEPS_PER_PRINT = 10**9  # DeepSpeed prints from rank 0 only; vit-dt records timings itself.
+
+
+class DeepSpeedConfigError(ValueError):
+    pass
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, sorted(valid), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def validate_overrides(overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if key in DERIVED_KEYS:
+            raise DeepSpeedConfigError(
+                f"deepspeed.overrides.{key} is derived by vit-dt; set {DERIVED_KEYS[key]} instead")
+        if key not in KNOWN_TOP_LEVEL_KEYS:
+            raise DeepSpeedConfigError(
+                f"deepspeed.overrides.{key} is not a DeepSpeed config key{_suggest(key, KNOWN_TOP_LEVEL_KEYS)}; "
+                f"valid keys: {', '.join(sorted(KNOWN_TOP_LEVEL_KEYS - set(DERIVED_KEYS)))}")
+    if "zero_optimization" in overrides:
+        _validate_zero_section(overrides["zero_optimization"])
+
+
+def _validate_zero_section(section: Mapping[str, Any]) -> None:
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # pydantic model with extra="forbid"
+
+    valid = set(DeepSpeedZeroConfig.model_fields)
+    valid |= {f.alias for f in DeepSpeedZeroConfig.model_fields.values() if f.alias}
+    for key in section:
+        if key not in valid:
+            raise DeepSpeedConfigError(
+                f"deepspeed.overrides.zero_optimization.{key} is not a ZeRO config key{_suggest(key, valid)}; "
+                f"valid keys: {', '.join(sorted(valid))}")
+
+
+def _deep_merge(base: dict, extra: Mapping[str, Any]) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def derive_deepspeed_config(*, batch: Batch, precision: str, zero_stage: int, grad_clip: float | None,
+                            wall_clock_breakdown: bool, overrides: Mapping[str, Any] | None = None) -> dict:
+    if precision not in PRECISIONS:
+        raise DeepSpeedConfigError(f"precision={precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+    if zero_stage not in ZERO_STAGES:
+        raise DeepSpeedConfigError(
+            f"deepspeed.zero_stage={zero_stage!r} is invalid; valid: {', '.join(map(str, ZERO_STAGES))}")
+    overrides = dict(overrides or {})
+    validate_overrides(overrides)
+
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage in (1, 2):
+        # Overlap the gradient reduction with backward and keep gradients in one buffer (fewer copies).
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_bucket_size=int(5e8))
+    elif zero_stage == 3:
+        zero.update(overlap_comm=True, contiguous_gradients=True)
+    config: dict[str, Any] = {
+        "train_batch_size": batch.global_,
+        "train_micro_batch_size_per_gpu": batch.micro,
+        "gradient_accumulation_steps": batch.grad_accum,
+        "zero_optimization": zero,
+        "wall_clock_breakdown": bool(wall_clock_breakdown),
+        "steps_per_print": QUIET_STEPS_PER_PRINT,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # vit-dt passes torch's AdamW (no FusedAdam JIT build)
+    }
+    if grad_clip:
+        config["gradient_clipping"] = float(grad_clip)
+    _deep_merge(config, overrides)
+    check_batch_identity(config)
+    return config
+
+
+def check_batch_identity(config: Mapping[str, Any]) -> None:
+    total = config["train_batch_size"]
+    parts = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"]
+    if parts == 0 or total % parts:
+        raise DeepSpeedConfigError(
+            f"train_batch_size={total} is not micro-batch x grad_accum x world size ({parts} x N)")

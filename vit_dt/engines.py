@@ -1,0 +1,192 @@
+"""DeepSpeed or plain DDP behind one small interface, so the training loop does not care which runs.
+
+An engine does one micro-step (forward, backward, and at the accumulation boundary the all-reduce and optimizer
+step), evaluates, and reports the wall-clock breakdown of the last optimizer step when timing was switched on.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from vit_dt.breakdown import TIMER_KEYS, read_engine_timers
+
+ENGINES = ("deepspeed", "ddp")
+
+
+class TrainEngine(ABC):
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    @abstractmethod
+    def micro_step(self, images: torch.Tensor, labels: torch.Tensor, boundary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward + backward of one micro-batch; optimizer step when `boundary`. Returns (loss, logits), detached."""
+
+    @abstractmethod
+    def set_timing(self, enabled: bool) -> None:
+        """Switch the per-phase timers on for the next optimizer step only (they synchronise the device)."""
+
+    @abstractmethod
+    def last_step_timers(self) -> dict[str, float]:
+        """fwd, bwd, bwd_inner, bwd_allreduce, step in ms for the last timed optimizer step (this rank)."""
+
+    def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.module(images)
+
+    def autocast(self):
+        return nullcontext()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def make_optimizer(model: torch.nn.Module, trainer_cfg: Mapping[str, Any], device: torch.device):
+    # torch's AdamW: DeepSpeed's default "AdamW" silently means FusedAdam, a JIT build that breaks on H100 arch "9.0a".
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=float(trainer_cfg["lr"]),
+                             weight_decay=float(trainer_cfg["weight_decay"]), fused=fused)
+
+
+def make_scheduler(optimizer, warmup_steps: int):
+    if warmup_steps <= 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+
+
+class DeepSpeedEngine(TrainEngine):
+    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, warmup_steps: int):
+        import deepspeed
+
+        optimizer = make_optimizer(model, trainer_cfg, device)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=make_scheduler(optimizer, warmup_steps), config=ds_config)
+        self.module = self.engine.module
+        # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match.
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "", torch.float32)
+        self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
+        self._last: dict[str, float] = {}
+        self.set_timing(False)
+
+    def set_timing(self, enabled: bool) -> None:
+        # DeepSpeed reads this flag at every timer start/stop: flipping it times only the sampled steps.
+        self.engine._config.wall_clock_breakdown = self._timers_wanted and enabled
+
+    def micro_step(self, images, labels, boundary):
+        logits = self.engine(images.to(self.input_dtype))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        if boundary and self.engine.wall_clock_breakdown():
+            self._last = read_engine_timers(self.engine)
+        return loss.detach(), logits.detach()
+
+    def eval_logits(self, images):
+        with torch.no_grad():
+            return self.engine(images.to(self.input_dtype)).float()
+
+    def last_step_timers(self):
+        return dict(self._last)
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DDPEngine(TrainEngine):
+    """Plain PyTorch DDP: the comparison the paper left as future work (DDP overlaps all-reduce with backward)."""
+
+    def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, warmup_steps: int,
+                 grad_accum: int):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model.to(device)
+        ids = [device.index] if device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(model, device_ids=ids)
+        self.module = model
+        self.device = device
+        self.optimizer = make_optimizer(model, trainer_cfg, device)
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps)
+        self.grad_clip = float(trainer_cfg.get("grad_clip") or 0.0)
+        self.grad_accum = grad_accum
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self._timing = False
+        self._acc = dict.fromkeys(TIMER_KEYS, 0.0)
+        self._last: dict[str, float] = {}
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def set_timing(self, enabled):
+        self._timing = enabled
+        self._acc = dict.fromkeys(TIMER_KEYS, 0.0)
+
+    def _now(self) -> float:
+        if self._timing and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def micro_step(self, images, labels, boundary):
+        sync = nullcontext() if boundary else self.ddp.no_sync()
+        with sync:
+            t0 = self._now()
+            with self.autocast():
+                logits = self.ddp(images)
+                loss = F.cross_entropy(logits, labels)
+            t1 = self._now()
+            scaled = loss / self.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            t2 = self._now()
+        if self._timing:
+            self._acc["fwd"] += (t1 - t0) * 1e3
+            # DDP's all-reduce runs inside backward, overlapped: it has no separate timer.
+            self._acc["bwd"] += (t2 - t1) * 1e3
+            self._acc["bwd_inner"] += (t2 - t1) * 1e3
+        if boundary:
+            t3 = self._now()
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self._timing:
+                self._acc["step"] += (self._now() - t3) * 1e3
+                self._last = dict(self._acc)
+        return loss.detach(), logits.detach()
+
+    def last_step_timers(self):
+        return dict(self._last)
+
+    def state_dict(self) -> dict:
+        state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()}
+        if self.scaler:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])

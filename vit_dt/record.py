@@ -1,0 +1,199 @@
+"""Turning a run into records: result.json, the sweep's results store and the W&B run (rank 0 writes all three)."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vit_dt import breakdown, metrics
+from vit_dt.config.batch import Batch
+from vit_dt.distributed import DistEnv
+from vit_dt.results import ResultsStore, write_result
+from vit_dt.wandb_run import WandbRun
+
+SCHEMA_VERSION = 1
+STORE_NAME = "results.jsonl"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def all_gather(value: Any) -> list[Any]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def store_for(cfg: dict) -> ResultsStore:
+    """The sweep's store, or for a lone `vit-dt train` run the out_dir's."""
+    base = cfg.get("sweep_dir") or cfg["out_dir"]
+    return ResultsStore(Path(base) / STORE_NAME)
+
+
+def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
+    resources = cfg.get("resources", {})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_dir": str(run_dir.resolve()),
+        "run_name": cfg.get("run_name"),
+        "sweep_dir": cfg.get("sweep_dir"),
+        "point": cfg.get("point"),
+        "cluster": cfg["cluster"]["name"],
+        "layout": resources.get("layout"),
+        "scaling": cfg["scaling"]["mode"],
+        "engine": cfg["engine"],
+        "precision": cfg["precision"],
+        "zero_stage": cfg["deepspeed"]["zero_stage"] if cfg["engine"] == "deepspeed" else None,
+        "dataset": cfg["dataset"]["name"],
+        "model": cfg["model"]["name"],
+        "world_size": env.world_size,
+        "nodes": env.nodes,
+        "ranks_per_node": max(1, env.world_size // max(1, env.nodes)),
+        "launch": env.source,
+        "slurm_job_id": _slurm_job_id(),
+    }
+
+
+def _slurm_job_id() -> str | None:
+    import os
+
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str) -> dict:
+    return {"status": "failed", "error": error, **_identity(cfg, run_dir, env), "started_at": started,
+            "finished_at": finished, "epochs": [], "final_val_acc": None, "config": cfg}
+
+
+def _merge_rank_summaries(per_epoch: list[list[dict]]) -> list[dict]:
+    """Per rank, the sample-weighted mean over epochs, leaving out the first epoch when there are more (warm-up)."""
+    epochs = [e for e in per_epoch if e] or []
+    if len(epochs) > 1:
+        epochs = epochs[1:]
+    if not epochs:
+        return []
+    merged = []
+    for rank in range(len(epochs[0])):
+        rows = [e[rank] for e in epochs if rank < len(e)]
+        weight = sum(r.get("samples", 0) for r in rows)
+        keys = [k for k in rows[0] if k != "samples"]
+        merged.append({k: (sum(r[k] * r.get("samples", 0) for r in rows) / weight if weight else 0.0)
+                       for k in keys} | {"samples": weight})
+    return merged
+
+
+class RunRecorder:
+    def __init__(self, cfg: dict, run_dir: Path, env: DistEnv, device: torch.device, batch: Batch, info, model,
+                 started: str, ds_config: dict | None):
+        self.cfg, self.run_dir, self.env, self.device, self.batch, self.info = cfg, run_dir, env, device, batch, info
+        self.started, self.ds_config = started, ds_config
+        self.flops_per_image = metrics.vit_flops_per_image(cfg["model"], info.num_classes, training=True)
+        self.num_params = sum(p.numel() for p in model.parameters())
+        self.gpu_model = metrics.gpu_model_from_name(torch.cuda.get_device_name(device)) \
+            if device.type == "cuda" else None
+        self.hostnames = all_gather(socket.gethostname())
+        self.wandb = None
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=self._group(), job_type=cfg["scaling"]["mode"],
+                                        tags=self._tags(), name=cfg.get("run_name") or self._default_name())
+
+    def _group(self) -> str | None:
+        if self.cfg["wandb"].get("group"):
+            return self.cfg["wandb"]["group"]
+        sweep = self.cfg.get("sweep_dir")
+        return Path(sweep).name if sweep else None
+
+    def _tags(self) -> list[str]:
+        tags = [f"cluster:{self.cfg['cluster']['name']}", f"layout:{self.cfg.get('resources', {}).get('layout')}",
+                f"engine:{self.cfg['engine']}", f"gpu:{self.gpu_model or 'cpu'}", f"world:{self.env.world_size}"]
+        return tags + list(self.cfg["wandb"].get("tags") or [])
+
+    def _default_name(self) -> str:
+        return (f"{self.cfg['model']['name']}-{self.cfg['dataset']['name']}-n{self.env.nodes}"
+                f"x{max(1, self.env.world_size // max(1, self.env.nodes))}-b{self.batch.global_}")
+
+    def on_step(self, step: int, values: dict) -> None:
+        if self.wandb:
+            self.wandb.log({f"step/{k}": v for k, v in values.items()}, step=step)
+
+    def on_epoch_end(self, state, record: dict) -> None:
+        if self.wandb:
+            flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+            for key, value in (record.get("breakdown_ms") or {}).items():
+                flat[f"epoch/breakdown_ms/{key}"] = value
+            self.wandb.log(flat, step=max(1, state.epoch) * 10**6)  # epoch rows after that epoch's step rows
+
+    def finish(self, state, module: torch.nn.Module) -> dict | None:
+        from vit_dt.trainer import parameter_checksum
+
+        checksums = all_gather(parameter_checksum(module))
+        peak = all_gather(metrics.peak_memory_gb(self.device))
+        if not self.env.is_main:
+            return None
+        result = self._summarise(state, checksums, peak)
+        write_result(self.run_dir, result)
+        store_for(self.cfg).append(result)
+        if self.wandb:
+            self.wandb.summary({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+                               | {"status": result["status"]})
+            self.wandb.finish(0)
+        return result
+
+    def _summarise(self, state, checksums: list[float], peak: list[float | None]) -> dict:
+        epochs = state.epochs
+        steady = epochs[1:] if len(epochs) > 1 else epochs
+        seconds = sum(e["time_s"] for e in steady)
+        images = sum(e["train_samples_seen"] for e in steady)
+        rates = metrics.throughput(images, seconds, self.env.world_size)
+        tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.flops_per_image)
+        peak_tflops = metrics.peak_tflops(self.gpu_model, self.cfg["precision"])
+        per_rank = _merge_rank_summaries(state.breakdowns)
+        analysis = breakdown.analyse(per_rank) if per_rank else None
+        spread = max(checksums) - min(checksums)
+        return {
+            "status": "completed", "error": None, **_identity(self.cfg, self.run_dir, self.env),
+            "started_at": self.started, "finished_at": _now(), "hostnames": sorted(set(self.hostnames)),
+            "device": self.device.type, "gpu_model": self.gpu_model,
+            "micro_batch": self.batch.micro, "grad_accum": self.batch.grad_accum, "global_batch": self.batch.global_,
+            "train_samples": self.info.train_samples, "val_samples": self.info.val_samples,
+            "num_params": self.num_params, "flops_per_image": self.flops_per_image,
+            "epochs": epochs,
+            "final_val_acc": epochs[-1]["val_acc"] if epochs else None,
+            "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
+            "epoch_time_s_mean": seconds / len(steady) if steady else None,
+            "epoch_time_s_all_mean": sum(e["time_s"] for e in epochs) / len(epochs) if epochs else None,
+            "img_per_s": rates["img_per_s"], "img_per_s_per_gpu": rates["img_per_s_per_gpu"],
+            "tflops": tflops, "mfu": metrics.mfu(tflops, peak_tflops),
+            "peak_mem_gb": max((p for p in peak if p is not None), default=None),
+            "breakdown_ms": {"per_rank": analysis["per_rank"], "mean": analysis["mean"]} if analysis else None,
+            "comm_share": analysis["comm_share"] if analysis else None,
+            "data_wait_share": analysis["data_wait_share"] if analysis else None,
+            "straggler": analysis["straggler"] if analysis else None,
+            "param_checksums": checksums,
+            "replicas_in_sync": spread <= 1e-6 * max(1.0, abs(checksums[0])),
+            "deepspeed_config": self.ds_config,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "deepspeed": _deepspeed_version()},
+            "config": self.cfg,
+        }
+
+
+def _deepspeed_version() -> str | None:
+    try:
+        import deepspeed
+
+        return deepspeed.__version__
+    except ImportError:
+        return None

@@ -1,0 +1,161 @@
+"""What runs in every rank of a job: set up, train, record. `run_rank` is the one entry point for all launchers
+(`vit-dt train`'s local ranks, srun tasks through submitit, MPI ranks)."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import random
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from vit_dt import distributed
+from vit_dt.distributed import DistEnv
+
+log = logging.getLogger("vit_dt.train")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def configure_logging(rank: int) -> None:
+    """Rank 0 talks; the others only warn (the paper's tqdm on every rank made multi-MB .err files)."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _threads_per_rank() -> None:
+    import torch
+
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS")
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
+
+
+def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
+    """Train one rank of the run described by the resolved config `cfg`; rank 0 returns and records the result."""
+    run_dir = Path(run_dir)
+    env = distributed.discover(cfg["cluster"].get("launcher"))
+    configure_logging(env.rank)
+    distributed.prepare_accelerator_env()
+    started = _now()
+    try:
+        distributed.init_process_group(env, timeout_s=float(cfg["trainer"]["dist_timeout_s"]))
+        result = _train(cfg, run_dir, env, started)
+    except BaseException as exc:  # record every failure, then let the job fail
+        _record_failure(cfg, run_dir, env, started, exc)
+        raise
+    finally:
+        distributed.destroy_process_group()
+    return result if env.is_main else None
+
+
+def _device(env: DistEnv):
+    import torch
+
+    if distributed.use_cuda():
+        index = env.local_rank % torch.cuda.device_count()  # Slurm may show each task only its own GPU
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
+    import torch
+
+    from vit_dt import results as results_io
+    from vit_dt.config.batch import resolve_batch
+    from vit_dt.data import build_datasets
+    from vit_dt.ds_config import derive_deepspeed_config
+    from vit_dt.engines import DDPEngine, DeepSpeedEngine
+    from vit_dt.model import build_model
+    from vit_dt.record import RunRecorder
+    from vit_dt.trainer import LoopSettings, Trainer, TrainState
+
+    _threads_per_rank()
+    trainer_cfg = cfg["trainer"]
+    seed = int(trainer_cfg["seed"])
+    device = _device(env)
+    batch = resolve_batch(trainer_cfg, cfg["scaling"], env.world_size)
+    train_set, val_set, info = build_datasets(cfg["dataset"], scaling_cfg=cfg["scaling"],
+                                              world_size=env.world_size, seed=seed)
+    seed_everything(seed)  # same initial weights on every rank (the engines broadcast rank 0's anyway)
+    model = build_model(cfg["model"], info.num_classes)
+    settings = LoopSettings(
+        epochs=int(trainer_cfg["epochs"]), batch=batch, seed=seed,
+        timer_sample_every=int(trainer_cfg["timer_sample_every"]),
+        timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
+        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"),
+        step_delay_s=_test_delay(trainer_cfg, env.rank))
+    steps_hint = max(1, info.train_samples // batch.global_)
+    warmup_steps = int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_hint)
+    if cfg["engine"] == "deepspeed":
+        ds_config = derive_deepspeed_config(
+            batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
+            grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
+            overrides=cfg["deepspeed"].get("overrides") or {})
+        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, warmup_steps)
+    else:
+        ds_config = None
+        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], warmup_steps, batch.grad_accum)
+    seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
+
+    recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
+    num_workers = trainer_cfg.get("num_workers")
+    if num_workers is None:
+        num_workers = max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", 1)) - 1)
+    trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]), settings, env, device,
+                      num_workers=int(num_workers), on_epoch_end=recorder.on_epoch_end, on_step=recorder.on_step)
+    state = trainer.fit(TrainState())
+    return recorder.finish(state, engine.module)
+
+
+def _test_delay(trainer_cfg: dict, rank: int) -> float:
+    """trainer.straggler_test_delay = {rank: seconds}: a test-only knob that slows one rank on purpose."""
+    delays = trainer_cfg.get("straggler_test_delay") or {}
+    return float(delays.get(rank, delays.get(str(rank), 0.0)))
+
+
+def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException) -> None:
+    """Each rank leaves its traceback; rank 0 also writes a failed result.json and appends it to the store."""
+    tail = "".join(traceback.format_exception(exc))[-4000:]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"error-rank{env.rank}.txt").write_text(tail)
+        if env.is_main:
+            from vit_dt.record import failed_result, store_for
+
+            result = failed_result(cfg, run_dir, env, started, _now(), f"{type(exc).__name__}: {exc}")
+            from vit_dt import results as results_io
+
+            results_io.write_result(run_dir, result)
+            store_for(cfg).append(result)
+    except Exception:  # the original error matters more than a failure to record it
+        log.exception("could not record the failure of rank %d", env.rank)
+
+
+def main() -> int:
+    """`python -m vit_dt.train RUN_DIR`: one rank of a run whose resolved config is RUN_DIR/config.yaml."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(sys.argv[1])
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    run_rank(cfg, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

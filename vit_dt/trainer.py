@@ -1,0 +1,178 @@
+"""The training loop of one rank: per-epoch training and held-out validation, engine-agnostic.
+
+Metrics stay on the device during an epoch (no per-step `.item()`, which would stall a GPU); they are reduced
+across ranks once per epoch. The wall-clock breakdown is sampled every `trainer.timer_sample_every` steps.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from vit_dt import breakdown
+from vit_dt.config.batch import Batch
+from vit_dt.data import DatasetInfo, make_loader
+from vit_dt.data.augment import DeviceAugment
+from vit_dt.distributed import DistEnv
+from vit_dt.engines import TrainEngine
+
+log = logging.getLogger("vit_dt.trainer")
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the engine: where to resume and what was already measured."""
+    epoch: int = 0                      # next epoch to run
+    epochs: list[dict] = field(default_factory=list)
+    breakdowns: list[list[dict]] = field(default_factory=list)   # per epoch, per rank (rank 0 only)
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch: Batch
+    seed: int
+    timer_sample_every: int
+    timer_warmup_steps: int
+    log_every: int
+    max_steps_per_epoch: int | None
+    step_delay_s: float = 0.0           # test-only: makes this rank a straggler on purpose
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Trainer:
+    def __init__(self, engine: TrainEngine, train_set, val_set, info: DatasetInfo, image_size: int,
+                 settings: LoopSettings, env: DistEnv, device: torch.device, num_workers: int = 0,
+                 on_epoch_end: Callable[[TrainState, dict], None] | None = None,
+                 on_step: Callable[[int, dict], None] | None = None):
+        self.engine, self.settings, self.env, self.device = engine, settings, env, device
+        self.on_epoch_end, self.on_step = on_epoch_end, on_step
+        batch = settings.batch
+        self.train_loader = make_loader(train_set, rank=env.rank, world_size=env.world_size, batch_size=batch.micro,
+                                        seed=settings.seed, train=True, device=device, num_workers=num_workers,
+                                        drop_last=True)
+        self.val_loader = make_loader(val_set, rank=env.rank, world_size=env.world_size, batch_size=batch.micro,
+                                      seed=settings.seed, train=False, device=device, num_workers=num_workers,
+                                      drop_last=False)
+        self.train_augment = DeviceAugment(image_size, info.mean, info.std, train=True)
+        self.val_augment = DeviceAugment(image_size, info.mean, info.std, train=False)
+        self.steps_per_epoch = len(self.train_loader) // batch.grad_accum
+        if settings.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the training set gives each rank {len(self.train_loader)} micro-batches of {batch.micro}, fewer than "
+                f"grad_accum={batch.grad_accum}: lower trainer.micro_batch or trainer.grad_accum, or use more data")
+        self.global_step = 0
+
+    def fit(self, state: TrainState) -> TrainState:
+        for epoch in range(state.epoch, self.settings.epochs):
+            record, per_rank = self._train_epoch(epoch)
+            record.update(self._validate())
+            record["epoch"] = epoch
+            if self.env.is_main:
+                record.update(self._epoch_breakdown_fields(per_rank))
+                state.breakdowns.append(per_rank)
+                log.info("epoch %d: %.1f s, train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.1f img/s", epoch,
+                         record["time_s"], record["train_loss"], record["train_acc"], record["val_loss"],
+                         record["val_acc"], record["img_per_s"])
+            state.epochs.append(record)
+            state.epoch = epoch + 1
+            if self.on_epoch_end:
+                self.on_epoch_end(state, record)
+        return state
+
+    @staticmethod
+    def _epoch_breakdown_fields(per_rank: list[dict] | None) -> dict:
+        if not per_rank:
+            return {}
+        analysis = breakdown.analyse(per_rank)
+        return {"breakdown_ms": analysis["mean"], "comm_share": analysis["comm_share"],
+                "data_wait_share": analysis["data_wait_share"], "straggler": analysis["straggler"]}
+
+    def _train_epoch(self, epoch: int) -> tuple[dict, list[dict] | None]:
+        s, batch, engine = self.settings, self.settings.batch, self.engine
+        self.train_loader.set_epoch(epoch)
+        sampler = breakdown.StepSampler(sample_every=s.timer_sample_every, warmup_steps=s.timer_warmup_steps)
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, samples
+        batches = iter(self.train_loader)
+        _sync(self.device)
+        epoch_start = time.perf_counter()
+        for step in range(self.steps_per_epoch):
+            sampled = sampler.should_sample(step)
+            if sampled:
+                _sync(self.device)
+            engine.set_timing(sampled)
+            step_start = time.perf_counter()
+            data_wait = 0.0
+            for micro in range(batch.grad_accum):
+                fetch_start = time.perf_counter()
+                images, labels = next(batches)
+                if sampled:
+                    _sync(self.device)
+                data_wait += time.perf_counter() - fetch_start
+                images = self.train_augment(images)
+                loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
+                totals += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
+                                       torch.tensor(labels.numel(), device=self.device, dtype=torch.float64)])
+            if s.step_delay_s:
+                time.sleep(s.step_delay_s)
+            if sampled:
+                _sync(self.device)
+                step_ms = (time.perf_counter() - step_start) * 1e3
+                sampler.add(engine.last_step_timers(), data_wait_ms=data_wait * 1e3, step_ms=step_ms)
+            self.global_step += 1
+            if self.env.is_main and s.log_every and (step + 1) % s.log_every == 0:
+                log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, engine.lr)
+            if self.on_step and sampled:
+                self.on_step(self.global_step, {"loss": float(loss), "lr": engine.lr,
+                                                **{f"time/{k}_ms": v for k, v in engine.last_step_timers().items()}})
+        engine.set_timing(False)
+        _sync(self.device)
+        elapsed = time.perf_counter() - epoch_start
+        loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
+        per_rank = breakdown.gather_to_rank0(sampler.summary())
+        record = {"time_s": elapsed, "steps": self.steps_per_epoch, "train_samples_seen": int(seen),
+                  "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                  "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": engine.lr}
+        return record, per_rank
+
+    def _validate(self) -> dict:
+        self.engine.module.eval()
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for images, labels in self.val_loader:
+            logits = self.engine.eval_logits(self.val_augment(images))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            totals += torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(),
+                                   torch.tensor(labels.numel(), device=self.device, dtype=torch.float64)])
+        self.engine.module.train()
+        loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
+        return {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1), "val_samples_seen": int(seen)}
+
+
+def parameter_checksum(module: torch.nn.Module) -> float:
+    """A cheap fingerprint of the weights: replicas that stayed in sync give the same value on every rank."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in module.parameters()))
+
+
+def gather_checksums(value: float) -> list[float]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
