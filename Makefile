@@ -1,0 +1,41 @@
+# Two commands: `make demo` and `make test`. Both set up .venv from the pinned versions first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# DeepSpeed compiles its C++ ops on first use; keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vit-dt/torch_extensions
+export VIT_DT_OUT_DIR ?= $(CURDIR)/outputs
+
+DEMO_OVERRIDES ?= scaling=strong resources.gpus_per_node=1,2 trainer.micro_batch=16,32 trainer.epochs=4
+
+.PHONY: setup system-deps demo test test-fast bench clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e '.[mpi,test]'
+	touch $@
+
+setup: $(STAMP)
+
+# Slurm, munge, MariaDB and Open MPI from Debian's packages (root; skipped when already present).
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: setup
+	$(BIN)/vit-dt sweep cluster=local $(DEMO_OVERRIDES)
+	$(BIN)/vit-dt report $(VIT_DT_OUT_DIR)/sweeps/latest
+	@echo "demo results: $$(readlink -f $(VIT_DT_OUT_DIR)/sweeps/latest)"
+
+# The whole suite, the local Slurm cluster included (a missing cluster fails instead of skipping).
+test: setup system-deps
+	VIT_DT_REQUIRE_SLURM=1 $(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slurm and not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
