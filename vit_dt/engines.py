@@ -5,6 +5,7 @@ step), evaluates, and reports the wall-clock breakdown of the last optimizer ste
 """
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from vit_dt.breakdown import TIMER_KEYS, read_engine_timers
+from vit_dt.breakdown import TIMER_KEYS, read_engine_timers, set_engine_timing
 
 ENGINES = ("deepspeed", "ddp")
 
@@ -53,19 +54,32 @@ def make_optimizer(model: torch.nn.Module, trainer_cfg: Mapping[str, Any], devic
                              weight_decay=float(trainer_cfg["weight_decay"]), fused=fused)
 
 
-def make_scheduler(optimizer, warmup_steps: int):
-    if warmup_steps <= 0:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, schedule: str = "cosine"):
+    """Linear warm-up, then constant or cosine decay to zero at `total_steps` (stepped once per optimizer step)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"trainer.lr_schedule={schedule!r} is invalid; valid: {', '.join(LR_SCHEDULES)}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class DeepSpeedEngine(TrainEngine):
-    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, warmup_steps: int):
+    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict):
         import deepspeed
 
         optimizer = make_optimizer(model, trainer_cfg, device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=make_scheduler(optimizer, warmup_steps), config=ds_config)
+            model=model, optimizer=optimizer, lr_scheduler=make_scheduler(optimizer, **schedule), config=ds_config)
         self.module = self.engine.module
         # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match.
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
@@ -75,8 +89,7 @@ class DeepSpeedEngine(TrainEngine):
         self.set_timing(False)
 
     def set_timing(self, enabled: bool) -> None:
-        # DeepSpeed reads this flag at every timer start/stop: flipping it times only the sampled steps.
-        self.engine._config.wall_clock_breakdown = self._timers_wanted and enabled
+        set_engine_timing(self.engine, self._timers_wanted and enabled)
 
     def micro_step(self, images, labels, boundary):
         logits = self.engine(images.to(self.input_dtype))
@@ -107,7 +120,7 @@ class DeepSpeedEngine(TrainEngine):
 class DDPEngine(TrainEngine):
     """Plain PyTorch DDP: the comparison the paper left as future work (DDP overlaps all-reduce with backward)."""
 
-    def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, warmup_steps: int,
+    def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, schedule: dict,
                  grad_accum: int):
         from torch.nn.parallel import DistributedDataParallel
 
@@ -117,7 +130,7 @@ class DDPEngine(TrainEngine):
         self.module = model
         self.device = device
         self.optimizer = make_optimizer(model, trainer_cfg, device)
-        self.scheduler = make_scheduler(self.optimizer, warmup_steps)
+        self.scheduler = make_scheduler(self.optimizer, **schedule)
         self.grad_clip = float(trainer_cfg.get("grad_clip") or 0.0)
         self.grad_accum = grad_accum
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

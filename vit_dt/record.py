@@ -14,7 +14,6 @@ from vit_dt import breakdown, metrics
 from vit_dt.config.batch import Batch
 from vit_dt.distributed import DistEnv
 from vit_dt.results import ResultsStore, write_result
-from vit_dt.wandb_run import WandbRun
 
 SCHEMA_VERSION = 1
 STORE_NAME = "results.jsonl"
@@ -105,6 +104,8 @@ class RunRecorder:
         self.hostnames = all_gather(socket.gethostname())
         self.wandb = None
         if env.is_main:
+            from vit_dt.wandb_run import WandbRun  # here, so recording a failure never depends on wandb
+
             run_dir.mkdir(parents=True, exist_ok=True)
             self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=self._group(), job_type=cfg["scaling"]["mode"],
                                         tags=self._tags(), name=cfg.get("run_name") or self._default_name())

@@ -100,24 +100,29 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
         max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"),
         step_delay_s=_test_delay(trainer_cfg, env.rank))
-    steps_hint = max(1, info.train_samples // batch.global_)
-    warmup_steps = int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_hint)
+    steps_per_epoch = max(1, info.train_samples // batch.global_)
+    if trainer_cfg.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
+    schedule = {"warmup_steps": int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_per_epoch),
+                "total_steps": steps_per_epoch * settings.epochs,
+                "schedule": trainer_cfg.get("lr_schedule", "cosine")}
     if cfg["engine"] == "deepspeed":
         ds_config = derive_deepspeed_config(
             batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
             grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
             overrides=cfg["deepspeed"].get("overrides") or {})
-        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, warmup_steps)
+        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule)
     else:
         ds_config = None
-        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], warmup_steps, batch.grad_accum)
+        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], schedule, batch.grad_accum)
     seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
 
     recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
     num_workers = trainer_cfg.get("num_workers")
     if num_workers is None:
         num_workers = max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", 1)) - 1)
-    trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]), settings, env, device,
+    trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]),
+                      bool(cfg["dataset"].get("hflip", True)), settings, env, device,
                       num_workers=int(num_workers), on_epoch_end=recorder.on_epoch_end, on_step=recorder.on_step)
     state = trainer.fit(TrainState())
     return recorder.finish(state, engine.module)

@@ -55,7 +55,7 @@ def _sync(device: torch.device) -> None:
 
 
 class Trainer:
-    def __init__(self, engine: TrainEngine, train_set, val_set, info: DatasetInfo, image_size: int,
+    def __init__(self, engine: TrainEngine, train_set, val_set, info: DatasetInfo, image_size: int, hflip: bool,
                  settings: LoopSettings, env: DistEnv, device: torch.device, num_workers: int = 0,
                  on_epoch_end: Callable[[TrainState, dict], None] | None = None,
                  on_step: Callable[[int, dict], None] | None = None):
@@ -68,7 +68,7 @@ class Trainer:
         self.val_loader = make_loader(val_set, rank=env.rank, world_size=env.world_size, batch_size=batch.micro,
                                       seed=settings.seed, train=False, device=device, num_workers=num_workers,
                                       drop_last=False)
-        self.train_augment = DeviceAugment(image_size, info.mean, info.std, train=True)
+        self.train_augment = DeviceAugment(image_size, info.mean, info.std, train=True, hflip=hflip)
         self.val_augment = DeviceAugment(image_size, info.mean, info.std, train=False)
         self.steps_per_epoch = len(self.train_loader) // batch.grad_accum
         if settings.max_steps_per_epoch:

@@ -1,0 +1,38 @@
+"""Shared fixtures. `slurm_cluster`: the real local Slurm cluster (vit_dt.localcluster), once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start the local Slurm cluster (or reuse a running one) and point SLURM_CONF at it.
+
+    Skips only when the Debian packages are absent and VIT_DT_REQUIRE_SLURM is unset (CI sets it,
+    so a missing cluster fails there). Stops the cluster at the end of the session if this session
+    started it, unless VIT_DT_KEEP_CLUSTER=1; a cluster that was already up is left running.
+    """
+    from vit_dt import localcluster
+
+    missing = localcluster.missing_packages()
+    if missing and not os.environ.get("VIT_DT_REQUIRE_SLURM"):
+        pytest.skip(
+            f"local Slurm cluster unavailable: Debian packages {missing} are not installed "
+            "(run scripts/install-system-deps.sh as root; set VIT_DT_REQUIRE_SLURM=1 to fail instead)"
+        )
+    try:
+        info = localcluster.up()
+    except localcluster.ClusterError as err:
+        pytest.fail(f"the local Slurm cluster did not start: {err}", pytrace=False)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ.update(info.env)
+    yield info
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    if info.started and os.environ.get("VIT_DT_KEEP_CLUSTER") != "1":
+        localcluster.down()

@@ -1,0 +1,226 @@
+"""Per-rank batches for data-parallel training and evaluation.
+
+Both loaders follow one plan (`shard_plan`):
+
+* the order of an epoch is torch.randperm(n) seeded with seed + epoch (train) or 0..n-1 (eval), the same on
+  every rank: exactly DistributedSampler's permutation;
+* rank r takes every world_size-th index starting at r (DistributedSampler's interleaved shard);
+* drop_last=True (training): the tail that does not fill world_size x batch_size is dropped, every batch is full;
+* drop_last=False (evaluation): nothing is padded or repeated, so every sample is seen exactly once across the
+  ranks and counts are exact. Shards then differ by at most one sample; to keep every rank at the same number
+  of steps (collectives inside a forward, e.g. ZeRO-3's parameter gathers, would otherwise hang), a rank that
+  comes up one step short splits its largest batch in two. Only when a rank has fewer samples than steps
+  (world_size > n, or batch_size = 1 with n not divisible by world_size) does it get empty batches.
+
+In-memory datasets (TensorImages) go through ShardedTensorLoader: the split is copied to the device once and
+batches are gathered there, no worker processes. Other datasets go through a torch DataLoader with
+`ShardBatchSampler`, worker processes, pinned memory when the device is CUDA.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .tensors import TensorImages
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def steps_per_epoch(n: int, *, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Steps every rank takes in one epoch (the same on all ranks)."""
+    if drop_last:
+        return (n // world_size) // batch_size
+    return math.ceil(math.ceil(n / world_size) / batch_size)
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed + epoch)  # what DistributedSampler does
+    return torch.randperm(n, generator=generator)
+
+
+def shard_plan(
+    n: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool
+) -> list[torch.Tensor]:
+    """This rank's batches of dataset indices for one epoch (CPU int64 tensors)."""
+    order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
+    steps = steps_per_epoch(n, world_size=world_size, batch_size=batch_size, drop_last=drop_last)
+    if drop_last:
+        per_rank = n // world_size
+        shard = order[: per_rank * world_size][rank::world_size]
+        return list(shard[: steps * batch_size].split(batch_size)) if steps else []
+    batches = [b for b in order[rank::world_size].split(batch_size) if len(b)]
+    while len(batches) < steps:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]), default=None)
+        if largest is None or len(batches[largest]) < 2:
+            batches.append(order[:0])
+            continue
+        half = math.ceil(len(batches[largest]) / 2)
+        big = batches.pop(largest)
+        batches[largest:largest] = [big[:half], big[half:]]
+    return batches
+
+
+def _check_args(rank: int, world_size: int, batch_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size): rank={rank!r}, world_size={world_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """shard_plan as a DataLoader batch_sampler (with set_epoch, like DistributedSampler)."""
+
+    def __init__(self, n: int, *, rank: int, world_size: int, batch_size: int, seed: int, shuffle: bool,
+                 drop_last: bool) -> None:
+        _check_args(rank, world_size, batch_size)
+        self.n, self.rank, self.world_size, self.batch_size = n, rank, world_size, batch_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[torch.Tensor]:
+        return shard_plan(self.n, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, drop_last=self.drop_last)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Empty batches cannot go through a DataLoader; the loader tops the step count up itself.
+        return iter([b.tolist() for b in self.plan() if len(b)])
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.n, world_size=self.world_size, batch_size=self.batch_size,
+                               drop_last=self.drop_last)
+
+
+class _ShardedLoaderBase:
+    """What the trainer relies on: set_epoch, len (steps, equal on all ranks), iteration, sample counts."""
+
+    def __init__(self, n: int, *, rank: int, world_size: int, batch_size: int, seed: int, shuffle: bool,
+                 drop_last: bool, device: torch.device) -> None:
+        _check_args(rank, world_size, batch_size)
+        self.n, self.rank, self.world_size, self.batch_size = n, rank, world_size, batch_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.device = device
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[torch.Tensor]:
+        return shard_plan(self.n, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.n, world_size=self.world_size, batch_size=self.batch_size,
+                               drop_last=self.drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees in the current epoch."""
+        return sum(len(b) for b in self.plan())
+
+    @property
+    def total_samples(self) -> int:
+        """Samples all ranks together see per epoch (= len(dataset) when drop_last=False)."""
+        if self.drop_last:
+            return len(self) * self.batch_size * self.world_size
+        return self.n
+
+
+class ShardedTensorLoader(_ShardedLoaderBase):
+    """Batches gathered from a TensorImages that was copied to `device` once."""
+
+    def __init__(self, dataset: TensorImages, *, device: torch.device, **kwargs) -> None:
+        super().__init__(len(dataset), device=device, **kwargs)
+        self.images = dataset.images.to(device)
+        self.labels = dataset.labels.to(device)
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self.plan()
+        sizes = [len(b) for b in batches]
+        # One host->device copy of the epoch's indices instead of one per step.
+        indices = torch.cat(batches).to(self.device, non_blocking=True) if batches else None
+        start = 0
+        for size in sizes:
+            idx = indices[start:start + size]
+            start += size
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+class ShardedDataLoader(_ShardedLoaderBase):
+    """A torch DataLoader over a file-backed dataset, with workers, moving each batch to `device`."""
+
+    def __init__(self, dataset: Dataset, *, device: torch.device, num_workers: int, **kwargs) -> None:
+        super().__init__(len(dataset), device=device, **kwargs)
+        self.dataset = dataset
+        self.sampler = ShardBatchSampler(self.n, rank=self.rank, world_size=self.world_size,
+                                         batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle,
+                                         drop_last=self.drop_last)
+        # Distinct worker seeds per rank, so ranks do not draw identical random crops.
+        worker_seeds = torch.Generator().manual_seed(self.seed * 65_536 + self.rank)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=worker_seeds,
+        )
+        self._empty: Batch | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def _empty_batch(self) -> Batch:
+        if self._empty is None:
+            image, _ = self.dataset[0]
+            self._empty = (torch.empty((0, *image.shape), dtype=image.dtype, device=self.device),
+                           torch.empty((0,), dtype=torch.int64, device=self.device))
+        return self._empty
+
+    def __iter__(self) -> Iterator[Batch]:
+        yielded = 0
+        for images, labels in self.loader:
+            yielded += 1
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        for _ in range(len(self) - yielded):
+            yield self._empty_batch()
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    device: torch.device | str = "cpu",
+    num_workers: int | None = 0,
+    drop_last: bool | None = None,
+) -> ShardedTensorLoader | ShardedDataLoader:
+    """This rank's loader: shuffled and drop_last for train, in order and complete for eval (by default).
+
+    Yields (uint8 images [B, C, H, W], int64 labels [B]) on `device`; call set_epoch(e) before each epoch.
+    """
+    device = torch.device(device)
+    drop_last = train if drop_last is None else drop_last
+    common = dict(rank=rank, world_size=world_size, batch_size=batch_size, seed=seed, shuffle=train,
+                  drop_last=drop_last)
+    if isinstance(dataset, TensorImages):
+        loader: ShardedTensorLoader | ShardedDataLoader = ShardedTensorLoader(dataset, device=device, **common)
+    else:
+        loader = ShardedDataLoader(dataset, device=device, num_workers=int(num_workers or 0), **common)
+    if train and len(loader) == 0:
+        raise ValueError(
+            f"the training split has {len(dataset)} samples: fewer than world_size x batch_size = "
+            f"{world_size} x {batch_size}, so no full step fits; lower trainer.micro_batch or use more data"
+        )
+    return loader
