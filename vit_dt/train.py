@@ -6,7 +6,6 @@ import datetime as _dt
 import logging
 import os
 import random
-import socket
 import sys
 import traceback
 from pathlib import Path
@@ -55,7 +54,7 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
     try:
         distributed.init_process_group(env, timeout_s=float(cfg["trainer"]["dist_timeout_s"]))
         result = _train(cfg, run_dir, env, started)
-    except BaseException as exc:  # record every failure, then let the job fail
+    except Exception as exc:  # record the failure, then let the job fail (SystemExit on requeue is no failure)
         _record_failure(cfg, run_dir, env, started, exc)
         raise
     finally:
@@ -76,7 +75,7 @@ def _device(env: DistEnv):
 def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     import torch
 
-    from vit_dt import results as results_io
+    from vit_dt.checkpoint import Checkpointer
     from vit_dt.config.batch import resolve_batch
     from vit_dt.data import build_datasets
     from vit_dt.ds_config import derive_deepspeed_config
@@ -121,10 +120,20 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     num_workers = trainer_cfg.get("num_workers")
     if num_workers is None:
         num_workers = max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", 1)) - 1)
+    checkpointer = Checkpointer(run_dir) if trainer_cfg.get("checkpoint", True) else None
+    state = TrainState()
+    if checkpointer and (resumed := checkpointer.load_latest(engine, TrainState)):
+        state = resumed[0]
+
+    def on_epoch_end(train_state: TrainState, record: dict) -> None:
+        recorder.on_epoch_end(train_state, record)
+        if checkpointer:
+            checkpointer.save(engine, train_state)
+
     trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]),
                       bool(cfg["dataset"].get("hflip", True)), settings, env, device,
-                      num_workers=int(num_workers), on_epoch_end=recorder.on_epoch_end, on_step=recorder.on_step)
-    state = trainer.fit(TrainState())
+                      num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
+    state = trainer.fit(state)
     return recorder.finish(state, engine.module)
 
 

@@ -80,6 +80,7 @@ class Trainer:
         self.global_step = 0
 
     def fit(self, state: TrainState) -> TrainState:
+        self.global_step = state.epoch * self.steps_per_epoch
         for epoch in range(state.epoch, self.settings.epochs):
             record, per_rank = self._train_epoch(epoch)
             record.update(self._validate())

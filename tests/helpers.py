@@ -1,0 +1,39 @@
+"""Shared by the tests: running vit-dt as a user would (its CLI, in a subprocess) and reading what it wrote."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vit_dt.config import compose, to_container
+
+# Fast, learnable settings for the embedded digits dataset on a 2-core CPU.
+DIGITS_FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "trainer.lr=2e-3", "wandb.mode=disabled"]
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vit_dt.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_dir_from_output(stdout: str) -> Path:
+    for line in stdout.splitlines():
+        if line.startswith("run directory: "):
+            return Path(line.split(": ", 1)[1].strip())
+    raise AssertionError(f"no run directory in output:\n{stdout}")
+
+
+def read_result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def write_run_config(run_dir: Path, overrides: list[str]) -> dict:
+    """A run directory ready for `python -m vit_dt.train RUN_DIR` (what `vit-dt train` prepares)."""
+    cfg = to_container(compose(overrides))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    return cfg
