@@ -108,7 +108,7 @@ def _from_slurm() -> DistEnv:
 
 def _from_submitit_local() -> DistEnv:
     world = int(os.environ["SUBMITIT_LOCAL_NTASKS"])
-    rank = int(os.environ["SUBMITIT_LOCAL_GLOBAL_RANK"])
+    rank = int(os.environ["SUBMITIT_LOCAL_GLOBALID"])
     return DistEnv(rank=rank, world_size=world, local_rank=int(os.environ.get("SUBMITIT_LOCAL_LOCALID", rank)),
                    node_rank=0, nodes=1, master_addr="127.0.0.1",
                    master_port=port_for_job(os.environ.get("SUBMITIT_LOCAL_JOB_ID", "0")), source="submitit-local")

@@ -1,0 +1,34 @@
+"""Registers `hydra/launcher: vitdt` in Hydra's ConfigStore (Hydra imports every module under hydra_plugins).
+
+No `from __future__ import annotations` here: Hydra's plugin scan executes this module without registering it
+in sys.modules, and dataclasses then cannot resolve string annotations (every Hydra start would fail).
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class VitDtLauncherConf:
+    _target_: str = "hydra_plugins.vit_dt_launcher.launcher.VitDtLauncher"
+    # Render every sbatch script into <sweep_dir>/dry-run/ and print it; submit nothing.
+    dry_run: bool = False
+    # What every rank runs: module:function taking (cfg: dict, run_dir: str).
+    entry: str = "vit_dt.train:run_rank"
+    # How many times a checkpointable point may be requeued after hitting its time limit.
+    max_num_timeout: int = 3
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")
+
+
+@dataclass
+class VitDtSweeperConf:
+    _target_: str = "hydra_plugins.vit_dt_launcher.sweeper.VitDtSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="vitdt", node=VitDtSweeperConf, provider="vit_dt")

@@ -1,0 +1,271 @@
+"""Sweeps on the real local Slurm cluster: one command, one job array per shape, returns at once; real training.
+
+All sweeps of this module are submitted together (module fixture) so their jobs share the cluster's time;
+each test then waits for its own. Overrides are the CLI's: `python -m vit_dt.cli sweep ...`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vit_dt.distributed import port_for_job
+from vit_dt.slurm.manifest import read_manifest
+from vit_dt.slurm.status import sweep_status
+
+
+OPENMPI_LIB = "/usr/lib/x86_64-linux-gnu/libmpi.so.40"  # Debian's Open MPI: speaks PMIx with Slurm's srun
+TRAIN = ["dataset=digits", "model=vit_tiny", "trainer.epochs=1"]
+QUICK = TRAIN + ["trainer.max_steps_per_epoch=3"]
+OPEN_MPI = [f"++cluster.env.MPI4PY_LIBMPI={OPENMPI_LIB}", '++cluster.env.OMPI_MCA_btl="self,tcp"',
+            "++cluster.env.OMPI_ALLOW_RUN_AS_ROOT=1", "++cluster.env.OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"]
+TERMINAL = {"completed", "failed", "timeout", "cancelled"}
+WAIT_S = 900  # a 2-core machine shared with other test sessions
+
+
+@dataclass
+class Submitted:
+    sweep_dir: Path
+    proc: subprocess.CompletedProcess
+    returned_at: float               # wall clock right after the CLI exited
+    results_at_return: list[str]     # result.json files that already existed then
+
+
+def run_sweep_cli(sweep_dir: Path, *overrides: str) -> Submitted:
+    proc = subprocess.run([sys.executable, "-m", "vit_dt.cli", "sweep", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    returned_at = time.time()
+    existing = [str(p) for p in sweep_dir.glob("points/*/result.json")]
+    return Submitted(sweep_dir, proc, returned_at, existing)
+
+
+def wait_until_done(sweep_dir: Path, timeout_s: float = WAIT_S):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, rows = sweep_status(sweep_dir)
+        if all(r.state in TERMINAL for r in rows):
+            return rows
+        if time.monotonic() > deadline:
+            pytest.fail(f"sweep {sweep_dir} not done after {timeout_s} s: {[(r.index, r.state) for r in rows]}")
+        time.sleep(3)
+
+
+def launch_records(run_dir: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("launch/rank*.json"))]
+
+
+def job_end_times(job_ids: list[str]) -> list[float]:
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,End", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True, check=True).stdout
+    ends = [line.split("|")[1] for line in out.splitlines() if "|" in line]
+    return [dt.datetime.fromisoformat(e).timestamp() for e in ends if e and e[0].isdigit()]
+
+
+def our_queued_jobs(sweep_dir: Path) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%o"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if str(sweep_dir) in line]
+
+
+@pytest.fixture(scope="module")
+def sweeps(slurm_cluster, tmp_path_factory):
+    base = tmp_path_factory.mktemp("sweeps")
+    submitted = {
+        "shapes": run_sweep_cli(base / "shapes", "cluster=localslurm", "resources.nodes=1,2", "trainer.seed=0,1",
+                                *TRAIN),
+        "gpu": run_sweep_cli(base / "gpu", "cluster=localslurm", "resources.partition=gpu", "resources.layout=intra",
+                             "resources.gpus=2", *QUICK),
+        "srun_mpi": run_sweep_cli(base / "srun_mpi", "cluster=localslurm", "cluster.launcher=srun_mpi",
+                                  "resources.nodes=2", *QUICK, *OPEN_MPI),
+        "mpirun": run_sweep_cli(base / "mpirun", "cluster=localslurm", "cluster.launcher=mpirun",
+                                "++cluster.mpirun=/usr/bin/mpirun", "resources.nodes=2", "resources.gpus_per_node=2",
+                                *QUICK, *OPEN_MPI),
+        "cancel": run_sweep_cli(base / "cancel", "cluster=localslurm", "trainer.seed=0,1", *QUICK),
+    }
+    for name, sub in submitted.items():
+        assert sub.proc.returncode == 0, f"sweep {name} failed:\n{sub.proc.stdout}\n{sub.proc.stderr}"
+    cancel_manifest = read_manifest(base / "cancel")
+    subprocess.run(["scancel", cancel_manifest["points"][1]["job_id"]], check=True)
+    return submitted
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_two_shapes_one_command_returns_before_jobs_end(sweeps):
+    sub = sweeps["shapes"]
+    manifest = read_manifest(sub.sweep_dir)
+    # one job array per shape, points grouped by shape
+    assert len(manifest["points"]) == 4 and len(manifest["jobs"]) == 2
+    shapes = {(j["shape"]["nodes"], j["shape"]["tasks_per_node"]): j for j in manifest["jobs"]}
+    assert set(shapes) == {(1, 1), (2, 1)} and all(j["array"] and len(j["points"]) == 2 for j in shapes.values())
+    for job in manifest["jobs"]:
+        assert job["job_id"] in sub.proc.stdout and Path(job["script"]).is_file()
+    assert str(sub.sweep_dir) in sub.proc.stdout
+    assert all(p["job_id"] and p["submitted_at"] for p in manifest["points"])
+
+    rows = wait_until_done(sub.sweep_dir)
+    assert [r.state for r in rows] == ["completed"] * 4, [(r.index, r.state, r.stderr) for r in rows]
+    assert [r.result for r in rows] == ["completed"] * 4
+    # fire-and-forget: the command was back before any job of the sweep had ended
+    assert sub.results_at_return == []
+    ends = job_end_times([p["job_id"] for p in manifest["points"]])
+    assert len(ends) == 4 and sub.returned_at < min(ends) + 1.0, (sub.returned_at, ends)
+
+    ports = set()
+    for point in manifest["points"]:
+        result = json.loads((Path(point["run_dir"]) / "result.json").read_text())
+        assert result["world_size"] == point["shape"]["world_size"]
+        assert result["nodes"] == point["shape"]["nodes"]
+        records = launch_records(point["run_dir"])
+        assert len(records) == point["shape"]["world_size"]
+        if point["shape"]["nodes"] == 2:
+            env = [r["env"] for r in records]
+            assert sorted(e["RANK"] for e in env) == ["0", "1"]
+            assert len({e["SLURMD_NODENAME"] for e in env}) == 2
+            assert {e["MASTER_PORT"] for e in env} == {str(port_for_job(env[0]["SLURM_JOB_ID"]))}
+            ports.add(env[0]["MASTER_PORT"])
+    assert len(ports) == 2  # two 2-node jobs, two rendezvous ports
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fake_gpu_partition_gives_each_task_its_own_device(sweeps):
+    sub = sweeps["gpu"]
+    rows = wait_until_done(sub.sweep_dir)
+    assert rows[0].state == "completed", rows[0]
+    records = launch_records(rows[0].run_dir)
+    devices = sorted(r["env"].get("CUDA_VISIBLE_DEVICES") for r in records)
+    assert devices == ["0", "1"], devices
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_srun_mpi_job_gets_distinct_mpi_ranks_and_trains(sweeps):
+    sub = sweeps["srun_mpi"]
+    rows = wait_until_done(sub.sweep_dir)
+    assert (rows[0].state, rows[0].result) == ("completed", "completed"), rows[0]
+    env = [r["env"] for r in launch_records(rows[0].run_dir)]
+    assert sorted(e["PMIX_RANK"] for e in env) == ["0", "1"]
+    assert len({e["SLURMD_NODENAME"] for e in env}) == 2
+    result = json.loads((Path(rows[0].run_dir) / "result.json").read_text())
+    assert (result["launch"], result["world_size"], result["nodes"]) == ("mpi", 2, 2)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_mpirun_job_maps_mpi_ranks_to_tasks_and_trains(sweeps):
+    sub = sweeps["mpirun"]
+    rows = wait_until_done(sub.sweep_dir)
+    assert (rows[0].state, rows[0].result) == ("completed", "completed"), rows[0]
+    env = [r["env"] for r in launch_records(rows[0].run_dir)]
+    assert sorted(e["OMPI_COMM_WORLD_RANK"] for e in env) == ["0", "1", "2", "3"]
+    # the wrapper turned MPI ranks into submitit tasks: one result pickle and log per rank
+    assert sorted(e["SLURM_PROCID"] for e in env) == ["0", "1", "2", "3"]
+    job_id = rows[0].job_id
+    for task in range(4):
+        assert (sub.sweep_dir / "slurm" / f"{job_id}_{task}_log.out").is_file()
+    result = json.loads((Path(rows[0].run_dir) / "result.json").read_text())
+    assert (result["launch"], result["world_size"], result["nodes"]) == ("mpi", 4, 2)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_status_reports_a_cancelled_point(sweeps, capsys):
+    from vit_dt.commands import status
+
+    sub = sweeps["cancel"]
+    wait_until_done(sub.sweep_dir)
+    assert status.main([str(sub.sweep_dir), "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["points"]
+    assert [p["state"] for p in points] == ["completed", "cancelled"]
+    assert status.main([str(sub.sweep_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "cancelled" in table and "completed" in table and points[0]["stdout"] in table
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("overrides, message", [
+    (["resources.nodes=1,8"], "8 nodes requested, but partition 'cpu' of cluster 'localslurm' has 4 node(s)"),
+    (["resources.partition=gpu", "resources.gpus_per_node=1,3"], "has 2 GPUs per node"),
+    (["resources.time_min=30,500"], "at most 240 min"),
+])
+def test_oversized_request_exits_nonzero_and_queues_nothing(slurm_cluster, tmp_path, overrides, message):
+    sweep_dir = tmp_path / "too-big"
+    sub = run_sweep_cli(sweep_dir, "cluster=localslurm", *overrides, *QUICK)
+    assert sub.proc.returncode == 2, sub.proc.stdout + sub.proc.stderr
+    assert message in sub.proc.stderr and "nothing was submitted" in sub.proc.stderr
+    assert "point 1" in sub.proc.stderr and "point 0" not in sub.proc.stderr  # the valid point is not blamed
+    assert not (sweep_dir / "sweep.json").exists() and not (sweep_dir / "slurm").exists()
+    assert our_queued_jobs(sweep_dir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_local_scheduler_runs_points_here_and_waits(tmp_path):
+    """cluster=local: no queue, so the points run on this machine (one process per rank) before sweep returns."""
+    sweep_dir = tmp_path / "local"
+    sub = run_sweep_cli(sweep_dir, "cluster=local", "resources.gpus_per_node=1,2", *QUICK)
+    assert sub.proc.returncode == 0, sub.proc.stdout + sub.proc.stderr
+    assert len(sub.results_at_return) == 2  # it waited
+    _, rows = sweep_status(sweep_dir)
+    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 2
+    sizes = [json.loads((Path(r.run_dir) / "result.json").read_text())["world_size"] for r in rows]
+    assert sizes == [1, 2]
+
+
+# --- pieces of the orchestration that need no cluster ------------------------------------------------------
+@pytest.mark.parametrize("raw, state", [
+    ("CANCELLED by 0", "cancelled"), ("COMPLETED", "completed"), ("TIMEOUT", "timeout"), ("NODE_FAIL", "failed"),
+    ("OUT_OF_MEMORY", "failed"), ("PENDING", "pending"), ("REQUEUED", "pending"), ("RUNNING", "running"),
+    ("COMPLETING", "running"), (None, "unknown"), ("", "unknown"), ("WEIRD", "unknown"),
+])
+def test_slurm_states_are_normalized(raw, state):
+    from vit_dt.slurm.status import normalize_state
+
+    assert normalize_state(raw) == state
+
+
+def test_mpi_ranks_become_slurm_tasks():
+    from vit_dt.slurm.mpi_task import map_mpi_to_slurm
+
+    env = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+           "CUDA_VISIBLE_DEVICES": "0,1"}
+    map_mpi_to_slurm(env)
+    assert (env["SLURM_PROCID"], env["SLURM_LOCALID"], env["SLURM_NODEID"], env["SLURM_NTASKS"]) == ("3", "1", "1", "4")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    untouched = {"SLURM_PROCID": "0"}
+    map_mpi_to_slurm(untouched)
+    assert untouched == {"SLURM_PROCID": "0"}
+
+
+def test_manifest_is_written_atomically_and_checked(tmp_path):
+    from vit_dt.slurm.manifest import ManifestError, write_manifest
+
+    write_manifest(tmp_path, {"schema_version": 1, "points": []})
+    assert read_manifest(tmp_path)["points"] == [] and [p.name for p in tmp_path.iterdir()] == ["sweep.json"]
+    (tmp_path / "sweep.json").write_text("{")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        read_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="made by `vit-dt sweep`"):
+        read_manifest(tmp_path / "nowhere")
+
+
+def test_a_sweep_dir_is_never_reused(tmp_path, capsys):
+    from vit_dt.commands import sweep
+
+    args = ["cluster=nebula", f"hydra.sweep.dir={tmp_path}", "--dry-run"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args) == 2
+    assert "already holds a sweep" in capsys.readouterr().err

@@ -1,0 +1,39 @@
+"""`vit-dt status SWEEP_DIR [--json]`: each point's Slurm state, result status and log paths.
+
+States: pending, running, completed, failed, timeout, cancelled (unknown when Slurm has no record).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vit-dt status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", help="a directory made by `vit-dt sweep` (holds sweep.json)")
+    parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error: a return code, not an exception
+        return int(exit_.code or 0)
+
+    from vit_dt.slurm.manifest import ManifestError
+    from vit_dt.slurm.status import format_table, sweep_status
+
+    try:
+        manifest, rows = sweep_status(args.sweep_dir)
+    except ManifestError as exc:
+        print(f"vit-dt status: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"sweep_dir": manifest["sweep_dir"], "warning": manifest.get("status_warning"),
+                          "points": [r.to_dict() for r in rows]}, indent=1))
+    else:
+        print(format_table(manifest, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

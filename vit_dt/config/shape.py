@@ -1,0 +1,78 @@
+"""The resource shape of one run: what Slurm is asked for. Points of a sweep with equal shapes share a job array.
+
+`resources.layout` turns a GPU count into nodes x ranks-per-node:
+    intra: 1 node x `gpus`      inter: `gpus` nodes x 1      grid: `nodes` x `gpus_per_node` as given
+The partition (default: the profile's) supplies cpus_per_task and mem_gb when the request leaves them null,
+and decides whether ranks get GPUs (a CPU partition runs the same ranks on CPUs with gloo).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vit_dt.slurm.profile import ClusterProfile
+
+LAYOUTS = ("intra", "inter", "grid")
+
+
+class ShapeError(ValueError):
+    """`resources` cannot be turned into a job shape (bad layout, missing or non-positive count)."""
+
+
+@dataclass(frozen=True)
+class JobShape:
+    nodes: int
+    tasks_per_node: int         # ranks per node: one per GPU (CPU ranks on a CPU partition)
+    gpus_per_node: int          # GPUs requested per node: tasks_per_node on a GPU partition, else 0
+    partition: str
+    time_min: int
+    cpus_per_task: int | None
+    mem_gb: float | None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def describe(self) -> str:
+        """Short label, e.g. `2x4 gpu(a40) 30min`."""
+        kind = f"{self.gpus_per_node}gpu" if self.gpus_per_node else "cpu"
+        return f"{self.nodes}x{self.tasks_per_node} {kind} {self.partition} {self.time_min}min"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"world_size": self.world_size}
+
+
+def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None) -> JobShape:
+    """The JobShape for a composed config (`resources` + `cluster`). `profile` saves re-parsing `cluster`."""
+    res = cfg["resources"]
+    profile = profile or ClusterProfile.from_config(cfg["cluster"])
+    layout = res.get("layout", "grid")
+    if layout not in LAYOUTS:
+        raise ShapeError(f"resources.layout={layout!r} is not valid; choose one of: {', '.join(LAYOUTS)}")
+    if layout == "grid":
+        nodes = _positive(res.get("nodes", 1), "resources.nodes")
+        per_node = _positive(res.get("gpus_per_node", 1), "resources.gpus_per_node")
+    else:
+        if res.get("gpus") is None:
+            raise ShapeError(f"resources.layout={layout} needs resources.gpus (the total number of ranks), got null")
+        gpus = _positive(res["gpus"], "resources.gpus")
+        nodes, per_node = (1, gpus) if layout == "intra" else (gpus, 1)
+    partition = profile.partition(res.get("partition"))
+    cpus = res.get("cpus_per_task")
+    mem = res.get("mem_gb")
+    return JobShape(
+        nodes=nodes,
+        tasks_per_node=per_node,
+        gpus_per_node=per_node if partition.has_gpus else 0,
+        partition=partition.name,
+        time_min=_positive(res.get("time_min", 30), "resources.time_min"),
+        cpus_per_task=partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task"),
+        mem_gb=partition.mem_gb if mem is None else float(mem),
+    )
+
+
+def _positive(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShapeError(f"{key} must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,80 @@
+"""The callable submitit pickles for every sweep point; it runs in each task (one per rank) of the job.
+
+It calls the run entry (default `vit_dt.train:run_rank`) and leaves a launch record per rank,
+`<run_dir>/launch/rank<R>.json`: which host, Slurm/MPI ids, device and rendezvous (RANK, MASTER_ADDR/PORT)
+the rank actually used. That record is what to read first when a multi-node job misbehaves.
+
+Being a submitit Checkpointable, a point that gets USR2 before its time limit is requeued with the same
+arguments; the trainer resumes from the run directory's checkpoint if there is one.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from submitit.helpers import Checkpointable
+
+DEFAULT_ENTRY = "vit_dt.train:run_rank"
+RECORDED_ENV = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES",
+    "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID",
+    "SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "SLURMD_NODENAME", "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT",
+    "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
+    "SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS",
+)
+
+
+def load_entry(spec: str) -> Callable[[dict, str], Any]:
+    """`module:function` -> the function (a clear error for a typo, before anything is submitted)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"entry {spec!r} must look like 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"entry {spec!r} cannot be loaded: {exc}") from None
+
+
+def noop_entry(cfg: dict[str, Any], run_dir: str) -> None:
+    """An entry that trains nothing (`hydra.launcher.entry=vit_dt.slurm.job_entry:noop_entry`): for timing the
+    orchestration alone (benchmarks/bench_submit.py) and checking a cluster's launch wiring."""
+    return None
+
+
+class PointTask(Checkpointable):
+    """One sweep point: `entry(cfg, run_dir)` in every rank of its job."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: str, entry: str = DEFAULT_ENTRY) -> None:
+        self.cfg = cfg
+        self.run_dir = str(run_dir)
+        self.entry = entry
+
+    def __call__(self) -> Any:
+        started = time.time()
+        status = "failed"
+        try:
+            result = load_entry(self.entry)(self.cfg, self.run_dir)
+            status = "returned"
+            return result
+        finally:
+            _write_launch_record(Path(self.run_dir), started, status)
+
+
+def _write_launch_record(run_dir: Path, started: float, status: str) -> None:
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")
+    record = {"rank_label": rank, "hostname": socket.gethostname(), "pid": os.getpid(), "status": status,
+              "seconds": round(time.time() - started, 3),
+              "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}
+    try:
+        target = run_dir / "launch" / f"rank{rank}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, target)
+    except OSError:  # a missing record must never fail a run that trained
+        pass

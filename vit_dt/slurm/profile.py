@@ -1,0 +1,218 @@
+"""Cluster profiles (conf/cluster/<name>.yaml) as typed objects, and the check of a request against them.
+
+A profile is parsed strictly: a misspelt key is an error that lists the valid names, because a silently
+ignored `acount:` would only surface as a rejected job hours later. `validate_request` refuses a job shape
+that the partition cannot hold, naming the limit, before anything reaches the queue.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vit_dt.config.shape import JobShape
+
+SCHEDULERS = ("local", "slurm")
+LAUNCHERS = ("local", "srun", "srun_mpi", "mpirun")
+
+
+class ProfileError(ValueError):
+    """The cluster profile itself is malformed (unknown key, wrong type, missing partition)."""
+
+
+class RequestError(ValueError):
+    """A job asks for more than its partition offers; nothing has been submitted."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    gpus_per_node: int          # 0: a CPU partition, ranks use gloo
+    nodes: int                  # how many nodes the partition has
+    max_time_min: int
+    gpu_model: str | None = None
+    cpus_per_task: int | None = None   # default for resources.cpus_per_task
+    mem_gb: float | None = None        # default for resources.mem_gb (per node)
+    cpus_per_node: int | None = None   # when known, tasks x cpus_per_task is checked against it
+
+    @property
+    def has_gpus(self) -> bool:
+        return self.gpus_per_node > 0
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    intra_node_gbps: float = 10.0
+    inter_node_gbps: float = 10.0
+    latency_us: float = 20.0
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    name: str
+    scheduler: str
+    launcher: str
+    default_partition: str
+    partitions: Mapping[str, Partition]
+    account: str | None = None
+    qos: str | None = None
+    setup: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    interconnect: Interconnect = Interconnect()
+    signal_delay_s: int = 90            # USR2 this long before the time limit: checkpoint, then requeue
+    requeue: bool = True
+    python: str | None = None           # how a job starts Python; None: the submitting interpreter
+    srun_args: tuple[str, ...] = ()     # appended to the srun launch line
+    mpirun: str = "mpirun"              # the mpirun to call (an MPI matching the one mpi4py loads)
+    mpirun_args: tuple[str, ...] = ()   # appended to the mpirun launch line
+    sbatch_args: Mapping[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value lines
+
+    def partition(self, name: str | None) -> Partition:
+        """The partition called `name` (None: the default one), or a RequestError listing the valid names."""
+        key = self.default_partition if name is None else name
+        if key not in self.partitions:
+            raise RequestError(
+                f"unknown partition {key!r} in cluster profile {self.name!r}; "
+                f"valid partitions: {', '.join(sorted(self.partitions))}"
+            )
+        return self.partitions[key]
+
+    @classmethod
+    def from_config(cls, cluster: Mapping[str, Any]) -> ClusterProfile:
+        """Build from the composed `cluster` node (a DictConfig or a plain dict)."""
+        data = _plain(cluster)
+        _reject_unknown(data, _PROFILE_FIELDS, "cluster profile", "cluster")
+        for required in ("name", "scheduler", "launcher", "default_partition", "partitions"):
+            if data.get(required) is None:
+                raise ProfileError(f"cluster profile is missing `cluster.{required}`")
+        name = str(data["name"])
+        _one_of(data["scheduler"], SCHEDULERS, "cluster.scheduler")
+        _one_of(data["launcher"], LAUNCHERS, "cluster.launcher")
+        if not isinstance(data["partitions"], Mapping) or not data["partitions"]:
+            raise ProfileError(f"cluster profile {name!r}: `cluster.partitions` must map names to partitions")
+        partitions = {str(p): _partition(str(p), spec) for p, spec in data["partitions"].items()}
+        if data["default_partition"] not in partitions:
+            raise ProfileError(
+                f"cluster profile {name!r}: default_partition {data['default_partition']!r} is not one of its "
+                f"partitions: {', '.join(sorted(partitions))}"
+            )
+        interconnect = data.get("interconnect") or {}
+        _reject_unknown(interconnect, _INTERCONNECT_FIELDS, f"cluster profile {name!r} interconnect",
+                        "cluster.interconnect")
+        env = data.get("env") or {}
+        return cls(
+            name=name,
+            scheduler=data["scheduler"],
+            launcher=data["launcher"],
+            default_partition=str(data["default_partition"]),
+            partitions=partitions,
+            account=_opt_str(data.get("account")),
+            qos=_opt_str(data.get("qos")),
+            setup=tuple(str(line) for line in data.get("setup") or ()),
+            env={str(k): str(v) for k, v in env.items()},
+            interconnect=Interconnect(**{k: float(v) for k, v in interconnect.items()}),
+            signal_delay_s=_int(data.get("signal_delay_s", 90), "cluster.signal_delay_s", minimum=0),
+            requeue=bool(data.get("requeue", True)),
+            python=_opt_str(data.get("python")),
+            srun_args=tuple(str(a) for a in data.get("srun_args") or ()),
+            mpirun=str(data.get("mpirun") or "mpirun"),
+            mpirun_args=tuple(str(a) for a in data.get("mpirun_args") or ()),
+            sbatch_args=dict(data.get("sbatch_args") or {}),
+        )
+
+
+_PROFILE_FIELDS = (
+    "name", "scheduler", "launcher", "account", "qos", "default_partition", "partitions", "setup", "env",
+    "interconnect", "signal_delay_s", "requeue", "python", "srun_args", "mpirun", "mpirun_args", "sbatch_args",
+)
+_PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
+                     "cpus_per_node")
+_INTERCONNECT_FIELDS = ("intra_node_gbps", "inter_node_gbps", "latency_us")
+
+
+def validate_request(profile: ClusterProfile, shape: JobShape) -> None:
+    """Raise RequestError when `shape` cannot run on `profile`; every message names the limit it broke."""
+    part = profile.partition(shape.partition)
+    where = f"partition {part.name!r} of cluster {profile.name!r}"
+    if shape.nodes < 1 or shape.tasks_per_node < 1:
+        raise RequestError(f"a job needs at least 1 node and 1 task per node, got {shape.nodes} x "
+                           f"{shape.tasks_per_node}")
+    if shape.gpus_per_node and not part.has_gpus:
+        raise RequestError(f"{shape.gpus_per_node} GPU(s) per node requested, but {where} has no GPUs "
+                           f"(ranks there run on CPUs)")
+    if part.has_gpus and shape.gpus_per_node > part.gpus_per_node:
+        raise RequestError(f"{shape.gpus_per_node} GPUs per node requested, but {where} has "
+                           f"{part.gpus_per_node} GPUs per node ({part.gpu_model or 'GPU'}); "
+                           f"use more nodes (resources.layout=grid, resources.nodes) instead")
+    if shape.nodes > part.nodes:
+        raise RequestError(f"{shape.nodes} nodes requested, but {where} has {part.nodes} node(s)")
+    if shape.time_min > part.max_time_min:
+        raise RequestError(f"time limit {shape.time_min} min requested, but {where} allows at most "
+                           f"{part.max_time_min} min")
+    if shape.time_min < 1:
+        raise RequestError(f"time limit must be at least 1 min, got {shape.time_min}")
+    if part.cpus_per_node is not None and shape.cpus_per_task is not None:
+        cpus = shape.tasks_per_node * shape.cpus_per_task
+        if cpus > part.cpus_per_node:
+            raise RequestError(f"{shape.tasks_per_node} tasks x {shape.cpus_per_task} CPUs = {cpus} CPUs per "
+                               f"node requested, but {where} has {part.cpus_per_node} CPUs per node")
+
+
+def _partition(name: str, spec: Any) -> Partition:
+    if not isinstance(spec, Mapping):
+        raise ProfileError(f"partition {name!r} must be a mapping of {', '.join(_PARTITION_FIELDS)}")
+    _reject_unknown(spec, _PARTITION_FIELDS, f"partition {name!r}", f"cluster.partitions.{name}")
+    for required in ("gpus_per_node", "nodes", "max_time_min"):
+        if spec.get(required) is None:
+            raise ProfileError(f"partition {name!r} is missing `{required}`")
+    key = f"cluster.partitions.{name}"
+    return Partition(
+        name=name,
+        gpus_per_node=_int(spec["gpus_per_node"], f"{key}.gpus_per_node", minimum=0),
+        nodes=_int(spec["nodes"], f"{key}.nodes", minimum=1),
+        max_time_min=_int(spec["max_time_min"], f"{key}.max_time_min", minimum=1),
+        gpu_model=_opt_str(spec.get("gpu_model")),
+        cpus_per_task=None if spec.get("cpus_per_task") is None
+        else _int(spec["cpus_per_task"], f"{key}.cpus_per_task", minimum=1),
+        mem_gb=None if spec.get("mem_gb") is None else float(spec["mem_gb"]),
+        cpus_per_node=None if spec.get("cpus_per_node") is None
+        else _int(spec["cpus_per_node"], f"{key}.cpus_per_node", minimum=1),
+    )
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A DictConfig becomes a resolved dict; a dict passes through."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        DictConfig = ()  # type: ignore[assignment]
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    if not isinstance(node, Mapping):
+        raise ProfileError(f"`cluster` must be a mapping, got {type(node).__name__}")
+    return dict(node)
+
+
+def _reject_unknown(data: Mapping[str, Any], valid: tuple[str, ...], what: str, prefix: str) -> None:
+    unknown = sorted(set(map(str, data)) - set(valid))
+    if unknown:
+        raise ProfileError(
+            f"unknown key(s) in {what}: {', '.join(f'{prefix}.{k}' for k in unknown)}; "
+            f"valid keys: {', '.join(sorted(valid))}"
+        )
+
+
+def _one_of(value: Any, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ProfileError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProfileError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

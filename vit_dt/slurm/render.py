@@ -1,0 +1,237 @@
+"""sbatch scripts from slurm_templates/job.sbatch.tmpl: `render_sbatch(spec)` is a pure function of its spec.
+
+`build_spec` turns (profile, shape, paths) into a spec; keeping the two apart lets golden-file tests pin the
+script text without Slurm, and lets `vit-dt sweep --dry-run` show exactly what would be submitted.
+
+Launch lines (one task per rank; ranks read RANK etc. from Slurm or MPI):
+    srun      srun --unbuffered ... [--gpus-per-task=1] CMD           (tasks get their own GPU from Slurm)
+    srun_mpi  srun --unbuffered --mpi=pmix ... CMD                    (PMIx wires up MPI; mpi4py discovery)
+    mpirun    mpirun -np $SLURM_NTASKS --map-by ppr:N:node ... CMD    (Open MPI syntax; see vit_dt.slurm.mpi_task)
+"""
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vit_dt.paths import templates_dir
+
+TEMPLATE_NAME = "job.sbatch.tmpl"
+LAUNCH_LAUNCHERS = ("srun", "srun_mpi", "mpirun")
+# Environment names that look like credentials are never written into a script (they reach the job
+# through sbatch's default --export=ALL from the submitting shell instead).
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|AUTH)", re.IGNORECASE)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Directives render_sbatch writes itself; sbatch_args may not repeat them (two values would be ambiguous).
+OWN_DIRECTIVES = ("job-name", "partition", "account", "qos", "nodes", "ntasks-per-node", "gpus-per-node",
+                  "cpus-per-task", "mem", "time", "signal", "requeue", "no-requeue", "array", "output",
+                  "error", "open-mode")
+
+
+class _Template(string.Template):
+    # `$` belongs to bash; the template's own placeholders are @@{name}.
+    delimiter = "@@"
+
+
+@dataclass(frozen=True)
+class SbatchSpec:
+    """Everything one sbatch script says. Paths are final strings (with Slurm's %A/%a/%j/%t patterns)."""
+
+    job_name: str
+    nodes: int
+    ntasks_per_node: int
+    time_min: int
+    command: str                 # what every task runs (submitit's `python -u -m submitit.core._submit DIR`)
+    stdout: str                  # per-task log pattern, with %t for the task id
+    stderr: str
+    partition: str | None = None
+    launcher: str = "srun"
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    signal_delay_s: int = 90
+    signal: str = "USR2"
+    requeue: bool = True
+    array_size: int | None = None        # a job array of this many tasks (0..n-1), one per sweep point
+    array_parallelism: int | None = None
+    setup: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    srun_args: tuple[str, ...] = ()
+    mpirun: str = "mpirun"
+    mpirun_args: tuple[str, ...] = ()
+    extra_directives: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCH_LAUNCHERS:
+            raise ValueError(f"launcher {self.launcher!r} cannot be rendered into an sbatch script; "
+                             f"choose one of: {', '.join(LAUNCH_LAUNCHERS)}")
+        for name, _ in self.env:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"environment variable name {name!r} is not a valid shell name")
+        for key, _ in self.extra_directives:
+            if key.replace("_", "-") in OWN_DIRECTIVES:
+                raise ValueError(f"sbatch_args.{key} is set from the profile/resources already; "
+                                 f"remove it from sbatch_args (vit-dt writes: {', '.join(OWN_DIRECTIVES)})")
+
+
+def build_spec(
+    profile: Any,
+    shape: Any,
+    *,
+    job_name: str,
+    folder: str | Path,
+    command: str,
+    array_size: int | None = None,
+    description: str = "",
+) -> SbatchSpec:
+    """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
+    folder = str(folder)
+    job_part = "%A_%a" if array_size is not None else "%j"
+    log = f"{folder.replace('%j', job_part)}/{job_part}_%t_log"
+    return SbatchSpec(
+        job_name=job_name,
+        partition=shape.partition,
+        nodes=shape.nodes,
+        ntasks_per_node=shape.tasks_per_node,
+        gpus_per_node=shape.gpus_per_node,
+        cpus_per_task=shape.cpus_per_task,
+        mem_gb=shape.mem_gb,
+        time_min=shape.time_min,
+        launcher=profile.launcher,
+        account=profile.account,
+        qos=profile.qos,
+        signal_delay_s=profile.signal_delay_s,
+        requeue=profile.requeue,
+        array_size=array_size,
+        setup=tuple(profile.setup),
+        env=tuple(sorted(profile.env.items())),
+        srun_args=tuple(profile.srun_args),
+        mpirun=profile.mpirun,
+        mpirun_args=tuple(profile.mpirun_args),
+        extra_directives=tuple(sorted((str(k), str(v)) for k, v in profile.sbatch_args.items())),
+        command=command,
+        stdout=f"{log}.out",
+        stderr=f"{log}.err",
+        description=description,
+    )
+
+
+def render_sbatch(spec: SbatchSpec, template: str | None = None) -> str:
+    """The sbatch script text for `spec` (`template`: the template text; default slurm_templates/)."""
+    text = _Template(template if template is not None else _default_template()).substitute(
+        description=spec.description or spec.job_name,
+        directives="\n".join(f"#SBATCH {d}" for d in _directives(spec)),
+        setup="\n".join(spec.setup) if spec.setup else "# (none)",
+        env="\n".join(_env_lines(spec.env)) or "# (none)",
+        launch_summary=_launch_summary(spec),
+        launch=_launch_line(spec),
+    )
+    return text if text.endswith("\n") else text + "\n"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _template_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _default_template() -> str:
+    return _template_text(str(templates_dir() / TEMPLATE_NAME))
+
+
+def _directives(spec: SbatchSpec) -> list[str]:
+    out = [f"--job-name={_q(spec.job_name)}"]
+    if spec.partition:
+        out.append(f"--partition={_q(spec.partition)}")
+    if spec.account:
+        out.append(f"--account={_q(spec.account)}")
+    if spec.qos:
+        out.append(f"--qos={_q(spec.qos)}")
+    out += [f"--nodes={spec.nodes}", f"--ntasks-per-node={spec.ntasks_per_node}"]
+    if spec.gpus_per_node:
+        out.append(f"--gpus-per-node={spec.gpus_per_node}")
+    if spec.cpus_per_task:
+        out.append(f"--cpus-per-task={spec.cpus_per_task}")
+    if spec.mem_gb:
+        out.append(f"--mem={_mem(spec.mem_gb)}")
+    out.append(f"--time={_time(spec.time_min)}")
+    # USR2 to every task signal_delay_s before the limit: submitit checkpoints rank 0 and requeues.
+    out.append(f"--signal={spec.signal}@{spec.signal_delay_s}")
+    out.append("--requeue" if spec.requeue else "--no-requeue")
+    if spec.array_size is not None:
+        if spec.array_size < 1:
+            raise ValueError(f"array_size must be >= 1, got {spec.array_size}")
+        limit = f"%{spec.array_parallelism}" if spec.array_parallelism else ""
+        out.append(f"--array=0-{spec.array_size - 1}{limit}")
+    out += [f"--output={_q(_first_task(spec.stdout))}", f"--error={_q(_first_task(spec.stderr))}",
+            "--open-mode=append"]
+    out += [f"--{key.replace('_', '-')}={_q(value)}" for key, value in spec.extra_directives]
+    return out
+
+
+def _env_lines(env: tuple[tuple[str, str], ...]) -> list[str]:
+    lines = []
+    for name, value in env:
+        if is_secret_name(name):
+            lines.append(f"# {name}: not written (looks like a secret); inherited from the submitting shell")
+        else:
+            lines.append(f'export {name}="{_dq(value)}"')
+    return lines
+
+
+def _launch_summary(spec: SbatchSpec) -> str:
+    ranks = f"{spec.nodes} node(s) x {spec.ntasks_per_node} rank(s)"
+    device = "one GPU per rank" if spec.gpus_per_node else "CPU ranks"
+    return f"{spec.launcher}, {ranks}, {device}"
+
+
+def _launch_line(spec: SbatchSpec) -> str:
+    if spec.launcher == "mpirun":
+        # Per-rank logs are written by the rank itself (vit_dt.slurm.mpi_task): mpirun has no --output pattern.
+        args = [_q(spec.mpirun), "-np", "$SLURM_NTASKS", "--map-by", f"ppr:{spec.ntasks_per_node}:node",
+                *map(_q, spec.mpirun_args)]
+        return " ".join(args + [spec.command])
+    args = ["srun", "--unbuffered"]
+    if spec.launcher == "srun_mpi":
+        args.append("--mpi=pmix")
+    args += [f"--output={_q(spec.stdout)}", f"--error={_q(spec.stderr)}"]
+    if spec.gpus_per_node:
+        args.append("--gpus-per-task=1")  # each task sees only its own device (CUDA_VISIBLE_DEVICES)
+    args += [_q(a) for a in spec.srun_args]
+    return " ".join(args + [spec.command])
+
+
+def _first_task(pattern: str) -> str:
+    # The batch step is task 0 of the job: its own output joins task 0's log.
+    return pattern.replace("%t", "0")
+
+
+def _time(minutes: int) -> str:
+    days, rest = divmod(int(minutes), 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours}:{mins:02d}:00"
+
+
+def _mem(gb: float) -> str:
+    return f"{int(gb)}G" if float(gb).is_integer() else f"{int(round(gb * 1024))}M"
+
+
+def _q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def _dq(value: str) -> str:
+    """Escape for a double-quoted bash string: `$VAR` still expands, nothing else is special."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+
+

@@ -1,0 +1,235 @@
+"""From sweep points to jobs: validate every point, group by (profile, shape), submit one job array per group.
+
+Hydra-free, so the launcher plugin stays a thin adapter and this can be driven from plain dicts.
+On Slurm it returns as soon as the arrays are queued; with `cluster.scheduler=local` there is no queue, so
+the points run here, one after another, through submitit's LocalExecutor (one process per rank) and it waits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vit_dt.config.shape import JobShape
+from vit_dt.slurm.job_entry import DEFAULT_ENTRY, PointTask
+from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
+from vit_dt.slurm.profile import ClusterProfile
+from vit_dt.slurm.render import render_sbatch
+
+# submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
+# depends on a per-job directory existing before Slurm opens a job's log files.
+SLURM_SUBDIR = "slurm"
+LOCAL_SUBDIR = "local"
+DRY_RUN_SUBDIR = "dry-run"
+
+
+class SweepError(ValueError):
+    """The sweep cannot be submitted as asked; nothing was queued."""
+
+
+@dataclass
+class SweepPoint:
+    index: int
+    overrides: list[str]
+    cfg: dict[str, Any]           # the resolved config the job receives
+    run_dir: Path
+    profile: ClusterProfile
+    shape: JobShape
+
+
+@dataclass
+class JobGroup:
+    """Points sharing a profile and a shape: one job array."""
+
+    index: int
+    profile: ClusterProfile
+    shape: JobShape
+    points: list[SweepPoint] = field(default_factory=list)
+
+    @property
+    def job_name(self) -> str:
+        s = self.shape
+        return f"vitdt-{s.nodes}x{s.tasks_per_node}-{s.partition}"
+
+    def description(self, sweep_dir: Path) -> str:
+        indexes = ",".join(str(p.index) for p in self.points)
+        return (f"sweep {sweep_dir.name}, job group {self.index}: shape {self.shape.describe()} on cluster "
+                f"{self.profile.name}, point(s) {indexes}")
+
+
+def group_points(points: list[SweepPoint]) -> list[JobGroup]:
+    """Group in first-seen order; points with equal (profile, shape) share a group."""
+    groups: dict[tuple[str, JobShape], JobGroup] = {}
+    for point in points:
+        key = (_fingerprint(point.profile), point.shape)
+        if key not in groups:
+            groups[key] = JobGroup(len(groups), point.profile, point.shape)
+        groups[key].points.append(point)
+    return list(groups.values())
+
+
+def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFAULT_ENTRY,
+                 dry_run: bool = False, max_num_timeout: int = 3, argv: list[str] | None = None,
+                 prepare_seconds: float | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Submit (or, with dry_run, only render) every point; returns the manifest written to sweep.json.
+    `prepare_seconds`: how long composing and validating the points took (recorded in the manifest)."""
+    started = time.perf_counter()
+    sweep_dir = Path(sweep_dir).absolute()
+    if manifest_path(sweep_dir).exists():
+        raise SweepError(f"{manifest_path(sweep_dir)} exists: {sweep_dir} already holds a sweep; "
+                         f"pass hydra.sweep.dir=<new dir> (or wait a second for a new timestamp)")
+    if not points:
+        raise SweepError("the sweep has no points")
+    groups = group_points(points)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "sweep_dir": str(sweep_dir),
+        "created_at": _now(),
+        "argv": argv,
+        "dry_run": dry_run,
+        "entry": entry,
+        "jobs": [],
+        "points": [_point_record(p) for p in points],
+    }
+    slurm_groups = [g for g in groups if g.profile.scheduler == "slurm"]
+    local_groups = [g for g in groups if g.profile.scheduler == "local"]
+    for group in slurm_groups:
+        record = (_render_group(sweep_dir, group, echo) if dry_run
+                  else _submit_group(sweep_dir, group, entry, max_num_timeout))
+        _attach(manifest, group, record)
+    manifest["prepare_seconds"] = None if prepare_seconds is None else round(prepare_seconds, 4)
+    manifest["submit_seconds"] = round(time.perf_counter() - started, 4)
+    manifest["sbatch_seconds"] = round(sum(j.get("sbatch_seconds", 0.0) for j in manifest["jobs"]), 4)
+    write_manifest(sweep_dir, manifest)  # before local runs: `vit-dt status` can watch them
+    if local_groups:
+        for group in local_groups:
+            if dry_run:
+                _attach(manifest, group, {"job_id": None, "scheduler": "local", "submitted_at": None})
+            else:
+                _run_local_group(sweep_dir, group, entry, manifest, echo)
+        write_manifest(sweep_dir, manifest)
+    return manifest
+
+
+# --- Slurm ------------------------------------------------------------------------------------------
+def _submit_group(sweep_dir: Path, group: JobGroup, entry: str, max_num_timeout: int) -> dict[str, Any]:
+    from vit_dt.slurm.executor import VitDtSlurmExecutor
+
+    folder = sweep_dir / SLURM_SUBDIR
+    executor = VitDtSlurmExecutor(folder, group.profile, group.shape, job_name=group.job_name,
+                                  description=group.description(sweep_dir), max_num_timeout=max_num_timeout)
+    tasks = [PointTask(p.cfg, str(p.run_dir), entry) for p in group.points]
+    tic = time.perf_counter()
+    submitted_at = _now()
+    with executor.batch():
+        jobs = [executor.submit(task) for task in tasks]
+    seconds = time.perf_counter() - tic
+    job_ids = [job.job_id for job in jobs]
+    return {
+        "job_id": job_ids[0].split("_")[0],
+        "scheduler": "slurm",
+        "array": len(jobs) > 1,
+        "task_job_ids": job_ids,
+        "script": str(executor.last_submission_file),
+        "submitit_folder": str(folder),
+        "submitted_at": submitted_at,
+        "sbatch_seconds": round(seconds, 4),
+        "log_paths": [_log_paths(job) for job in jobs],
+    }
+
+
+def _render_group(sweep_dir: Path, group: JobGroup, echo: Callable[[str], None]) -> dict[str, Any]:
+    from vit_dt.slurm.executor import job_spec
+
+    folder = sweep_dir / SLURM_SUBDIR
+    array = len(group.points) if len(group.points) > 1 else None
+    spec = job_spec(group.profile, group.shape, folder, job_name=group.job_name, array_size=array,
+                    description=group.description(sweep_dir))
+    text = render_sbatch(spec)
+    script = sweep_dir / DRY_RUN_SUBDIR / f"job{group.index}.sbatch"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(text)
+    echo(f"# ---- {script} ----\n{text}")
+    return {"job_id": None, "scheduler": "slurm", "array": array is not None, "script": str(script),
+            "submitit_folder": str(folder), "submitted_at": None}
+
+
+def _log_paths(job: Any) -> dict[str, str]:
+    paths = job.paths  # task 0's logs; task k's differ only in the _<k>_ before log.out
+    return {"stdout": str(paths.stdout), "stderr": str(paths.stderr)}
+
+
+# --- local ------------------------------------------------------------------------------------------
+def _run_local_group(sweep_dir: Path, group: JobGroup, entry: str, manifest: dict[str, Any],
+                     echo: Callable[[str], None]) -> None:
+    """No queue here: each point runs now, its ranks as local processes, and we wait for it."""
+    import submitit
+
+    folder = sweep_dir / LOCAL_SUBDIR
+    executor = submitit.LocalExecutor(folder=folder)
+    executor.update_parameters(tasks_per_node=group.shape.world_size, nodes=1,
+                               timeout_min=group.shape.time_min, setup=list(group.profile.setup))
+    for point in group.points:
+        tic = time.perf_counter()
+        job = executor.submit(PointTask(point.cfg, str(point.run_dir), entry))
+        record = {"job_id": job.job_id, "scheduler": "local", "array": False, "task_job_ids": [job.job_id],
+                  "submitit_folder": str(folder), "submitted_at": _now(), "log_paths": [_log_paths(job)]}
+        _attach(manifest, JobGroup(group.index, group.profile, group.shape, [point]), record)
+        write_manifest(sweep_dir, manifest)
+        echo(f"point {point.index}: running locally ({group.shape.world_size} rank(s)), logs {job.paths.stdout}")
+        try:
+            job.results()
+            state = "completed"
+        except Exception as exc:  # one failed point does not stop the sweep; status shows it
+            state = "failed"
+            echo(f"point {point.index}: failed: {_error_line(exc)} (log: {job.paths.stderr})")
+        manifest["points"][_position(manifest, point.index)]["local_state"] = state
+        manifest["points"][_position(manifest, point.index)]["seconds"] = round(time.perf_counter() - tic, 2)
+        echo(f"point {point.index}: {state} in {time.perf_counter() - tic:.1f} s")
+
+
+def _error_line(exc: BaseException) -> str:
+    """The exception line of a failed job's trace (submitit wraps it between dashed lines)."""
+    text = str(exc)
+    if "----" in text:
+        text = text.split("-" * 22)[1] if text.count("-" * 22) >= 2 else text
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(" ")]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# --- manifest records --------------------------------------------------------------------------------
+def _point_record(point: SweepPoint) -> dict[str, Any]:
+    return {"index": point.index, "overrides": list(point.overrides), "run_dir": str(point.run_dir),
+            "cluster": point.profile.name, "scheduler": point.profile.scheduler,
+            "launcher": point.profile.launcher, "shape": point.shape.to_dict(), "job": None, "job_id": None}
+
+
+def _attach(manifest: dict[str, Any], group: JobGroup, record: dict[str, Any]) -> None:
+    job_index = len(manifest["jobs"])
+    record = {"index": job_index, "group": group.index, "cluster": group.profile.name,
+              "launcher": group.profile.launcher, "shape": group.shape.to_dict(),
+              "points": [p.index for p in group.points], **record}
+    manifest["jobs"].append(record)
+    task_ids = record.get("task_job_ids") or [None] * len(group.points)
+    logs = record.get("log_paths") or [None] * len(group.points)
+    for point, job_id, log in zip(group.points, task_ids, logs):
+        entry = manifest["points"][_position(manifest, point.index)]
+        entry.update(job=job_index, job_id=job_id, submitted_at=record.get("submitted_at"))
+        if log:
+            entry["logs"] = log
+
+
+def _position(manifest: dict[str, Any], index: int) -> int:
+    return next(i for i, p in enumerate(manifest["points"]) if p["index"] == index)
+
+
+def _fingerprint(profile: ClusterProfile) -> str:
+    return json.dumps(dataclasses.asdict(profile), sort_keys=True, default=str)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
