@@ -105,6 +105,8 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
     manifest["submit_seconds"] = round(time.perf_counter() - started, 4)
     manifest["sbatch_seconds"] = round(sum(j.get("sbatch_seconds", 0.0) for j in manifest["jobs"]), 4)
     write_manifest(sweep_dir, manifest)  # before local runs: `vit-dt status` can watch them
+    if not dry_run:
+        point_latest_at(sweep_dir)
     if local_groups:
         for group in local_groups:
             if dry_run:
@@ -113,6 +115,15 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
                 _run_local_group(sweep_dir, group, entry, manifest, echo)
         write_manifest(sweep_dir, manifest)
     return manifest
+
+
+def point_latest_at(sweep_dir: Path) -> None:
+    """<sweeps>/latest -> this sweep, replaced atomically, so `vit-dt report outputs/sweeps/latest` just works."""
+    link = sweep_dir.parent / "latest"
+    tmp = sweep_dir.parent / f".latest-{sweep_dir.name}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(sweep_dir.name)
+    tmp.replace(link)
 
 
 # --- Slurm ------------------------------------------------------------------------------------------

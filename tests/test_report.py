@@ -1,0 +1,237 @@
+"""`vit-dt report`: built offline from a results store; its numbers match the store; its PNGs are real images.
+
+Two kinds of store: realistic records made by vit_dt/analysis/sample_records.py (fast, every plot), and a store
+written by real training runs (`real_sweep_dir`: DeepSpeed on CPU, several GPU counts and batch sizes).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_dt.analysis.report import build_report, load_records
+from vit_dt.analysis.sample_records import make_record, simulated_sweep, write_store
+from vit_dt.commands import report as report_cmd
+
+REPO = Path(__file__).resolve().parent.parent
+MIN_WIDTH, MIN_HEIGHT = 500, 350         # pixels: every plot is at least this big
+MAX_SIDE = 4000                          # and no runaway figure
+MIN_INK = 0.02                           # at least 2% of the pixels differ from the background
+MIN_STD = 10.0                           # grey-level standard deviation: not a flat image
+
+
+def assert_real_png(path: Path) -> None:
+    """A valid PNG of reasonable size with visible content (not blank)."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        grey = np.asarray(image.convert("L"), dtype=float)
+    assert MIN_WIDTH <= width <= MAX_SIDE and MIN_HEIGHT <= height <= MAX_SIDE, f"{path.name}: {width}x{height}"
+    background = np.median(grey)
+    ink = float(np.mean(np.abs(grey - background) > 30))
+    assert ink > MIN_INK, f"{path.name}: only {ink:.1%} of pixels drawn"
+    assert grey.std() > MIN_STD, f"{path.name}: pixel std {grey.std():.1f}"
+
+
+def _strong_speedups(records: list[dict]) -> dict[tuple, dict[int, tuple[float, float]]]:
+    """Independently: per (scaling, micro-batch, one-node?) the speed-up and efficiency of each world size."""
+    latest = {}
+    for r in records:
+        latest[(r.get("sweep_dir"), r.get("point"))] = r
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in latest.values():
+        if r["status"] != "completed":
+            continue
+        times = [e["time_s"] for e in r["epochs"]]
+        t = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
+        groups.setdefault((r["scaling"], r["micro_batch"], r["nodes"] == 1), {})[r["world_size"]] = t
+    for (mode, micro, one_node), by_n in groups.items():
+        single = groups.get((mode, micro, True), {})
+        if 1 not in by_n and 1 in single:               # a 1-GPU run is shared across layouts
+            by_n[1] = single[1]
+    out = {}
+    for key, by_n in groups.items():
+        n1 = min(by_n)
+        weak = key[0] == "weak"
+        out[key] = {n: ((n / n1 if weak else 1.0) * by_n[n1] / t, by_n[n1] / t if weak else by_n[n1] * n1 / (t * n))
+                    for n, t in by_n.items()}
+    return out
+
+
+def _check_report_matches_store(result, records: list[dict]) -> None:
+    data = json.loads(result.json.read_text())
+    expected = _strong_speedups(records)
+    seen = 0
+    for series in data["series"]:
+        key = (series["key"]["scaling"].split()[0], series["points"][-1]["micro_batch"], series["key"]["layout"] == "intra")
+        for point in series["points"]:
+            speedup, efficiency = expected[key][point["world_size"]]
+            assert point["speedup"] == pytest.approx(speedup, rel=1e-9)
+            assert point["efficiency"] == pytest.approx(efficiency, rel=1e-9)
+            seen += 1
+    assert seen == sum(len(v) for v in expected.values())   # every series point, borrowed baselines included
+
+
+# ---------------------------------------------------------------- sample stores
+
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep")
+    records = (simulated_sweep(gpus=[1, 2, 4, 8], micro_batches=[32, 64], seed=4)
+               + simulated_sweep(gpus=[8, 16, 32], layout="inter", start_point=100, seed=5)
+               + simulated_sweep(gpus=[1, 2, 4, 8], scaling="weak", start_point=200, seed=6))
+    records.append(make_record(world_size=4, epoch_time_s=1.0, micro_batch=64, status="failed", point=300))
+    write_store(sweep, records)
+    return build_report([sweep]), records
+
+
+def test_report_files_and_numbers_match_the_store(sample_report) -> None:
+    result, records = sample_report
+    assert result.out_dir.name == "report"
+    for path in (result.html, result.markdown, result.json):
+        assert path.exists() and path.stat().st_size > 1000
+    data = json.loads(result.json.read_text())
+    assert data["meta"]["completed"] == len(records) - 1 and data["meta"]["not_completed"] == 1
+    assert [r["point"] for r in data["not_completed"]] == [300]
+    _check_report_matches_store(result, records)
+    assert {s["kind"] for s in data["series"]} == {"strong", "weak"}
+    # every completed run is a row of the runs table, with its measured epoch time
+    by_dir = {r["run_dir"]: r for r in records if r["status"] == "completed"}
+    assert len(data["runs"]) == len(by_dir)
+    for row in data["runs"]:
+        assert row["epoch_time_s"] == pytest.approx(by_dir[row["run_dir"]]["epoch_time_s_mean"])
+        assert row["comm_share"] == pytest.approx(by_dir[row["run_dir"]]["comm_share"])
+
+
+def test_every_plot_is_made_and_is_a_real_image(sample_report) -> None:
+    result, _ = sample_report
+    assert set(result.plots) == {"epoch_time", "speedup_efficiency", "breakdown", "comm_share", "accuracy",
+                                 "layouts", "epoch_curves", "predicted"}
+    assert result.skipped_plots == {}
+    for path in result.plots.values():
+        assert_real_png(path)
+
+
+def test_html_is_self_contained_and_markdown_links_the_plots(sample_report) -> None:
+    result, _ = sample_report
+    page = result.html.read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(embedded) == len(result.plots)
+    assert all(base64.b64decode(e)[:4] == b"\x89PNG" for e in embedded)
+    assert "http://" not in page and "https://" not in page          # nothing to fetch: works offline
+    assert "Runs left out of the numbers" in page and "failed" in page
+    markdown = result.markdown.read_text()
+    for name, path in result.plots.items():
+        assert f"]({path.relative_to(result.out_dir).as_posix()})" in markdown
+    assert "| GPUs |" in markdown and "efficiency" in markdown
+
+
+def test_missing_data_skips_plots_and_says_why(tmp_path) -> None:
+    one = make_record(world_size=1, epoch_time_s=100.0, micro_batch=64)    # no timers, one GPU count
+    write_store(tmp_path, [one])
+    result = build_report([tmp_path], out_dir=tmp_path / "out")
+    assert {"epoch_time", "speedup_efficiency", "breakdown", "comm_share", "layouts", "predicted"} <= set(
+        result.skipped_plots)
+    assert set(result.plots) == {"accuracy", "epoch_curves"}
+    page = result.html.read_text()
+    assert "Plots skipped" in page and "two or more GPU counts" in page
+
+
+def test_report_command(tmp_path, capsys) -> None:
+    write_store(tmp_path / "a", simulated_sweep(gpus=[1, 2], sweep_dir="/sweeps/a"))
+    write_store(tmp_path / "b", simulated_sweep(gpus=[4, 8], layout="inter", sweep_dir="/sweeps/b"))
+    assert report_cmd.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(tmp_path / "out" / "report.html")
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(data["runs"]) == 4
+    inter = next(s for s in data["series"] if s["key"]["layout"] == "inter")
+    assert [p["world_size"] for p in inter["points"]] == [1, 4, 8] and inter["points"][0]["borrowed"]
+    assert report_cmd.main([str(tmp_path / "nothing-here")]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_report_logs_a_wandb_summary_run_offline(tmp_path, monkeypatch) -> None:
+    from vit_dt.wandb_run import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    write_store(tmp_path, simulated_sweep(gpus=[1, 2, 4]))
+    result = build_report([tmp_path], wandb=True)
+    assert result.wandb_dir is not None and result.wandb_dir.exists()
+    run = read_offline_run(result.wandb_dir)
+    assert run["job_type"] == "report"
+    assert run["summary"]["completed"] == 3
+    [row] = run["history"]                         # W&B's reader flattens the media references with dots
+    assert row["tables/runs._type"] == "table-file" and row["tables/runs.nrows"] == 3
+    table_file = next(result.wandb_dir.rglob(Path(row["tables/runs.path"]).name))
+    table = json.loads(table_file.read_text())
+    assert "epoch time (s)" in table["columns"] and len(table["data"]) == 3
+    report_rows = json.loads(result.json.read_text())["tables"][0]["rows"]
+    assert sorted(map(tuple, table["data"])) == sorted(map(tuple, report_rows))   # the report's own table
+    for name in result.plots:
+        assert row[f"plots/{name}._type"] == "image-file"
+        assert next(result.wandb_dir.rglob(Path(row[f"plots/{name}.path"]).name)).stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- a store written by real runs
+
+def _run_point(sweep: Path, point: int, nproc: int, micro: int, out: Path) -> None:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", VIT_DT_OUT_DIR=str(out),
+               OMP_NUM_THREADS="1")
+    # Whole epochs (no max_steps_per_epoch): strong scaling must compare the same work at every N.
+    overrides = [f"trainer.nproc={nproc}", f"trainer.micro_batch={micro}", "trainer.epochs=2",
+                 "trainer.timer_sample_every=4", "trainer.timer_warmup_steps=2", "scaling=strong",
+                 f"sweep_dir={sweep}", f"point={point}"]
+    done = subprocess.run([sys.executable, "-m", "vit_dt.cli", "train", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"vit-dt train {' '.join(overrides)} failed:\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def real_sweep_dir(tmp_path_factory) -> Path:
+    """A results store written by real runs. $VIT_DT_REAL_SWEEP_DIR names one (e.g. from `vit-dt sweep` on the
+    local Slurm cluster); otherwise four real `vit-dt train` runs make one here: 1 and 2 ranks x micro-batch 16
+    and 32 on the digits dataset, DeepSpeed on CPU, appending to one sweep's results.jsonl as sweep points do."""
+    given = os.environ.get("VIT_DT_REAL_SWEEP_DIR")
+    if given:
+        return Path(given)
+    sweep = tmp_path_factory.mktemp("real-sweep")
+    point = 0
+    for micro in (16, 32):
+        for nproc in (1, 2):
+            _run_point(sweep, point, nproc, micro, sweep / "out")
+            point += 1
+    return sweep
+
+
+@pytest.mark.slow
+def test_report_from_a_real_sweep(real_sweep_dir: Path, tmp_path) -> None:
+    records = load_records([real_sweep_dir])
+    completed = [r for r in records if r["status"] == "completed"]
+    assert len({r["world_size"] for r in completed}) >= 2, "the store needs several GPU counts"
+    assert len({r["micro_batch"] for r in completed}) >= 2, "the store needs several batch sizes"
+    result = build_report([real_sweep_dir], out_dir=tmp_path / "report")
+    _check_report_matches_store(result, records)
+    for name in ("epoch_time", "speedup_efficiency", "breakdown", "comm_share", "accuracy", "epoch_curves",
+                 "predicted"):
+        assert name in result.plots, f"{name} skipped: {result.skipped_plots.get(name)}"
+    for path in result.plots.values():
+        assert_real_png(path)
+    data = json.loads(result.json.read_text())
+    assert not any("max_steps_per_epoch" in note for note in data["notes"]), "capped epochs: unequal work"
+    by_dir = {r["run_dir"]: r for r in completed}
+    for row in data["runs"]:
+        assert row["epoch_time_s"] == pytest.approx(by_dir[row["run_dir"]]["epoch_time_s_mean"])
+        assert row["final_val_acc"] == pytest.approx(by_dir[row["run_dir"]]["final_val_acc"])

@@ -1,0 +1,125 @@
+"""`vit-dt predict --from SWEEP_DIR|RESULT_JSON ...`: the scaling model's epoch time, speed-up and efficiency."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from vit_dt.analysis import scaling_model as sm
+
+EPILOG = """The compute profile comes from the completed run with the fewest ranks in --from (best: a 1-GPU run).
+The interconnect is --cluster's (conf/cluster/<PROFILE>.yaml), else the runs' own cluster profile; it is
+calibrated on the multi-rank runs of that same cluster unless --no-calibrate. Examples:
+  vit-dt predict --from outputs/sweeps/20260101-120000 --gpus 1,2,4,8,16
+  vit-dt predict --from run/result.json --cluster vaughan --layout inter --gpus 8,16,32 --json
+The model and its assumptions: docs/scaling-model.md."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vit-dt predict", description="Predict scaling from a measured profile.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, metavar="SWEEP_DIR|RESULT_JSON",
+                   help="a sweep directory (results.jsonl), a results.jsonl or one result.json")
+    p.add_argument("--cluster", metavar="PROFILE", help="cluster profile whose interconnect to predict for")
+    p.add_argument("--gpus", default="1,2,4,8,16", help="world sizes, comma-separated (default 1,2,4,8,16)")
+    p.add_argument("--layout", default="intra", choices=sm.LAYOUTS, help="intra: 1 node x N, inter: N nodes x 1, "
+                   "grid: N/G nodes x G (--gpus-per-node)")
+    p.add_argument("--gpus-per-node", type=int, help="ranks per node for --layout grid")
+    p.add_argument("--micro-batch", type=int, help="micro-batch per rank (default: the profile run's)")
+    p.add_argument("--global-batch", type=int, help="fixed global batch (strong scaling, micro = global / N)")
+    p.add_argument("--scaling", choices=sm.SCALINGS, help="strong or weak (default: the profile run's)")
+    p.add_argument("--no-calibrate", action="store_true", help="use the cluster profile's interconnect as is")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _gpus(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise sm.ModelError(f"--gpus {text!r} is not a comma-separated list of integers, e.g. 1,2,4,8") from None
+    if not values or min(values) < 1:
+        raise sm.ModelError(f"--gpus {text!r}: world sizes must be integers >= 1")
+    return values
+
+
+def cluster_interconnect(name: str) -> sm.Interconnect:
+    """The interconnect of conf/cluster/<name>.yaml (composed, so interpolations resolve)."""
+    from vit_dt.paths import conf_dir
+
+    available = sorted(p.stem for p in (conf_dir() / "cluster").glob("*.yaml"))
+    if name not in available:
+        raise sm.ModelError(f"unknown cluster profile {name!r}; valid: {', '.join(available)}")
+    from vit_dt.config import compose, to_container
+
+    cluster = to_container(compose([f"cluster={name}"]))["cluster"]
+    return sm.Interconnect.from_config(cluster.get("interconnect"))
+
+
+def _pick_profile_record(records: list[dict]) -> dict:
+    if not records:
+        raise sm.ModelError("no completed run to take a profile from")
+    smallest = min(int(r["world_size"]) for r in records)
+    return [r for r in records if int(r["world_size"]) == smallest][-1]
+
+
+def run(args: argparse.Namespace) -> dict:
+    from vit_dt.analysis.report import load_records
+    from vit_dt.analysis.scaling import select
+
+    records = select(load_records([Path(args.source)])).used
+    base = _pick_profile_record(records)
+    profile = sm.profile_from_record(base)
+    target = args.cluster or base.get("cluster")
+    if args.cluster:
+        prior = cluster_interconnect(args.cluster)
+    else:
+        prior = sm.interconnect_of(base) or sm.Interconnect()
+    same_cluster = [r for r in records if r.get("cluster") == target]
+    calibration = (sm.Calibration(prior, (), (), notes=("--no-calibrate",)) if args.no_calibrate
+                   else sm.calibrate(same_cluster, prior=prior, profile=profile))
+    kwargs = dict(layout=args.layout, gpus_per_node=args.gpus_per_node, micro_batch=args.micro_batch,
+                  global_batch=args.global_batch, scaling=args.scaling)
+    gpus = _gpus(args.gpus)
+    plain = sm.predict(profile, calibration.interconnect, gpus, overlap=False, **kwargs)
+    overlapped = sm.predict(profile, calibration.interconnect, gpus, overlap=True, **kwargs)
+    return {"profile": asdict(profile), "profile_run": base.get("run_dir"), "cluster": target,
+            "calibration": calibration.to_dict(), "predictions": [asdict(p) for p in plain],
+            "predictions_overlap": [asdict(p) for p in overlapped]}
+
+
+def format_table(result: dict) -> str:
+    ic = result["calibration"]["interconnect"]
+    fitted = ", ".join(result["calibration"]["fitted"]) or "none (prior as is)"
+    lines = [f"profile: {result['profile_run']} ({result['profile']['world_size']} rank(s), "
+             f"micro-batch {result['profile']['micro_batch']}, gradients {result['profile']['grad_bytes'] / 1e6:.0f} MB)",
+             f"interconnect ({result['cluster']}): intra {ic['intra_node_gbps']:.3g} Gb/s, inter "
+             f"{ic['inter_node_gbps']:.3g} Gb/s, latency {ic['latency_us']:.3g} us; calibrated: {fitted} "
+             f"from {len(result['calibration']['points'])} run(s)", ""]
+    header = ("GPUs", "nodes×GPUs", "link", "global batch", "steps/epoch", "all-reduce ms", "step ms", "epoch s",
+              "speed-up", "efficiency", "all-reduce %", "overlap: epoch s", "overlap: eff.")
+    rows = [header]
+    for a, b in zip(result["predictions"], result["predictions_overlap"]):
+        rows.append((str(a["world_size"]), f"{a['nodes']}×{a['ranks_per_node']}", a["link"], str(a["global_batch"]),
+                     str(a["steps_per_epoch"]), f"{a['allreduce_ms']:.1f}", f"{a['step_ms']:.1f}",
+                     f"{a['epoch_s']:.1f}", f"{a['speedup']:.2f}", f"{100 * a['efficiency']:.1f}%",
+                     f"{100 * a['allreduce_share']:.1f}%", f"{b['epoch_s']:.1f}", f"{100 * b['efficiency']:.1f}%"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from vit_dt.analysis.report import ReportError
+
+    try:
+        result = run(args)
+    except (sm.ModelError, ReportError) as error:
+        print(f"vit-dt predict: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0

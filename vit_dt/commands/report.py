@@ -1,0 +1,39 @@
+"""`vit-dt report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--wandb]`: the scaling report, offline, from the store."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP_EPILOG = """Reads SWEEP_DIR/results.jsonl only (no network, no Slurm). Writes report.html (self-contained),
+report.md, report.json and plots/*.png into --out (default: the first SWEEP_DIR/report) and prints the
+HTML report's path. Several sweep directories are merged (e.g. an intra-node and an inter-node sweep).
+--wandb also logs a summary run (offline unless WANDB_MODE=online). How to read it: docs/report.md."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vit-dt report", description="Scaling report of a sweep.", epilog=HELP_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
+                   help="sweep directory (holding results.jsonl), a results.jsonl file or a result.json")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
+    p.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline by default)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from vit_dt.analysis.report import ReportError, build_report
+
+    try:
+        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb)
+    except ReportError as error:
+        print(f"vit-dt report: {error}", file=sys.stderr)
+        return 2
+    for name, reason in result.skipped_plots.items():
+        print(f"skipped plot {name}: {reason}", file=sys.stderr)
+    print(f"markdown: {result.markdown}", file=sys.stderr)
+    if args.wandb:
+        print(f"W&B run: {result.wandb_dir or 'not written (W&B disabled or failed; see the warning above)'}",
+              file=sys.stderr)
+    print(result.html)
+    return 0
