@@ -10,10 +10,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vit_dt import breakdown, metrics
+from vit_dt import breakdown, metrics, optimizers
 from vit_dt.config.batch import Batch
 from vit_dt.distributed import DistEnv
 from vit_dt.results import ResultsStore, write_result
+from vit_dt.wandb_run import scrub_secrets
 
 SCHEMA_VERSION = 1
 STORE_NAME = "results.jsonl"
@@ -72,7 +73,7 @@ def _slurm_job_id() -> str | None:
 
 def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str) -> dict:
     return {"status": "failed", "error": error, **_identity(cfg, run_dir, env), "started_at": started,
-            "finished_at": finished, "epochs": [], "final_val_acc": None, "config": cfg}
+            "finished_at": finished, "epochs": [], "final_val_acc": None, "config": scrub_secrets(cfg)}
 
 
 def _merge_rank_summaries(per_epoch: list[list[dict]]) -> list[dict]:
@@ -104,7 +105,7 @@ class RunRecorder:
         self.hostnames = all_gather(socket.gethostname())
         self.wandb = None
         if env.is_main:
-            from vit_dt.wandb_run import WandbRun  # here, so recording a failure never depends on wandb
+            from vit_dt.wandb_run import WandbRun
 
             run_dir.mkdir(parents=True, exist_ok=True)
             self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=self._group(), job_type=cfg["scaling"]["mode"],
@@ -134,7 +135,8 @@ class RunRecorder:
             flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
             for key, value in (record.get("breakdown_ms") or {}).items():
                 flat[f"epoch/breakdown_ms/{key}"] = value
-            self.wandb.log(flat, step=max(1, state.epoch) * 10**6)  # epoch rows after that epoch's step rows
+            # At the epoch's last optimizer step: W&B drops rows whose step goes back, and merges equal steps.
+            self.wandb.log(flat, step=sum(e["steps"] for e in state.epochs))
 
     def finish(self, state, module: torch.nn.Module) -> dict | None:
         from vit_dt.trainer import parameter_checksum
@@ -159,7 +161,8 @@ class RunRecorder:
         images = sum(e["train_samples_seen"] for e in steady)
         rates = metrics.throughput(images, seconds, self.env.world_size)
         tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.flops_per_image)
-        peak_tflops = metrics.peak_tflops(self.gpu_model, self.cfg["precision"])
+        # fp32 matmuls run as TF32 when torch allows it: measure against that peak, not the far lower FP32 one.
+        peak_tflops = metrics.peak_tflops(self.gpu_model, metrics.matmul_precision(self.cfg["precision"]))
         per_rank = _merge_rank_summaries(state.breakdowns)
         analysis = breakdown.analyse(per_rank) if per_rank else None
         spread = max(checksums) - min(checksums)
@@ -168,6 +171,7 @@ class RunRecorder:
             "started_at": self.started, "finished_at": _now(), "hostnames": sorted(set(self.hostnames)),
             "device": self.device.type, "gpu_model": self.gpu_model,
             "micro_batch": self.batch.micro, "grad_accum": self.batch.grad_accum, "global_batch": self.batch.global_,
+            **optimizers.lr_record(self.cfg.get("optimizer"), self.batch.global_),  # lr_rule, lr_effective, ...
             "train_samples": self.info.train_samples, "val_samples": self.info.val_samples,
             "num_params": self.num_params, "flops_per_image": self.flops_per_image,
             "epochs": epochs,
@@ -187,7 +191,7 @@ class RunRecorder:
             "deepspeed_config": self.ds_config,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "deepspeed": _deepspeed_version()},
-            "config": self.cfg,
+            "config": scrub_secrets(self.cfg),
         }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vit_dt.config import ConfigError, compose, to_container, validate
+from vit_dt.wandb_run import scrub_secrets
 
 HELP = """usage: vit-dt train [key=value ...]
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir = new_run_dir(cfg["out_dir"]).resolve()
     run_dir.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(scrub_secrets(cfg)), run_dir / "config.yaml")  # secrets come from the env
     print(f"run directory: {run_dir}", flush=True)
     nproc = int(cfg["trainer"]["nproc"])
     if nproc == 1:

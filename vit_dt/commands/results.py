@@ -1,0 +1,65 @@
+"""`vit-dt results SWEEP_DIR [--csv FILE] [--all]`: a sweep's results store as a table, optionally as CSV."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vit_dt.results import STORE_NAME, TABLE_COLUMNS, ResultsStore, results_table, to_csv
+
+HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
+           "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",
+           "comm_share": "comm share", "final_val_acc": "val acc"}
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column == "comm_share":
+        return f"{100 * value:.1f}%"
+    if column == "final_val_acc":
+        return f"{value:.4f}"
+    if column == "epoch_time_s":
+        return f"{value:.2f}"
+    if column == "img_per_s":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[HEADERS[c] for c in TABLE_COLUMNS]] + [[_cell(c, row[c]) for c in TABLE_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
+    text_columns = {"status"}
+    lines = []
+    for line in cells:
+        parts = [cell.ljust(w) if TABLE_COLUMNS[i] in text_columns else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths))]
+        lines.append("  ".join(parts).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vit-dt results", description=__doc__)
+    parser.add_argument("sweep_dir", type=Path, help=f"a sweep directory (holding {STORE_NAME}) or the store file")
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
+    parser.add_argument("--all", action="store_true",
+                        help="every record, also those a requeued or re-run point superseded")
+    args = parser.parse_args(argv)
+
+    store = ResultsStore(args.sweep_dir)
+    if not store.path.exists():
+        print(f"vit-dt results: no results store at {store.path} (no run of this sweep has finished yet, "
+              f"or not a sweep directory)", file=sys.stderr)
+        return 1
+    records = store.records() if args.all else list(store.latest_by_point().values())
+    rows = results_table(records)
+    print(format_table(rows))
+    print(f"\n{len(rows)} record(s) from {store.path}")
+    if args.csv:
+        print(f"CSV written to {to_csv(records, args.csv)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""result.json and the sweep's append-only results store (`results.jsonl`).
+
+The store is JSON lines: one record per finished run, appended by whichever rank-0 process finishes, from any
+node of the cluster. JSON lines was chosen over SQLite and Parquet because an append is one `write()` of one
+line (SQLite's locking is unreliable on the network file systems sweeps live on, Parquet files cannot be
+appended to), a torn line from a killed writer damages only itself, and `cat`, `jq` and pandas read it as is.
+Appends take an exclusive `flock` so that writers on file systems where O_APPEND alone is not atomic (NFS)
+still never interleave. A requeued run appends again; `latest_by_point` keeps the last record per point.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+RESULT_NAME = "result.json"
+STORE_NAME = "results.jsonl"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):            # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON: {value!r}")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers (jq, browsers) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(record: Mapping[str, Any], indent: int | None = None) -> str:
+    normalised = json.loads(json.dumps(record, default=_json_default))  # numpy/Path -> JSON types first
+    return json.dumps(_finite(normalised), indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    """Write via a temporary file in the same directory, fsync, then rename over: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some file systems refuse to open a directory for this, which is harmless.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_result(run_dir: Path, result: Mapping[str, Any]) -> Path:
+    """Atomically write `run_dir/result.json`; returns its path."""
+    return _atomic_write_text(Path(run_dir) / RESULT_NAME, to_json(result, indent=2) + "\n")
+
+
+def read_result(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / RESULT_NAME).read_text(encoding="utf-8"))
+
+
+class ResultsStore:
+    """The append-only JSON-lines store of a sweep. `path` is the .jsonl file or a directory holding results.jsonl."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        self.path = path / STORE_NAME if path.is_dir() or path.suffix != ".jsonl" else path
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record as one line, atomically with respect to other appenders on any node."""
+        line = (to_json(record) + "\n").encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)   # RDWR: to check the last byte
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if self._ends_without_newline(fd):
+                    line = b"\n" + line      # a writer died mid-line: keep its fragment on a line of its own
+                view = memoryview(line)
+                while view:                  # a regular file takes it in one write(); loop in case it does not
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _ends_without_newline(fd: int) -> bool:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+    def records(self) -> list[dict]:
+        """Every readable record in append order; an unreadable line (a torn write) is skipped with a warning."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        records = []
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                where = "last line (a writer stopped mid-append?)" if number == len(lines) else f"line {number}"
+                warnings.warn(f"{self.path}: skipping unreadable {where}: {error}", RuntimeWarning, stacklevel=2)
+                continue
+            records.append(record)
+        return records
+
+    def latest_by_point(self) -> dict[Any, dict]:
+        """The last record of each sweep point (a requeued or re-run point appends again), in first-seen order."""
+        latest: dict[Any, dict] = {}
+        for record in self.records():
+            latest[point_of(record)] = record
+        return latest
+
+
+_POINT_IN_PATH = re.compile(r"(?:^|/)points/(\d+)(?:/|$)")
+
+
+def point_of(record: Mapping[str, Any]) -> Any:
+    """A record's sweep point: its `point`, else the index in its run_dir (.../points/<i>), else its run_dir."""
+    if record.get("point") is not None:
+        return record["point"]
+    run_dir = str(record.get("run_dir") or "")
+    match = _POINT_IN_PATH.search(run_dir.replace(os.sep, "/"))
+    if match:
+        return int(match.group(1))
+    return run_dir or None
+
+
+TABLE_COLUMNS = ("point", "status", "world_size", "nodes", "global_batch", "epoch_time_s", "img_per_s",
+                 "comm_share", "final_val_acc")
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _steady(values: list[float]) -> list[float]:
+    # The first epoch pays for warm-up (allocator, JIT builds, page cache): leave it out when there are others.
+    return values[1:] if len(values) > 1 else values
+
+
+def _global_batch(record: Mapping[str, Any]) -> int | None:
+    if record.get("global_batch") is not None:
+        return record["global_batch"]
+    trainer = (record.get("config") or {}).get("trainer") or {}
+    if trainer.get("global_batch") is not None:
+        return trainer["global_batch"]
+    micro, accum, world = trainer.get("micro_batch"), trainer.get("grad_accum") or 1, record.get("world_size")
+    return micro * accum * world if micro and world else None
+
+
+def _epoch_values(record: Mapping[str, Any], key: str) -> list[float]:
+    return [e[key] for e in record.get("epochs") or [] if isinstance(e, Mapping) and e.get(key) is not None]
+
+
+def table_row(record: Mapping[str, Any]) -> dict:
+    """The columns of `vit-dt results` for one record; values a failed or older record lacks are None."""
+    epoch_time = record.get("epoch_time_s_mean")
+    if epoch_time is None:
+        epoch_time = _mean(_steady(_epoch_values(record, "time_s")))
+    img_per_s = record.get("img_per_s")
+    if img_per_s is None:
+        img_per_s = _mean(_steady(_epoch_values(record, "img_per_s")))
+    return {"point": point_of(record), "status": record.get("status"), "world_size": record.get("world_size"),
+            "nodes": record.get("nodes"), "global_batch": _global_batch(record), "epoch_time_s": epoch_time,
+            "img_per_s": img_per_s, "comm_share": record.get("comm_share"),
+            "final_val_acc": record.get("final_val_acc")}
+
+
+def _sort_key(row: Mapping[str, Any]) -> tuple:
+    point = row["point"]
+    return (0, point, "") if isinstance(point, int) else (1, 0, str(point))
+
+
+def results_table(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """One row per record (TABLE_COLUMNS), sorted by point."""
+    return sorted((table_row(r) for r in records), key=_sort_key)
+
+
+def to_csv(records: Iterable[Mapping[str, Any]], path: Path) -> Path:
+    """Write results_table(records) as CSV (empty cells for missing values), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in results_table(records):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return _atomic_write_text(Path(path), buffer.getvalue())
