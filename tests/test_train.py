@@ -50,6 +50,7 @@ def test_each_rank_records_a_breakdown_that_adds_up(two_rank_digits):
         parts = row["fwd"] + row["bwd"] + row["step"]
         assert abs(parts - row["step_time"]) <= 0.15 * row["step_time"], row
     assert 0 < result["comm_share"] < 1
+    assert result["straggler"]["flagged"] is False, result["straggler"]
 
 
 def test_only_rank_zero_talks(two_rank_digits):

@@ -105,8 +105,8 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         epochs=int(trainer_cfg["epochs"]), batch=batch, seed=seed,
         timer_sample_every=int(trainer_cfg["timer_sample_every"]),
         timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
-        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"),
-        step_delay_s=_test_delay(trainer_cfg, env.rank))
+        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"))
+    _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank))
     steps_per_epoch = max(1, info.train_samples // batch.global_)
     if trainer_cfg.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
@@ -144,6 +144,15 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
                       num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
     state = trainer.fit(state)
     return recorder.finish(state, engine.module)
+
+
+def _slow_down_on_purpose(model, delay_s: float) -> None:
+    """Inside the forward pass, so it shows up as this rank's compute time, as a slower GPU would. Prepended so it
+    runs before DeepSpeed's own forward hook stops the fwd timer, whenever the engine registers it."""
+    if delay_s > 0:
+        import time
+
+        model.register_forward_hook(lambda _module, _inputs, _output: time.sleep(delay_s), prepend=True)
 
 
 def _test_delay(trainer_cfg: dict, rank: int) -> float:

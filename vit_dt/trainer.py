@@ -40,7 +40,6 @@ class LoopSettings:
     timer_warmup_steps: int
     log_every: int
     max_steps_per_epoch: int | None
-    step_delay_s: float = 0.0           # test-only: makes this rank a straggler on purpose
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -130,8 +129,6 @@ class Trainer:
                 loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
                 totals += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
                                        torch.tensor(labels.numel(), device=self.device, dtype=torch.float64)])
-            if s.step_delay_s:
-                time.sleep(s.step_delay_s)
             if sampled:
                 _sync(self.device)
                 step_ms = (time.perf_counter() - step_start) * 1e3
