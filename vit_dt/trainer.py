@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -166,11 +166,3 @@ def parameter_checksum(module: torch.nn.Module) -> float:
     """A cheap fingerprint of the weights: replicas that stayed in sync give the same value on every rank."""
     with torch.no_grad():
         return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in module.parameters()))
-
-
-def gather_checksums(value: float) -> list[float]:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [value]
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
