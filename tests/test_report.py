@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -187,36 +186,28 @@ def test_report_logs_a_wandb_summary_run_offline(tmp_path, monkeypatch) -> None:
 
 # ---------------------------------------------------------------- a store written by real runs
 
-def _run_point(sweep: Path, point: int, nproc: int, micro: int, out: Path) -> None:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", VIT_DT_OUT_DIR=str(out),
-               OMP_NUM_THREADS="1")
-    # Whole epochs (no max_steps_per_epoch): strong scaling must compare the same work at every N.
-    overrides = [f"trainer.nproc={nproc}", f"trainer.micro_batch={micro}", "trainer.epochs=2",
-                 "trainer.timer_sample_every=4", "trainer.timer_warmup_steps=2", "scaling=strong",
-                 f"sweep_dir={sweep}", f"point={point}"]
-    done = subprocess.run([sys.executable, "-m", "vit_dt.cli", "train", *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"vit-dt train {' '.join(overrides)} failed:\n{done.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
-def real_sweep_dir(tmp_path_factory) -> Path:
-    """A results store written by real runs. $VIT_DT_REAL_SWEEP_DIR names one (e.g. from `vit-dt sweep` on the
-    local Slurm cluster); otherwise four real `vit-dt train` runs make one here: 1 and 2 ranks x micro-batch 16
-    and 32 on the digits dataset, DeepSpeed on CPU, appending to one sweep's results.jsonl as sweep points do."""
+def real_sweep_dir(slurm_cluster, tmp_path_factory) -> Path:
+    """A results store written by a real sweep on the local Slurm cluster: 1 and 2 nodes x micro-batch 16 and 32
+    on the digits dataset, DeepSpeed on CPU, whole epochs (strong scaling must compare the same work at every N).
+    $VIT_DT_REAL_SWEEP_DIR names an existing one instead."""
+    from tests.test_sweep_slurm import run_sweep_cli, wait_until_done
+
     given = os.environ.get("VIT_DT_REAL_SWEEP_DIR")
     if given:
         return Path(given)
-    sweep = tmp_path_factory.mktemp("real-sweep")
-    point = 0
-    for micro in (16, 32):
-        for nproc in (1, 2):
-            _run_point(sweep, point, nproc, micro, sweep / "out")
-            point += 1
+    sweep = tmp_path_factory.mktemp("real-sweep") / "sweep"
+    submitted = run_sweep_cli(sweep, "cluster=localslurm", "scaling=strong", "resources.nodes=1,2",
+                              "trainer.micro_batch=16,32", "trainer.epochs=2", "trainer.timer_sample_every=4",
+                              "trainer.timer_warmup_steps=2", "wandb.mode=disabled")
+    assert submitted.proc.returncode == 0, submitted.proc.stderr[-3000:]
+    rows = wait_until_done(sweep)
+    assert {r.state for r in rows} == {"completed"}, [(r.index, r.state) for r in rows]
     return sweep
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_report_from_a_real_sweep(real_sweep_dir: Path, tmp_path) -> None:
     records = load_records([real_sweep_dir])
     completed = [r for r in records if r["status"] == "completed"]
