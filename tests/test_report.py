@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from vit_dt.analysis.report import build_report, load_records
 from vit_dt.analysis.sample_records import make_record, simulated_sweep, write_store
 from vit_dt.commands import report as report_cmd
 
-REPO = Path(__file__).resolve().parent.parent
 MIN_WIDTH, MIN_HEIGHT = 500, 350         # pixels: every plot is at least this big
 MAX_SIDE = 4000                          # and no runaway figure
 MIN_INK = 0.02                           # at least 2% of the pixels differ from the background
