@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from vit_dt.config import compose, to_container
 
 # Fast, learnable settings for the embedded digits dataset on a 2-core CPU.
-DIGITS_FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "trainer.lr=2e-3", "wandb.mode=disabled"]
+DIGITS_FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "optimizer.lr=2e-3", "wandb.mode=disabled"]
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -31,8 +31,12 @@ DERIVED_KEYS = {
     "gradient_accumulation_steps": "trainer.grad_accum",
     "bf16": "precision=bf16",
     "fp16": "precision=fp16",
+    "torch_autocast": "precision=bf16 deepspeed.bf16_mode=autocast",
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
+# native: DeepSpeed's bf16 (bf16 weights, fp32 master copy in the optimizer); autocast: DeepSpeed's torch_autocast
+# (fp32 weights, bf16 matmuls inside forward). h100-baseline.md measured autocast faster with engine.compile().
+BF16_MODES = ("native", "autocast")
 ZERO_STAGES = (0, 1, 2, 3)
 QUIET_STEPS_PER_PRINT = 10**9  # DeepSpeed prints from rank 0 only; vit-dt records timings itself.
 
@@ -81,9 +85,13 @@ def _deep_merge(base: dict, extra: Mapping[str, Any]) -> dict:
 
 
 def derive_deepspeed_config(*, batch: Batch, precision: str, zero_stage: int, grad_clip: float | None,
-                            wall_clock_breakdown: bool, overrides: Mapping[str, Any] | None = None) -> dict:
+                            wall_clock_breakdown: bool, overrides: Mapping[str, Any] | None = None,
+                            bf16_mode: str = "native") -> dict:
     if precision not in PRECISIONS:
         raise DeepSpeedConfigError(f"precision={precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+    if bf16_mode not in BF16_MODES:
+        raise DeepSpeedConfigError(f"deepspeed.bf16_mode={bf16_mode!r} is invalid; valid: {', '.join(BF16_MODES)}")
+    autocast = precision == "bf16" and bf16_mode == "autocast"
     if zero_stage not in ZERO_STAGES:
         raise DeepSpeedConfigError(
             f"deepspeed.zero_stage={zero_stage!r} is invalid; valid: {', '.join(map(str, ZERO_STAGES))}")
@@ -103,10 +111,12 @@ def derive_deepspeed_config(*, batch: Batch, precision: str, zero_stage: int, gr
         "zero_optimization": zero,
         "wall_clock_breakdown": bool(wall_clock_breakdown),
         "steps_per_print": QUIET_STEPS_PER_PRINT,
-        "bf16": {"enabled": precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16" and not autocast},
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         "zero_allow_untested_optimizer": True,  # vit-dt passes torch's AdamW (no FusedAdam JIT build)
     }
+    if autocast:
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if grad_clip:
         config["gradient_clipping"] = float(grad_clip)
     _deep_merge(config, overrides)

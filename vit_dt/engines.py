@@ -2,6 +2,10 @@
 
 An engine does one micro-step (forward, backward, and at the accumulation boundary the all-reduce and optimizer
 step), evaluates, and reports the wall-clock breakdown of the last optimizer step when timing was switched on.
+
+Fast-path switches (docs/performance.md): `trainer.compile` compiles the module in place (DeepSpeed's
+`engine.compile()`, `nn.Module.compile` for DDP), so parameter names and checkpoints are the same either way; the
+optimizer comes from `vit_dt.optimizers` (torch's fused AdamW on CUDA, never DeepSpeed's FusedAdam JIT build).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vit_dt.breakdown import TIMER_KEYS, read_engine_timers, set_engine_timing
+from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
 ENGINES = ("deepspeed", "ddp")
 
@@ -47,11 +52,11 @@ class TrainEngine(ABC):
         return float(self.optimizer.param_groups[0]["lr"])
 
 
-def make_optimizer(model: torch.nn.Module, trainer_cfg: Mapping[str, Any], device: torch.device):
-    # torch's AdamW: DeepSpeed's default "AdamW" silently means FusedAdam, a JIT build that breaks on H100 arch "9.0a".
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=float(trainer_cfg["lr"]),
-                             weight_decay=float(trainer_cfg["weight_decay"]), fused=fused)
+def compile_requested(trainer_cfg: Mapping[str, Any]) -> bool:
+    value = trainer_cfg.get("compile", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"trainer.compile={value!r} is invalid; valid: true, false")
+    return value
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -74,16 +79,30 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, schedule: str
 
 
 class DeepSpeedEngine(TrainEngine):
-    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict):
+    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict,
+                 optimizer: OptimizerSpec):
         import deepspeed
 
-        optimizer = make_optimizer(model, trainer_cfg, device)
+        stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        if optimizer.name == "lamb" and stage > 0:
+            # ZeRO flattens parameters into partitions: LAMB's per-layer trust ratio would become per-partition.
+            raise ValueError(f"optimizer=lamb with deepspeed.zero_stage={stage} would compute LAMB's trust ratio "
+                             f"over flattened ZeRO partitions instead of per layer; valid: deepspeed.zero_stage=0 or "
+                             f"engine=ddp")
+        self.optimizer_spec = optimizer
+        torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=make_scheduler(optimizer, **schedule), config=ds_config)
+            model=model, optimizer=torch_optimizer, lr_scheduler=make_scheduler(torch_optimizer, **schedule),
+            config=ds_config)
         self.module = self.engine.module
-        # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match.
+        # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match. Its torch_autocast mode
+        # keeps fp32 weights and casts inside forward, so inputs stay fp32.
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "", torch.float32)
+        self.compiled = compile_requested(trainer_cfg)
+        if self.compiled:
+            # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
+            self.engine.compile()
         self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
         self._last: dict[str, float] = {}
         self.set_timing(False)
@@ -121,15 +140,21 @@ class DDPEngine(TrainEngine):
     """Plain PyTorch DDP: the comparison the paper left as future work (DDP overlaps all-reduce with backward)."""
 
     def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, schedule: dict,
-                 grad_accum: int):
+                 grad_accum: int, optimizer: OptimizerSpec):
         from torch.nn.parallel import DistributedDataParallel
 
         model.to(device)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(model, device_ids=ids)
+        self.compiled = compile_requested(trainer_cfg)
+        if self.compiled:
+            # The DDP wrapper, not the bare model: dynamo's DDPOptimizer then splits graphs at bucket boundaries
+            # so the all-reduce still overlaps backward.
+            self.ddp.compile()
         self.module = model
         self.device = device
-        self.optimizer = make_optimizer(model, trainer_cfg, device)
+        self.optimizer_spec = optimizer
+        self.optimizer = build_optimizer(model.parameters(), optimizer, device)
         self.scheduler = make_scheduler(self.optimizer, **schedule)
         self.grad_clip = float(trainer_cfg.get("grad_clip") or 0.0)
         self.grad_accum = grad_accum

@@ -1,10 +1,16 @@
-"""torchvision Vision Transformers by name, built from the `model` config group."""
+"""torchvision Vision Transformers by name, built from the `model` config group.
+
+Attention already runs through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on a GPU):
+torchvision's EncoderBlock calls nn.MultiheadAttention with need_weights=False, which takes that path.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from torchvision.models import VisionTransformer, vit_b_16
+from torchvision.models.vision_transformer import EncoderBlock
 
 MODEL_NAMES = ("vit_tiny", "vit_b_16")
 
@@ -23,12 +29,40 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Modu
             f"model.image_size={image_size} is not a multiple of model.patch_size={patch_size}")
     if name == "vit_b_16":
         # torchvision's own constructor (weights=None: trained from scratch, as in the paper).
-        return vit_b_16(weights=None, num_classes=num_classes, image_size=image_size,
-                        dropout=float(model_cfg.get("dropout", 0.0)))
-    return VisionTransformer(
-        image_size=image_size, patch_size=patch_size, num_layers=int(model_cfg["num_layers"]),
-        num_heads=int(model_cfg["num_heads"]), hidden_dim=int(model_cfg["hidden_dim"]),
-        mlp_dim=int(model_cfg["mlp_dim"]), dropout=float(model_cfg.get("dropout", 0.0)), num_classes=num_classes)
+        model = vit_b_16(weights=None, num_classes=num_classes, image_size=image_size,
+                         dropout=float(model_cfg.get("dropout", 0.0)))
+    else:
+        model = VisionTransformer(
+            image_size=image_size, patch_size=patch_size, num_layers=int(model_cfg["num_layers"]),
+            num_heads=int(model_cfg["num_heads"]), hidden_dim=int(model_cfg["hidden_dim"]),
+            mlp_dim=int(model_cfg["mlp_dim"]), dropout=float(model_cfg.get("dropout", 0.0)), num_classes=num_classes)
+    if model_cfg.get("activation_checkpointing"):
+        enable_activation_checkpointing(model)
+    return model
+
+
+class CheckpointedEncoderBlock(EncoderBlock):
+    """An EncoderBlock that keeps only its input for backward and recomputes the rest (less memory, ~1/3 more
+    compute). Non-reentrant checkpointing restores the RNG state, so dropout masks match the first pass."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.training:
+            return checkpoint(super().forward, input, use_reentrant=False)
+        return super().forward(input)
+
+
+def enable_activation_checkpointing(model: VisionTransformer) -> int:
+    """Recompute each encoder block's activations in backward; returns the number of blocks changed.
+
+    The blocks change class in place rather than being wrapped, so parameter names, state_dict keys and the
+    optimizer's parameter list stay exactly as without checkpointing (checkpoints load either way).
+    """
+    blocks = [m for m in model.modules() if isinstance(m, EncoderBlock)]
+    if not blocks:
+        raise ModelConfigError(f"{type(model).__name__} has no torchvision EncoderBlock to checkpoint")
+    for block in blocks:
+        block.__class__ = CheckpointedEncoderBlock
+    return len(blocks)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -30,8 +30,9 @@ def _positive_int(key: str, value: Any) -> None:
 
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
-    from vit_dt.ds_config import DeepSpeedConfigError, validate_overrides
+    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, validate_overrides
     from vit_dt.model import MODEL_NAMES
+    from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
     _one_of("precision", cfg["precision"], PRECISIONS)
     _one_of("engine", cfg["engine"], ENGINES)
@@ -53,8 +54,11 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     if image % patch:
         raise ConfigError(f"model.image_size={image} is not a multiple of model.patch_size={patch}")
     _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
+    _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "native"), BF16_MODES)
+    _one_of("trainer.compile", trainer.get("compile", False), (False, True))
     try:
-        resolve_batch(trainer, scaling, world_size)
+        batch = resolve_batch(trainer, scaling, world_size)
         validate_overrides(cfg["deepspeed"].get("overrides") or {})
-    except (BatchError, DeepSpeedConfigError) as exc:
+        OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+    except (BatchError, DeepSpeedConfigError, OptimizerConfigError) as exc:
         raise ConfigError(str(exc)) from None

@@ -1,0 +1,257 @@
+"""What both benchmarks share: the composed vit-dt config, the three step functions being raced, and the timer.
+
+Each step function does one optimizer step on a fixed synthetic batch that already sits on the device, so the race
+measures the training step and not the input pipeline (the trainer's data-wait share measures that).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+StepFn = Callable[[], torch.Tensor]
+
+
+def bench_config(model: str, image_size: int, batch: int, precision: str, compile_model: bool,
+                 extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The fully composed vit-dt config a user's run with these settings would get (so defaults are the real ones)."""
+    from vit_dt.config.compose import compose, to_container
+
+    overrides = ["dataset=synthetic", f"dataset.image_size={image_size}", f"model={model}",
+                 f"model.image_size={image_size}", f"trainer.micro_batch={batch}", f"precision={precision}",
+                 f"trainer.compile={str(compile_model).lower()}", "wandb.mode=disabled", *extra]
+    return to_container(compose(overrides))
+
+
+def synthetic_batch(cfg: dict, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    size, batch = int(cfg["model"]["image_size"]), int(cfg["trainer"]["micro_batch"])
+    images = torch.randn(batch, 3, size, size, generator=gen)
+    labels = torch.randint(0, int(cfg["dataset"]["num_classes"]), (batch,), generator=gen)
+    return images.to(device), labels.to(device)
+
+
+def _fresh_model(cfg: dict, seed: int) -> torch.nn.Module:
+    from vit_dt.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model(cfg["model"], int(cfg["dataset"]["num_classes"]))
+
+
+def _schedule() -> dict:
+    # Constant lr after no warm-up: the schedule's cost is the same whatever its shape.
+    return {"warmup_steps": 0, "total_steps": 10**6, "schedule": "constant"}
+
+
+@dataclass
+class Path:
+    """One contender: a step function plus what it holds (released before the next path is built)."""
+    name: str
+    step: StepFn
+    settings: dict[str, Any]
+    holds: list[Any] = field(default_factory=list)
+    compiled: bool = False
+    resident_before: int = 0     # device bytes allocated before this path was built (the other contenders')
+
+
+def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = False) -> Path:
+    """The plain PyTorch loop a user would write: autocast (bf16), torch.compile, fused AdamW, same grad clipping.
+
+    With `ddp`, the model is wrapped in torch's DistributedDataParallel (the plain torchrun DDP loop).
+    """
+    from vit_dt.optimizers import OptimizerSpec, build_optimizer
+
+    images, labels = synthetic_batch(cfg, device, seed)
+    model = _fresh_model(cfg, seed).to(device)
+    optimizer = build_optimizer(model.parameters(), OptimizerSpec.from_config(cfg["optimizer"], images.shape[0]),
+                                device)
+    net: torch.nn.Module = model
+    if ddp:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    compiled = bool(cfg["trainer"]["compile"])
+    if compiled:
+        net = torch.compile(net)
+    precision = cfg["precision"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    clip = float(cfg["trainer"].get("grad_clip") or 0.0)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(net(images), labels)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    settings = {"loop": "plain PyTorch" + (" DDP" if ddp else ""), "precision": precision,
+                "autocast": dtype is not None, "compile": compiled, "optimizer": type(optimizer).__name__,
+                "fused": bool(optimizer.defaults.get("fused")), "grad_clip": clip}
+    return Path("reference", step, settings, holds=[model, net, optimizer], compiled=compiled)
+
+
+class _TrainerStep:
+    """The per-step work of vit_dt.trainer.Trainer around the engine: the sampled breakdown timers (with their
+    device syncs), the engine's micro-step and the on-device metric totals. No data loader: the batch is fixed."""
+
+    def __init__(self, engine, cfg: dict, images: torch.Tensor, labels: torch.Tensor):
+        from vit_dt.breakdown import StepSampler
+
+        trainer = cfg["trainer"]
+        self.engine, self.images, self.labels = engine, images, labels
+        self.sampler = StepSampler(sample_every=int(trainer["timer_sample_every"]),
+                                   warmup_steps=int(trainer["timer_warmup_steps"]))
+        self.device = images.device
+        self.totals = torch.zeros(3, device=self.device, dtype=torch.float64)
+        self.count = torch.tensor(float(labels.numel()), device=self.device, dtype=torch.float64)
+        self.index = 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self) -> torch.Tensor:
+        sampled = self.sampler.should_sample(self.index)
+        if sampled:
+            self._sync()
+        self.engine.set_timing(sampled)
+        start = time.perf_counter()
+        loss, logits = self.engine.micro_step(self.images, self.labels, boundary=True)
+        self.totals += torch.stack([loss.double() * self.labels.numel(),
+                                    (logits.argmax(1) == self.labels).sum().double(), self.count])
+        if sampled:
+            self._sync()
+            self.sampler.add(self.engine.last_step_timers(), data_wait_ms=0.0,
+                             step_ms=(time.perf_counter() - start) * 1e3)
+        self.index += 1
+        return loss
+
+
+def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: str | None = None) -> Path:
+    from vit_dt.config.batch import resolve_batch
+    from vit_dt.ds_config import derive_deepspeed_config
+    from vit_dt.engines import DeepSpeedEngine
+    from vit_dt.optimizers import OptimizerSpec
+
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
+    mode = bf16_mode or cfg["deepspeed"].get("bf16_mode", "native")
+    ds_config = derive_deepspeed_config(
+        batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
+        grad_clip=cfg["trainer"].get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
+        overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=mode)
+    spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+    engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, cfg["trainer"], device, _schedule(), spec)
+    images, labels = synthetic_batch(cfg, device, seed)
+    settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"],
+                "bf16_mode": mode if cfg["precision"] == "bf16" else None,
+                "zero_stage": ds_config["zero_optimization"]["stage"],
+                "compile": engine.compiled, "optimizer": type(engine.engine.basic_optimizer).__name__,
+                "wrapped_optimizer": type(engine.optimizer).__name__,
+                "wall_clock_breakdown": bool(ds_config["wall_clock_breakdown"]),
+                "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
+                "grad_clip": ds_config.get("gradient_clipping", 0.0)}
+    name = f"deepspeed-{mode}" if cfg["precision"] == "bf16" else "deepspeed"
+    return Path(name, _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
+
+
+def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
+    from vit_dt.config.batch import resolve_batch
+    from vit_dt.engines import DDPEngine
+    from vit_dt.optimizers import OptimizerSpec
+
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
+    spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+    engine = DDPEngine(_fresh_model(cfg, seed), cfg["trainer"], device, cfg["precision"], _schedule(),
+                       batch.grad_accum, spec)
+    images, labels = synthetic_batch(cfg, device, seed)
+    settings = {"loop": "vit-dt DDPEngine", "precision": cfg["precision"], "compile": engine.compiled,
+                "optimizer": type(engine.optimizer).__name__, "timer_sample_every":
+                int(cfg["trainer"]["timer_sample_every"]), "grad_clip": engine.grad_clip}
+    return Path("ddp", _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
+
+
+def release(path: Path) -> None:
+    """Free a path's model, optimizer and compiled graphs."""
+    path.holds.clear()
+    path.step = None  # type: ignore[assignment]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def time_steps(step: StepFn, steps: int, device: torch.device) -> float:
+    """Seconds per step over `steps` steps, measured between two device syncs (no sync inside)."""
+    barrier()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def first_steps(step: StepFn, warmup: int, device: torch.device) -> float:
+    """Runs the warm-up steps; returns the first step's seconds (it includes torch.compile's compilation)."""
+    first = time_steps(step, 1, device)
+    for _ in range(max(0, warmup - 1)):
+        step()
+    sync(device)
+    return first
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def versions() -> dict[str, str | None]:
+    import platform
+
+    try:
+        import deepspeed
+
+        ds = deepspeed.__version__
+    except ImportError:
+        ds = None
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "deepspeed": ds, "cuda": torch.version.cuda}
+
+
+def init_single_rank_group(device: torch.device) -> None:
+    """World size 1 on a free port: nccl on a GPU, gloo on a CPU (what DeepSpeed and DDP need)."""
+    import torch.distributed as dist
+
+    from vit_dt.distributed import free_port
+
+    if dist.is_initialized():
+        return
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)

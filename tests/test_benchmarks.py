@@ -1,0 +1,79 @@
+"""Both benchmarks run end to end in --quick mode and write well-formed JSON. Speed is not checked here (a timed test
+on a shared CPU would be flaky); the numbers come from running the benchmarks themselves (docs/performance.md)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow   # each runs its benchmark end to end (~30 s on a 2-core CPU)
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", f"--out={out}", *args],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.is_file(), proc.stdout[-2000:]
+    return proc
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_throughput_benchmark_quick_writes_every_path(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = run_benchmark("bench_throughput.py", out)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "throughput" and report["quick"] is True
+    assert (report["device"], report["model"], report["precision"]) == ("cpu", "vit_tiny", "fp32")
+    assert report["versions"]["torch"] and report["versions"]["deepspeed"]
+    assert positive(report["flops_per_image"]) and report["peak_tflops"] is None   # no peak on a CPU
+    assert list(report["paths"]) == ["reference", "deepspeed", "ddp"]
+    for name, entry in report["paths"].items():
+        assert positive(entry["img_per_s"]) and positive(entry["step_ms_median"]), (name, entry)
+        assert len(entry["img_per_s_repeats"]) == report["repeats"]
+        assert sorted(entry["img_per_s_repeats"])[len(entry["img_per_s_repeats"]) // 2] == \
+            entry["img_per_s"]                                       # the median of the repeats
+        assert positive(entry["first_step_s"]) and entry["compile_s"] is None   # nothing compiled
+        assert entry["mfu"] is None and positive(entry["tflops"]) and positive(entry["peak_mem_gb"])
+    assert report["paths"]["reference"]["ratio_to_reference"] is None
+    for name in ("deepspeed", "ddp"):
+        entry = report["paths"][name]
+        assert entry["ratio_to_reference"] == entry["img_per_s"] / report["paths"]["reference"]["img_per_s"]
+    assert report["paths"]["deepspeed"]["settings"]["loop"] == "vit-dt DeepSpeedEngine"
+    assert report["paths"]["deepspeed"]["settings"]["optimizer"] == "AdamW"
+    assert "| reference |" in proc.stdout and "| deepspeed |" in proc.stdout
+
+
+def test_throughput_benchmark_rejects_an_unknown_path(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--quick",
+                           "--paths=reference,fsdp", f"--out={tmp_path / 'x.json'}"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "--paths fsdp is unknown; valid: reference, deepspeed, ddp" in proc.stderr
+
+
+def test_ddp_cpu_benchmark_quick_races_three_contenders_on_two_ranks(tmp_path):
+    out = tmp_path / "ddp.json"
+    proc = run_benchmark("bench_ddp_cpu.py", out)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "ddp_cpu" and report["world_size"] == 2 and report["backend"] == "gloo"
+    assert report["goal_ratio"] == 1.05
+    contenders = report["contenders"]
+    assert set(contenders) == {"plain_ddp", "vitdt_ddp", "vitdt_deepspeed"}
+    assert contenders["plain_ddp"]["ratio_to_plain"] == 1.0
+    for name, entry in contenders.items():
+        assert positive(entry["step_ms_median"]), name
+        assert len(entry["step_ms"]) == report["timed_steps"] == report["steps"] * report["repeats"], name
+        assert positive(entry["ratio_to_plain_paired"])
+        assert entry["img_per_s"] == pytest.approx(report["batch_per_rank"] * 2 / (entry["step_ms_median"] / 1e3))
+        assert entry["meets_goal"] == (entry["ratio_to_plain"] <= 1.05)
+    assert contenders["plain_ddp"]["settings"]["loop"] == "plain PyTorch DDP"
+    assert "| vitdt_ddp |" in proc.stdout

@@ -1,0 +1,368 @@
+"""The engines and their options on CPU: real DeepSpeed (DS_ACCELERATOR=cpu) and real DDP over a one-rank gloo group.
+
+Covers the optimizers (each trains through both engines), the LR scaling rules, LAMB against its update formula,
+DeepSpeed's two bf16 modes, activation checkpointing (same gradients, blocks really recomputed) and the engine
+state_dict round trip that checkpoint/resume relies on.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed: this test runs on the CPU
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from vit_dt.config.batch import Batch
+from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config
+from vit_dt.engines import DDPEngine, DeepSpeedEngine
+from vit_dt.model import CheckpointedEncoderBlock, build_model, enable_activation_checkpointing
+from vit_dt.optimizers import (LR_RULES, OPTIMIZERS, Lamb, OptimizerConfigError, OptimizerSpec, build_optimizer,
+                               lr_record, scale_lr)
+
+CPU = torch.device("cpu")
+TINY = {"name": "vit_tiny", "image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 32,
+        "mlp_dim": 64, "dropout": 0.0}
+MICRO = 16
+# Per-optimizer learning rates at which a tiny ViT visibly fits one batch in a few steps.
+TEST_LR = {"adamw": 2e-3, "sgd": 0.1, "lamb": 2e-2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_rank_group():
+    """DeepSpeed and DDP both need a process group: a real one-rank gloo group on a free port."""
+    from vit_dt.distributed import free_port
+
+    if dist.is_initialized():
+        yield
+        return
+    # A tcp:// rendezvous, not RANK/MASTER_PORT variables, which would leak into other tests' subprocesses.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    previous = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"   # DeepSpeed insists on it even with a process group in place
+    yield
+    dist.destroy_process_group()
+    if previous is None:
+        os.environ.pop("LOCAL_RANK", None)
+    else:
+        os.environ["LOCAL_RANK"] = previous
+
+
+def batch_of(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(MICRO, 3, 16, 16, generator=gen), torch.randint(0, 10, (MICRO,), generator=gen)
+
+
+def spec_for(name: str, **extra) -> OptimizerSpec:
+    return OptimizerSpec.from_config({"name": name, "lr": TEST_LR[name], "weight_decay": 0.01, **extra}, MICRO)
+
+
+SCHEDULE = {"warmup_steps": 2, "total_steps": 50, "schedule": "cosine"}
+
+
+def make_engine(kind: str, optimizer: str = "adamw", precision: str = "fp32", bf16_mode: str = "native",
+                seed: int = 0, model_cfg: dict | None = None, zero_stage: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(model_cfg or TINY, num_classes=10)
+    spec = spec_for(optimizer)
+    trainer_cfg = {"grad_clip": 1.0, "compile": False}
+    if kind == "deepspeed":
+        ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision=precision, zero_stage=zero_stage,
+                                            grad_clip=1.0, wall_clock_breakdown=False, bf16_mode=bf16_mode)
+        return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec)
+    return DDPEngine(model, trainer_cfg, CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec)
+
+
+def train_losses(engine, steps: int) -> list[float]:
+    images, labels = batch_of()
+    return [float(engine.micro_step(images, labels, boundary=True)[0]) for _ in range(steps)]
+
+
+# --- LR scaling ---------------------------------------------------------------------------------------------------
+
+def test_linear_rule_scales_with_the_batch_ratio():
+    assert scale_lr(1e-3, 1024, "linear", 256) == pytest.approx(4e-3)
+    assert scale_lr(1e-3, 64, "linear", 256) == pytest.approx(2.5e-4)
+    assert scale_lr(1e-3, 256, "linear", 256) == pytest.approx(1e-3)
+
+
+def test_sqrt_rule_scales_with_the_root_of_the_batch_ratio():
+    assert scale_lr(1e-3, 1024, "sqrt", 256) == pytest.approx(2e-3)
+    assert scale_lr(1e-3, 64, "sqrt", 256) == pytest.approx(5e-4)
+    assert scale_lr(0.1, 512, "sqrt", 128) == pytest.approx(0.2)
+
+
+def test_none_rule_keeps_the_lr_and_needs_no_base_batch():
+    assert scale_lr(3e-4, 4096, "none", None) == 3e-4
+
+
+def test_bad_rule_or_base_batch_is_named_with_the_valid_values():
+    with pytest.raises(OptimizerConfigError, match=r"lr_scaling='cubic' is invalid; valid: none, linear, sqrt"):
+        scale_lr(1e-3, 256, "cubic", 256)
+    for bad in (None, 0, -4, 2.5):
+        with pytest.raises(OptimizerConfigError, match=r"base_batch=.* is invalid"):
+            scale_lr(1e-3, 256, "linear", bad)
+
+
+def test_spec_and_result_fields_carry_the_effective_lr():
+    cfg = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "lr_scaling": "linear", "base_batch": 256}
+    spec = OptimizerSpec.from_config(cfg, global_batch=2048)
+    assert spec.lr_effective == pytest.approx(0.8) and spec.lr_base == 0.1
+    assert lr_record(cfg, 2048) == {"optimizer": "sgd", "lr_rule": "linear", "lr_base": 0.1, "lr_base_batch": 256,
+                                    "lr_effective": pytest.approx(0.8)}
+    # The optimizer really starts from the scaled lr.
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), spec, CPU)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.8)
+
+
+def test_composed_config_gives_every_optimizer_a_valid_spec():
+    from vit_dt.config.compose import compose, to_container
+
+    for name in OPTIMIZERS:
+        for rule in LR_RULES:
+            cfg = to_container(compose([f"optimizer={name}", f"optimizer.lr_scaling={rule}"]))
+            spec = OptimizerSpec.from_config(cfg["optimizer"], global_batch=1024)
+            expected = {"none": 1.0, "linear": 1024 / 256, "sqrt": math.sqrt(1024 / 256)}[rule]
+            assert spec.name == name and spec.lr_effective == pytest.approx(cfg["optimizer"]["lr"] * expected)
+
+
+def test_unknown_optimizer_or_key_lists_the_valid_ones():
+    with pytest.raises(OptimizerConfigError, match=r"optimizer='adam' is unknown; valid: adamw, sgd, lamb"):
+        OptimizerSpec.from_config({"name": "adam", "lr": 1e-3, "weight_decay": 0.0}, 32)
+    with pytest.raises(OptimizerConfigError, match=r"optimizer.momentum is not a setting of optimizer adamw; "
+                                                   r"valid: base_batch, betas, eps, fused, lr"):
+        OptimizerSpec.from_config({"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}, 32)
+    with pytest.raises(OptimizerConfigError, match=r"optimizer.lr=-1 is invalid"):
+        OptimizerSpec.from_config({"name": "sgd", "lr": -1, "weight_decay": 0.0}, 32)
+
+
+def test_config_validation_rejects_a_bad_optimizer_before_the_run():
+    from vit_dt.config.compose import compose, to_container
+    from vit_dt.config.validate import ConfigError, validate
+
+    cfg = to_container(compose(["optimizer.name=adagrad"]))
+    with pytest.raises(ConfigError, match="valid: adamw, sgd, lamb"):
+        validate(cfg, 1)
+    cfg = to_container(compose(["optimizer.lr_scaling=linear", "optimizer.base_batch=null"]))
+    with pytest.raises(ConfigError, match="base_batch=None is invalid"):
+        validate(cfg, 1)
+
+
+# --- LAMB ---------------------------------------------------------------------------------------------------------
+
+def lamb_reference(p, grads, lr, b1, b2, eps, wd, max_trust=10.0, min_trust=0.01):
+    """The LAMB update formula (You et al. 2020, Algorithm 2) in float64 numpy, one tensor, one step per grad."""
+    p, m, v = p.astype(np.float64), np.zeros_like(p, np.float64), np.zeros_like(p, np.float64)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        update = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * p
+        w_norm, u_norm = np.linalg.norm(p), np.linalg.norm(update)
+        trust = np.clip(w_norm / u_norm, min_trust, max_trust) if w_norm > 0 and u_norm > 0 else 1.0
+        p = p - lr * trust * update
+    return p
+
+
+@pytest.mark.parametrize("init", ["random", "zeros", "tiny"])
+def test_lamb_matches_the_update_formula(init):
+    rng = np.random.default_rng(1)
+    start = {"random": rng.normal(size=(7, 5)), "zeros": np.zeros((7, 5)),
+             "tiny": 1e-4 * rng.normal(size=(7, 5))}[init]   # zeros: trust 1; tiny: the min_trust clamp bites
+    grads = [rng.normal(size=(7, 5)) for _ in range(4)]
+    lr, b1, b2, eps, wd = 0.05, 0.9, 0.99, 1e-6, 0.1
+    param = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizer = Lamb([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    for g in grads:
+        param.grad = torch.tensor(g)
+        optimizer.step()
+    expected = lamb_reference(start, grads, lr, b1, b2, eps, wd)
+    np.testing.assert_allclose(param.detach().numpy(), expected, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(expected, start)  # the test moved the weights: it can fail
+
+
+def test_lamb_trust_ratio_is_per_tensor():
+    """Two tensors with the same gradient but weights 100x apart move by amounts 100x apart (per-layer ratio)."""
+    small, large = torch.nn.Parameter(torch.full((4,), 0.01)), torch.nn.Parameter(torch.full((4,), 1.0))
+    optimizer = Lamb([small, large], lr=0.01, weight_decay=0.0)
+    small.grad, large.grad = torch.ones(4), torch.ones(4)
+    optimizer.step()
+    moved_small, moved_large = (0.01 - small.detach()).abs().mean(), (1.0 - large.detach()).abs().mean()
+    assert float(moved_large / moved_small) == pytest.approx(100.0, rel=1e-3)
+
+
+# --- every optimizer through both engines -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_lowers_the_loss_through_the_engine(kind, optimizer):
+    engine = make_engine(kind, optimizer)
+    expected_type = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "lamb": Lamb}[optimizer]
+    inner = getattr(engine, "engine", None)
+    assert isinstance(inner.basic_optimizer if inner else engine.optimizer, expected_type)
+    losses = train_losses(engine, 8)
+    assert all(math.isfinite(x) for x in losses), losses
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_lamb_with_zero_partitions_is_refused():
+    with pytest.raises(ValueError, match=r"lamb with deepspeed.zero_stage=2 .* valid: deepspeed.zero_stage=0"):
+        make_engine("deepspeed", "lamb", zero_stage=2)
+
+
+# --- DeepSpeed bf16 modes -----------------------------------------------------------------------------------------
+
+def test_bf16_mode_autocast_derives_torch_autocast_instead_of_bf16():
+    autocast = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=None,
+                                       wall_clock_breakdown=False, bf16_mode="autocast")
+    assert autocast["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not autocast["bf16"]["enabled"]
+    native = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=None,
+                                     wall_clock_breakdown=False, bf16_mode="native")
+    assert native["bf16"]["enabled"] and "torch_autocast" not in native
+    fp32 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="fp32", zero_stage=0, grad_clip=None,
+                                   wall_clock_breakdown=False, bf16_mode="autocast")
+    assert not fp32["bf16"]["enabled"] and "torch_autocast" not in fp32   # the mode only matters for bf16
+    with pytest.raises(DeepSpeedConfigError, match=r"bf16_mode='amp' is invalid; valid: native, autocast"):
+        derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=None,
+                                wall_clock_breakdown=False, bf16_mode="amp")
+    with pytest.raises(DeepSpeedConfigError, match="derived by vit-dt"):
+        derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=None,
+                                wall_clock_breakdown=False, overrides={"torch_autocast": {"enabled": True}})
+
+
+@pytest.mark.parametrize("mode, weight_dtype", [("native", torch.bfloat16), ("autocast", torch.float32)])
+def test_deepspeed_bf16_modes_train(mode, weight_dtype):
+    engine = make_engine("deepspeed", "adamw", precision="bf16", bf16_mode=mode)
+    assert next(engine.module.parameters()).dtype == weight_dtype
+    assert engine.input_dtype == (torch.bfloat16 if mode == "native" else torch.float32)
+    images, labels = batch_of()
+    _, logits = engine.micro_step(images, labels, boundary=True)
+    assert logits.dtype == torch.bfloat16                  # the matmuls really ran in bf16 in both modes
+    losses = train_losses(engine, 7)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+# --- activation checkpointing -------------------------------------------------------------------------------------
+
+def gradients(model: torch.nn.Module, images, labels) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_activation_checkpointing_gives_the_same_gradients(dropout):
+    cfg = TINY | {"dropout": dropout}
+    torch.manual_seed(3)
+    plain = build_model(cfg, 10)
+    torch.manual_seed(3)
+    checkpointed = build_model(cfg | {"activation_checkpointing": True}, 10)
+    blocks = [m for m in checkpointed.modules() if isinstance(m, CheckpointedEncoderBlock)]
+    assert len(blocks) == TINY["num_layers"]
+    assert list(plain.state_dict()) == list(checkpointed.state_dict())   # same names: checkpoints load either way
+
+    # Count MLP forwards: a checkpointed block runs its MLP again during backward. A pre-hook, because the
+    # recomputation stops as soon as the last saved tensor is rebuilt, before the MLP's forward returns.
+    calls = {"n": 0}
+    blocks[0].mlp.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    images, labels = batch_of(5)
+    torch.manual_seed(11)   # same dropout masks in both forward passes
+    expected = gradients(plain, images, labels)
+    torch.manual_seed(11)
+    got = gradients(checkpointed, images, labels)
+    assert calls["n"] == 2, "the checkpointed block was not recomputed in backward"
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_activation_checkpointing_is_off_in_eval_and_needs_encoder_blocks():
+    torch.manual_seed(0)
+    model = build_model(TINY | {"activation_checkpointing": True}, 10).eval()
+    calls = {"n": 0}
+    next(m for m in model.modules() if isinstance(m, CheckpointedEncoderBlock)).mlp.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    with torch.no_grad():
+        model(batch_of()[0])
+    assert calls["n"] == 1
+    with pytest.raises(ValueError, match="no torchvision EncoderBlock"):
+        enable_activation_checkpointing(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_activation_checkpointing_trains_through_deepspeed():
+    engine = make_engine("deepspeed", "adamw", model_cfg=TINY | {"activation_checkpointing": True})
+    losses = train_losses(engine, 6)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+# --- state_dict round trip (checkpoint/resume) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, optimizer, precision, bf16_mode", [
+    ("deepspeed", "adamw", "fp32", "native"), ("deepspeed", "lamb", "fp32", "native"),
+    ("deepspeed", "adamw", "bf16", "native"), ("deepspeed", "sgd", "bf16", "autocast"),
+    ("ddp", "adamw", "fp32", "native"), ("ddp", "sgd", "fp32", "native"), ("ddp", "lamb", "bf16", "native"),
+])
+def test_state_dict_round_trip_gives_identical_next_steps(kind, optimizer, precision, bf16_mode):
+    images, labels = batch_of(7)
+    first = make_engine(kind, optimizer, precision=precision, bf16_mode=bf16_mode, seed=0)
+    for _ in range(3):   # past the warm-up: scheduler and optimizer moments both carry state
+        first.micro_step(images, labels, boundary=True)
+    saved = copy.deepcopy(first.state_dict())
+    expected = [float(first.micro_step(images, labels, boundary=True)[0]) for _ in range(2)]
+    expected_params = [p.detach().clone() for p in first.module.parameters()]
+    expected_lr = first.lr
+
+    # Different initial weights: only load_state_dict can make the next steps match.
+    second = make_engine(kind, optimizer, precision=precision, bf16_mode=bf16_mode, seed=123)
+    assert not torch.equal(next(second.module.parameters()), next(first.module.parameters()))
+    second.load_state_dict(saved)
+    got = [float(second.micro_step(images, labels, boundary=True)[0]) for _ in range(2)]
+    assert got == expected
+    assert second.lr == expected_lr
+    for a, b in zip(second.module.parameters(), expected_params):
+        assert torch.equal(a.detach(), b)
+
+
+# --- compile (slow on a CPU: inductor builds C++ kernels) ---------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
+def test_compiled_engine_matches_eager(kind):
+    eager = make_engine(kind, "adamw")
+    expected = train_losses(eager, 3)
+    torch.manual_seed(0)
+    model = build_model(TINY, num_classes=10)
+    spec, trainer_cfg = spec_for("adamw"), {"grad_clip": 1.0, "compile": True}
+    if kind == "deepspeed":
+        ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision="fp32", zero_stage=0, grad_clip=1.0,
+                                            wall_clock_breakdown=False)
+        compiled = DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec)
+        assert compiled.engine.is_compiled
+    else:
+        compiled = DDPEngine(model, trainer_cfg, CPU, "fp32", dict(SCHEDULE), grad_accum=1, optimizer=spec)
+    assert compiled.compiled
+    got = train_losses(compiled, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert list(compiled.module.state_dict()) == list(eager.module.state_dict())   # in place: same checkpoint keys
+
+
+# --- the scaled lr reaches result.json ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_scaled_lr_is_trained_with_and_recorded_in_result_json(tmp_path, monkeypatch):
+    from tests.helpers import DIGITS_FAST, read_result, run_cli, run_dir_from_output
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)   # the one-rank group's: this run starts its own
+
+    proc = run_cli("train", *DIGITS_FAST, "optimizer=sgd", "optimizer.lr=0.01", "optimizer.lr_scaling=sqrt",
+                   "optimizer.base_batch=4", "trainer.epochs=1", "trainer.max_steps_per_epoch=3",
+                   "trainer.warmup_epochs=0", "trainer.lr_schedule=constant", f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = read_result(run_dir_from_output(proc.stdout))
+    assert result["global_batch"] == 16
+    assert (result["optimizer"], result["lr_rule"], result["lr_base"], result["lr_base_batch"]) == \
+        ("sgd", "sqrt", 0.01, 4)
+    assert result["lr_effective"] == pytest.approx(0.02)           # 0.01 x sqrt(16 / 4)
+    assert result["epochs"][0]["lr"] == pytest.approx(0.02)        # the optimizer really ran at it
