@@ -34,8 +34,12 @@ test: setup system-deps
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slurm and not slow"
 
+# Speed goals live here, not in tests (docs/performance.md). bench_submit needs the local Slurm cluster.
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_throughput.py
+	$(BIN)/python benchmarks/bench_ddp_cpu.py
+	$(BIN)/python benchmarks/bench_breakdown_overhead.py
+	$(BIN)/vit-dt cluster up && $(BIN)/python benchmarks/bench_submit.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -156,3 +156,9 @@ def test_train_cli_rejects_bad_input_before_running(tmp_path):
     assert proc.returncode == 2
     assert "precision='fp8' is invalid; valid: fp32, bf16, fp16" in proc.stderr
     assert not (Path(tmp_path) / "runs").exists()
+
+
+def test_bf16_on_a_t4_partition_is_refused_before_queueing():
+    with pytest.raises(ConfigError, match=r"precision=bf16 is invalid on partition 't4v2' \(T4: no bf16 support\)"):
+        _check(["cluster=vaughan", "resources.partition=t4v2", "precision=bf16"])
+    _check(["cluster=vaughan", "resources.partition=a40", "precision=bf16"])

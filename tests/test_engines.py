@@ -21,7 +21,8 @@ from vit_dt.config.batch import Batch
 from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config
 from vit_dt.engines import DDPEngine, DeepSpeedEngine
 from vit_dt.model import CheckpointedEncoderBlock, build_model, enable_activation_checkpointing
-from vit_dt.optimizers import (LR_RULES, OPTIMIZERS, Lamb, OptimizerConfigError, OptimizerSpec, build_optimizer,
+from vit_dt.lamb import Lamb
+from vit_dt.optimizers import (LR_RULES, OPTIMIZERS, OptimizerConfigError, OptimizerSpec, build_optimizer,
                                lr_record, scale_lr)
 
 CPU = torch.device("cpu")

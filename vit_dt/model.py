@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models import VisionTransformer, vit_b_16
 from torchvision.models.vision_transformer import EncoderBlock
 
-MODEL_NAMES = ("vit_tiny", "vit_b_16")
+from vit_dt.model_catalog import MODEL_NAMES
 
 
 class ModelConfigError(ValueError):

@@ -12,6 +12,8 @@ SCALING_MODES = ("none", "strong", "weak")
 STRONG_FIXED = ("micro", "global")
 WANDB_MODES = ("offline", "online", "disabled")
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet100")
+# GPUs before Ampere have no bf16 arithmetic: DeepSpeed would emulate it or fail at the first step.
+NO_BF16_GPUS = ("K80", "P100", "T4", "V100")
 
 
 class ConfigError(ValueError):
@@ -31,7 +33,7 @@ def _positive_int(key: str, value: Any) -> None:
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
     from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, validate_overrides
-    from vit_dt.model import MODEL_NAMES
+    from vit_dt.model_catalog import MODEL_NAMES
     from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
     _one_of("precision", cfg["precision"], PRECISIONS)
@@ -53,6 +55,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     image, patch = cfg["model"]["image_size"], cfg["model"]["patch_size"]
     if image % patch:
         raise ConfigError(f"model.image_size={image} is not a multiple of model.patch_size={patch}")
+    _check_precision_on_partition(cfg)
     _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
     _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "native"), BF16_MODES)
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
@@ -62,3 +65,12 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
         OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
     except (BatchError, DeepSpeedConfigError, OptimizerConfigError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
+    cluster = cfg.get("cluster") or {}
+    partition = (cfg.get("resources") or {}).get("partition") or cluster.get("default_partition")
+    gpu_model = str(((cluster.get("partitions") or {}).get(partition) or {}).get("gpu_model") or "")
+    if cfg["precision"] == "bf16" and gpu_model.upper().startswith(NO_BF16_GPUS):
+        raise ConfigError(f"precision=bf16 is invalid on partition {partition!r} ({gpu_model}: no bf16 support); "
+                          f"valid there: fp32, fp16")
