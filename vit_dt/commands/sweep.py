@@ -1,10 +1,16 @@
-"""`vit-dt sweep [hydra overrides] [--dry-run]`: a Hydra multirun over conf/ through vit-dt's launcher.
+"""`vit-dt sweep [hydra overrides] [--dry-run] [--no-verify-data]`, `vit-dt sweep --resume SWEEP_DIR [--dry-run]`:
+a Hydra multirun over conf/ through vit-dt's launcher.
 
     vit-dt sweep cluster=localslurm resources.layout=inter resources.gpus=1,2,4
     vit-dt sweep cluster=vaughan resources.gpus_per_node=1,2,4,8 --dry-run
+    vit-dt sweep --resume outputs/sweeps/20250101-120000     # run again only what did not complete
 
 Every comma list is swept; points are grouped by resource shape, one Slurm job array per shape, and the
-command returns once they are queued (see docs/sweeps.md). Exit status 2: nothing was submitted.
+command returns once they are queued (see docs/sweeps.md). Running the same command again with the same
+hydra.sweep.dir is the same as --resume: completed points are skipped, queued/running ones left alone, the
+rest (failed, timed out, cancelled, never submitted) resubmitted into their run directories (docs/reliability.md).
+File datasets are verified on this node before anything is queued; --no-verify-data skips that for roots only
+compute nodes see. Exit status 2: nothing was submitted.
 """
 from __future__ import annotations
 
@@ -13,7 +19,10 @@ import sys
 USAGE = __doc__
 
 
-def build_overrides(args: list[str], dry_run: bool) -> list[str]:
+OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "-h", "--help")
+
+
+def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True) -> list[str]:
     """Hydra overrides for the multirun: our launcher unless the user picked another one."""
     overrides = list(args)
     chosen = {a.split("=", 1)[0].lstrip("+~") for a in overrides}
@@ -23,6 +32,8 @@ def build_overrides(args: list[str], dry_run: bool) -> list[str]:
             overrides.insert(0, f"{group}=vitdt")
     if dry_run:
         overrides.append("hydra.launcher.dry_run=true")
+    if not verify_data:
+        overrides.append("hydra.launcher.verify_data=false")
     return overrides
 
 
@@ -48,22 +59,52 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     dry_run = "--dry-run" in argv
-    args = [a for a in argv if a != "--dry-run"]
+    verify_data = "--no-verify-data" not in argv
+    args = [a for a in argv if a not in ("--dry-run", "--no-verify-data")]
+    resume_dir = None
+    if "--resume" in args:
+        at = args.index("--resume")
+        if at + 1 >= len(args) or args[at + 1].startswith("--"):
+            print("vit-dt sweep: --resume needs the sweep directory (the one holding sweep.json)", file=sys.stderr)
+            return 2
+        resume_dir = args[at + 1]
+        args = args[:at] + args[at + 2:]
     unknown = [a for a in args if a.startswith("--")]
     if unknown:
-        print(f"vit-dt sweep: unknown option(s) {unknown}; valid: --dry-run, -h/--help "
+        print(f"vit-dt sweep: unknown option(s) {unknown}; valid: {', '.join(OPTIONS)} "
               f"(everything else is a Hydra override, key=value)", file=sys.stderr)
         return 2
+    if resume_dir is not None:
+        return _resume(resume_dir, args, dry_run, verify_data)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        returns = run_sweep(build_overrides(args, dry_run))
+        returns = run_sweep(build_overrides(args, dry_run, verify_data))
     except (ValueError, HydraException, OmegaConfBaseException) as exc:
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 2
-    failed_local = [r.return_value["index"] for r in returns
-                    if isinstance(r.return_value, dict) and r.return_value.get("local_state") == "failed"]
+    return _local_failures([r.return_value for r in returns])
+
+
+def _resume(sweep_dir: str, overrides: list[str], dry_run: bool, verify_data: bool) -> int:
+    from vit_dt.slurm.manifest import ManifestError
+    from vit_dt.slurm.resume import resume_sweep
+
+    if overrides:
+        print(f"vit-dt sweep: --resume takes every point's config from {sweep_dir}; drop the overrides "
+              f"{overrides} (a changed sweep belongs in a new directory)", file=sys.stderr)
+        return 2
+    try:
+        manifest = resume_sweep(sweep_dir, dry_run=dry_run, verify_data=verify_data)
+    except (ValueError, ManifestError, OSError) as exc:  # SweepError, ProfileError, ... are ValueErrors
+        print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
+        return 2
+    return _local_failures(manifest["points"])
+
+
+def _local_failures(points: list) -> int:
+    failed_local = [p["index"] for p in points if isinstance(p, dict) and p.get("local_state") == "failed"]
     if failed_local:
         print(f"vit-dt sweep: local point(s) failed: {failed_local}", file=sys.stderr)
         return 1

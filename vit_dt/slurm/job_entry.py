@@ -56,17 +56,49 @@ class PointTask(Checkpointable):
 
     def __call__(self) -> Any:
         started = time.time()
+        done = completed_result(Path(self.run_dir))
+        if done is not None:
+            # A requeue that lands after the run recorded its result (USR2 between result.json and exit) must not
+            # train again and append a second record to the results store.
+            print(f"vit-dt: {self.run_dir} already holds a completed result.json; nothing to do", flush=True)
+            return done
+        _clear_own_error(Path(self.run_dir))
         status = "failed"
         try:
             result = load_entry(self.entry)(self.cfg, self.run_dir)
             status = "returned"
             return result
+        except SystemExit:
+            status = "interrupted"  # submitit's exit after checkpoint + requeue (USR2): the job runs again
+            raise
         finally:
             _write_launch_record(Path(self.run_dir), started, status)
 
 
+def _rank_label() -> str:
+    return os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")
+
+
+def _clear_own_error(run_dir: Path) -> None:
+    """A requeued attempt starts clean: in a multi-rank job the other ranks of the interrupted attempt usually
+    record the broken connection to rank 0 as their error, which is not why anything failed."""
+    try:
+        (run_dir / f"error-rank{_rank_label()}.txt").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def completed_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's result.json when it says `completed`, else None (missing, failed, unreadable)."""
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("status") == "completed" else None
+
+
 def _write_launch_record(run_dir: Path, started: float, status: str) -> None:
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")
+    rank = _rank_label()
     record = {"rank_label": rank, "hostname": socket.gethostname(), "pid": os.getpid(), "status": status,
               "seconds": round(time.time() - started, 3),
               "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}

@@ -35,6 +35,9 @@ class Partition:
     cpus_per_task: int | None = None   # default for resources.cpus_per_task
     mem_gb: float | None = None        # default for resources.mem_gb (per node)
     cpus_per_node: int | None = None   # when known, tasks x cpus_per_task is checked against it
+    # node (Slurm hostlist) -> GPU model for partitions whose nodes carry different GPUs; parsed and checked by
+    # vit_dt.hardware (kept as given here: scheduling does not depend on it)
+    node_gpus: Any = None
 
     @property
     def has_gpus(self) -> bool:
@@ -127,7 +130,7 @@ _PROFILE_FIELDS = (
     "interconnect", "signal_delay_s", "requeue", "python", "srun_args", "mpirun", "mpirun_args", "sbatch_args",
 )
 _PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
-                     "cpus_per_node")
+                     "cpus_per_node", "node_gpus")
 _INTERCONNECT_FIELDS = ("intra_node_gbps", "inter_node_gbps", "latency_us")
 
 
@@ -152,6 +155,12 @@ def validate_request(profile: ClusterProfile, shape: JobShape) -> None:
                            f"{part.max_time_min} min")
     if shape.time_min < 1:
         raise RequestError(f"time limit must be at least 1 min, got {shape.time_min}")
+    if profile.requeue and profile.signal_delay_s >= shape.time_min * 60:
+        # Slurm would send USR2 ("checkpoint and requeue") at once: the job would requeue itself until
+        # max_num_timeout is spent, never training.
+        raise RequestError(f"time limit {shape.time_min} min is not longer than cluster.signal_delay_s="
+                           f"{profile.signal_delay_s} s (the warning USR2 sent before the limit); raise "
+                           f"resources.time_min above {profile.signal_delay_s / 60:g} min or lower cluster.signal_delay_s")
     if part.cpus_per_node is not None and shape.cpus_per_task is not None:
         cpus = shape.tasks_per_node * shape.cpus_per_task
         if cpus > part.cpus_per_node:
@@ -178,6 +187,7 @@ def _partition(name: str, spec: Any) -> Partition:
         mem_gb=None if spec.get("mem_gb") is None else float(spec["mem_gb"]),
         cpus_per_node=None if spec.get("cpus_per_node") is None
         else _int(spec["cpus_per_node"], f"{key}.cpus_per_node", minimum=1),
+        node_gpus=spec.get("node_gpus"),
     )
 
 

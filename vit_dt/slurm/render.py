@@ -4,7 +4,8 @@
 script text without Slurm, and lets `vit-dt sweep --dry-run` show exactly what would be submitted.
 
 Launch lines (one task per rank; ranks read RANK etc. from Slurm or MPI):
-    srun      srun --unbuffered ... [--gpus-per-task=1] CMD           (tasks get their own GPU from Slurm)
+    srun      srun --unbuffered ... --kill-on-bad-exit=1 [--gpus-per-task=1] CMD   (own GPU per task; one dead
+                                                                     rank ends the step at once)
     srun_mpi  srun --unbuffered --mpi=pmix ... CMD                    (PMIx wires up MPI; mpi4py discovery)
     mpirun    mpirun -np $SLURM_NTASKS --map-by ppr:N:node ... CMD    (Open MPI syntax; see vit_dt.slurm.mpi_task)
 """
@@ -205,6 +206,9 @@ def _launch_line(spec: SbatchSpec) -> str:
     if spec.launcher == "srun_mpi":
         args.append("--mpi=pmix")
     args += [f"--output={_q(spec.stdout)}", f"--error={_q(spec.stderr)}"]
+    # Fail fast: a rank that dies (non-zero exit, signal) makes srun end the whole step at once, instead of the
+    # survivors waiting in a collective until the process-group timeout (NCCL can wait far longer than gloo).
+    args.append("--kill-on-bad-exit=1")
     if spec.gpus_per_node:
         args.append("--gpus-per-task=1")  # each task sees only its own device (CUDA_VISIBLE_DEVICES)
     args += [_q(a) for a in spec.srun_args]

@@ -1,8 +1,11 @@
 """Where each point of a sweep stands: Slurm state (sacct through submitit's watcher, squeue as a fallback for
-jobs accounting has not seen yet), the run's own result status, and its log files."""
+jobs accounting has not seen yet), the run's own result status, its log files, and for a point that did not
+complete, why (`reason`: the ranks' error-rank*.txt, srun/slurmstepd lines of the task logs, else their tail)."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +26,13 @@ STATE_MAP = {
     "CANCELLED": "cancelled",
 }
 STATES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "unknown")
+ENDED_BADLY = ("failed", "timeout", "cancelled")
+# Lines of a job's stderr that say why it ended: srun's verdict per task, slurmstepd's cancel/time-limit notice,
+# submitit's refusal to requeue again.
+_WHY_LINE = re.compile(r"(srun: error: .*task \d+: .*|slurmstepd.*\*\*\* .* \*\*\*|.*Job not requeued because.*"
+                       r"|srun: error: .*(Timed out|terminated|Terminating|Force Terminated).*)")
+_REQUEUE_MARK = "DUE TO JOB REQUEUE"
+VANISHED = "CANCELLED (while pending in its array; Slurm keeps no record of such a task)"
 
 
 @dataclass
@@ -36,6 +46,8 @@ class PointStatus:
     run_dir: str
     stdout: str | None
     stderr: str | None
+    attempts: int = 0           # submissions of this point (1 + resumes); requeues of one job do not count
+    reason: str | None = None   # why it did not complete (only for failed/timeout/cancelled or a failed result)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,16 +69,27 @@ def slurm_states(job_ids: list[str]) -> tuple[dict[str, str], str | None]:
     watcher = SlurmInfoWatcher(delay_s=600)  # only its sacct parser (arrays, ranges such as 12_[0-3])
     bases = sorted({j.split("_")[0] for j in job_ids})
     sacct = ["sacct", "-o", "JobID,State,NodeList", "--parsable2", *[a for b in bases for a in ("-j", b)]]
-    out, warning = _run(sacct)
-    info = watcher.read_info(out) if out else {}
+    sacct_out, warning = _run(sacct)
+    info = watcher.read_info(sacct_out) if sacct_out else {}
     states = {j: info[j]["State"] for j in job_ids if j in info}
     missing = [j for j in job_ids if j not in states]
     if missing:
         out, squeue_warning = _run(["squeue", "-h", "-j", ",".join(bases), "-o", "%i|%T"])
+        if squeue_warning and "Invalid job id" in squeue_warning:
+            squeue_warning = None  # every job named has left the queue: an answer, not a failure
         info = watcher.read_info("JobID|State\n" + out) if out else {}
         states.update({j: info[j]["State"] for j in missing if j in info})
+        if not squeue_warning:
+            states.update(_vanished_array_tasks([j for j in missing if j not in states], sacct_out))
         warning = warning or (squeue_warning if len(states) < len(job_ids) else None)
     return states, warning
+
+
+def _vanished_array_tasks(job_ids: list[str], sacct_out: str) -> dict[str, str]:
+    """Array tasks neither accounting nor the queue knows, of arrays accounting does know: a task cancelled while
+    it still sat in its array's pending record never gets a record of its own (scancel 12_3 right after sbatch)."""
+    accounted = {line.split("|", 1)[0].split("_")[0].split(".")[0] for line in sacct_out.splitlines()[1:] if line}
+    return {j: VANISHED for j in job_ids if "_" in j and j.split("_")[0] in accounted}
 
 
 def _run(command: list[str]) -> tuple[str, str | None]:
@@ -98,10 +121,103 @@ def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatu
         else:
             raw = raw_states.get(point["job_id"])
             state = normalize_state(raw)
+        reason = None
+        if state in ENDED_BADLY or (result == "failed" and state not in ("pending", "running")):
+            reason = failure_reason(point, raw)
         out.append(PointStatus(index=point["index"], overrides=point.get("overrides", []), job_id=point.get("job_id"),
                                state=state, slurm_state=raw, result=result, run_dir=point["run_dir"],
-                               stdout=logs.get("stdout"), stderr=logs.get("stderr")))
+                               stdout=logs.get("stdout"), stderr=logs.get("stderr"),
+                               attempts=len(point.get("attempts") or []), reason=reason))
     return manifest, out
+
+
+def failure_reason(point: dict[str, Any], slurm_state: str | None, max_lines: int = 4) -> str:
+    """Why a point ended without completing, in a few lines: Slurm's state, each rank's exception (error-rank*.txt
+    written by the trainer since this attempt was submitted), srun/slurmstepd's verdict lines from the task logs
+    of the latest attempt; when none of those say anything, the last lines of task 0's stderr."""
+    parts = [f"{point.get('scheduler') or 'slurm'}: {slurm_state}"] if slurm_state else []
+    since = _timestamp(point.get("submitted_at"))
+    for path in sorted(Path(point["run_dir"]).glob("error-rank*.txt"), key=_rank_of):
+        if since is not None and path.stat().st_mtime < since - 1:
+            continue  # left by an earlier attempt
+        message = _exception_message(path)
+        if message:
+            parts.append(f"rank {_rank_of(path)}: {message}")
+    stderr = (point.get("logs") or {}).get("stderr")
+    task_logs = _task_logs(stderr)
+    verdicts = []
+    for log in task_logs:
+        verdicts += [line for line in _since_last_requeue(log) if _WHY_LINE.fullmatch(line)]
+    parts += list(dict.fromkeys(verdicts))[-max_lines:]
+    if len(parts) <= 1 and task_logs:
+        parts += [f"stderr: {line}" for line in _last_lines(task_logs[0], 3)]
+    return "\n".join(parts) if parts else "no error output found"
+
+
+def _rank_of(path: Path) -> int:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def _task_logs(stderr: str | None) -> list[Path]:
+    """Every task's stderr of the job whose task-0 stderr is `stderr` (<prefix>_<task>_log.err)."""
+    if not stderr or not stderr.endswith("_0_log.err"):
+        return [Path(stderr)] if stderr and Path(stderr).is_file() else []
+    first = Path(stderr)
+    prefix = first.name[: -len("_0_log.err")]
+    pattern = re.compile(re.escape(prefix) + r"_(\d+)_log\.err")
+    found = [(int(m.group(1)), p) for p in first.parent.glob(f"{prefix}_*_log.err")
+             if (m := pattern.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _read_lines(path: Path, tail_bytes: int = 64_000) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - tail_bytes))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _since_last_requeue(path: Path) -> list[str]:
+    """The log lines after the last requeue notice: what the earlier attempts of this job said is not the reason."""
+    lines = _read_lines(path)
+    marks = [i for i, line in enumerate(lines) if _REQUEUE_MARK in line]
+    if not marks:
+        return lines
+    rest = lines[marks[-1] + 1:]
+    # srun's "exit code 255" of the task that requeued the job follows the notice; skip it too
+    return [line for line in rest if not ("srun: error:" in line and "exit code 255" in line)]
+
+
+def _exception_message(path: Path) -> str:
+    """The exception at the end of a traceback: from its last unindented line (messages may span lines)."""
+    try:
+        lines = [line.rstrip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    starts = [i for i, line in enumerate(lines) if not line[0].isspace() and not line.startswith("Traceback")
+              and not line.startswith("During handling") and not line.startswith("The above exception")]
+    if not starts:
+        return lines[-1].strip()[:300] if lines else ""
+    return " ".join(line.strip() for line in lines[starts[-1]:starts[-1] + 3])[:500]
+
+
+def _last_lines(path: Path, n: int) -> list[str]:
+    return [line[:300] for line in _read_lines(path, tail_bytes=16_000)[-n:]]
+
+
+def _timestamp(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
 
 
 def _result_status(run_dir: Path) -> str | None:
@@ -122,12 +238,19 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
     lines = [f"sweep {manifest['sweep_dir']}: {len(rows)} point(s): {summary}"]
     if manifest.get("status_warning"):
         lines.append(f"warning: {manifest['status_warning']} (is SLURM_CONF set for this cluster?)")
-    header = ("point", "job", "state", "result", "overrides")
-    table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", " ".join(r.overrides) or "-")
-                        for r in rows]
+    header = ("point", "job", "state", "result", "tries", "overrides")
+    table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", str(r.attempts or "-"),
+                         " ".join(r.overrides) or "-") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    failed = [r for r in rows if r.reason]
+    if failed:
+        lines.append("why (not completed):")
+        for r in failed:
+            lines += [f"  {r.index}: {line}" if i == 0 else f"     {line}"
+                      for i, line in enumerate(r.reason.splitlines())]
+        lines.append(f"  resume: vit-dt sweep --resume {manifest['sweep_dir']}")
     lines.append("logs (task 0; task k: _k_log.*):")
     for r in rows:
         lines.append(f"  {r.index}: {r.stdout or '-'}" + (f"\n     {r.stderr}" if r.stderr else ""))

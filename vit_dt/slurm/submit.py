@@ -10,6 +10,7 @@ import dataclasses
 import datetime as _dt
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from vit_dt.slurm.render import render_sbatch
 # submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
 # depends on a per-job directory existing before Slurm opens a job's log files.
 SLURM_SUBDIR = "slurm"
+POINT_CONFIG = "config.yaml"
 LOCAL_SUBDIR = "local"
 DRY_RUN_SUBDIR = "dry-run"
 
@@ -65,7 +67,7 @@ def group_points(points: list[SweepPoint]) -> list[JobGroup]:
     """Group in first-seen order; points with equal (profile, shape) share a group."""
     groups: dict[tuple[str, JobShape], JobGroup] = {}
     for point in points:
-        key = (_fingerprint(point.profile), point.shape)
+        key = (profile_fingerprint(point.profile), point.shape)
         if key not in groups:
             groups[key] = JobGroup(len(groups), point.profile, point.shape)
         groups[key].points.append(point)
@@ -92,29 +94,77 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
         "argv": argv,
         "dry_run": dry_run,
         "entry": entry,
+        "max_num_timeout": max_num_timeout,
         "jobs": [],
         "points": [_point_record(p) for p in points],
     }
+    if not dry_run:
+        for point in points:
+            write_point_config(point)
+    manifest["prepare_seconds"] = None if prepare_seconds is None else round(prepare_seconds, 4)
+    submit_groups(sweep_dir, groups, manifest, entry=entry, dry_run=dry_run, max_num_timeout=max_num_timeout,
+                  echo=echo, started=started)
+    return manifest
+
+
+def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, Any], *, entry: str, dry_run: bool,
+                  max_num_timeout: int, echo: Callable[[str], None], started: float,
+                  reasons: Mapping[int, str] | None = None) -> None:
+    """Queue (or render) Slurm groups, write the manifest, then run local groups here. Shared by a new sweep and
+    `--resume`, which passes the existing manifest and `reasons` (point index -> why it runs again)."""
+    reason: str | Mapping[int, str] = "submitted" if reasons is None else reasons
     slurm_groups = [g for g in groups if g.profile.scheduler == "slurm"]
     local_groups = [g for g in groups if g.profile.scheduler == "local"]
     for group in slurm_groups:
         record = (_render_group(sweep_dir, group, echo) if dry_run
                   else _submit_group(sweep_dir, group, entry, max_num_timeout))
-        _attach(manifest, group, record)
-    manifest["prepare_seconds"] = None if prepare_seconds is None else round(prepare_seconds, 4)
-    manifest["submit_seconds"] = round(time.perf_counter() - started, 4)
-    manifest["sbatch_seconds"] = round(sum(j.get("sbatch_seconds", 0.0) for j in manifest["jobs"]), 4)
+        _attach(manifest, group, record, reason)
+    if reasons is None:  # a resume records its own timing
+        manifest["submit_seconds"] = round(time.perf_counter() - started, 4)
+        manifest["sbatch_seconds"] = round(sum(j.get("sbatch_seconds", 0.0) for j in manifest["jobs"]), 4)
     write_manifest(sweep_dir, manifest)  # before local runs: `vit-dt status` can watch them
-    if not dry_run:
+    if not dry_run and reasons is None:
         point_latest_at(sweep_dir)
     if local_groups:
         for group in local_groups:
             if dry_run:
-                _attach(manifest, group, {"job_id": None, "scheduler": "local", "submitted_at": None})
+                _attach(manifest, group, {"job_id": None, "scheduler": "local", "submitted_at": None}, reason)
             else:
-                _run_local_group(sweep_dir, group, entry, manifest, echo)
+                _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
         write_manifest(sweep_dir, manifest)
-    return manifest
+
+
+def write_point_config(point: SweepPoint) -> Path:
+    """<run_dir>/config.yaml: the exact config the point's job receives. `vit-dt sweep --resume` resubmits from it
+    (so a resumed point runs the same config even if conf/ or the environment changed since), and
+    `python -m vit_dt.train <run_dir>` reruns the point by hand."""
+    import yaml
+
+    from vit_dt.wandb_run import scrub_secrets
+
+    point.run_dir.mkdir(parents=True, exist_ok=True)
+    target = point.run_dir / POINT_CONFIG
+    tmp = target.with_name(f".{POINT_CONFIG}.tmp")
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the C dumper: 48 points must not cost seconds
+    # Secrets never reach disk; a job takes them from the environment sbatch exports, as the first attempt did.
+    text = yaml.dump(scrub_secrets(point.cfg), Dumper=dumper, sort_keys=False, default_flow_style=False)
+    tmp.write_text(text)
+    tmp.replace(target)
+    return target
+
+
+def read_point_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(run_dir) / POINT_CONFIG
+    if not path.is_file():
+        raise SweepError(f"{path} is missing: this point's config was not saved at submission "
+                         f"(a sweep made by an older vit-dt?); submit the sweep again into a new directory")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    cfg = yaml.load(path.read_text(), Loader=loader)
+    if not isinstance(cfg, dict):
+        raise SweepError(f"{path} does not hold a config mapping")
+    return cfg
 
 
 def point_latest_at(sweep_dir: Path) -> None:
@@ -176,7 +226,7 @@ def _log_paths(job: Any) -> dict[str, str]:
 
 # --- local ------------------------------------------------------------------------------------------
 def _run_local_group(sweep_dir: Path, group: JobGroup, entry: str, manifest: dict[str, Any],
-                     echo: Callable[[str], None]) -> None:
+                     echo: Callable[[str], None], reason: str | Mapping[int, str] = "submitted") -> None:
     """No queue here: each point runs now, its ranks as local processes, and we wait for it."""
     import submitit
 
@@ -189,7 +239,8 @@ def _run_local_group(sweep_dir: Path, group: JobGroup, entry: str, manifest: dic
         job = executor.submit(PointTask(point.cfg, str(point.run_dir), entry))
         record = {"job_id": job.job_id, "scheduler": "local", "array": False, "task_job_ids": [job.job_id],
                   "submitit_folder": str(folder), "submitted_at": _now(), "log_paths": [_log_paths(job)]}
-        _attach(manifest, JobGroup(group.index, group.profile, group.shape, [point]), record)
+        _attach(manifest, JobGroup(group.index, group.profile, group.shape, [point]), record, reason)
+        manifest["points"][_position(manifest, point.index)].pop("local_state", None)  # a resumed point's old one
         write_manifest(sweep_dir, manifest)
         echo(f"point {point.index}: running locally ({group.shape.world_size} rank(s)), logs {job.paths.stdout}")
         try:
@@ -201,6 +252,30 @@ def _run_local_group(sweep_dir: Path, group: JobGroup, entry: str, manifest: dic
         manifest["points"][_position(manifest, point.index)]["local_state"] = state
         manifest["points"][_position(manifest, point.index)]["seconds"] = round(time.perf_counter() - tic, 2)
         echo(f"point {point.index}: {state} in {time.perf_counter() - tic:.1f} s")
+
+
+def summary_lines(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None = None) -> list[str]:
+    """What `vit-dt sweep` prints: one line per Slurm job (array) of `jobs` (default: all), then where to look."""
+    sweep_dir = manifest["sweep_dir"]
+    jobs = manifest["jobs"] if jobs is None else jobs
+    slurm_jobs = [j for j in jobs if j["scheduler"] == "slurm"]
+    verb = "rendered (dry run, nothing submitted)" if manifest["dry_run"] else "submitted"
+    lines = []
+    if slurm_jobs:
+        points = sorted({p for j in slurm_jobs for p in j["points"]})
+        seconds = manifest.get("submit_seconds") if jobs is manifest["jobs"] else None
+        took = f" in {seconds:.2f} s" if seconds is not None else ""
+        lines.append(f"vit-dt sweep: {len(points)} point(s) -> {len(slurm_jobs)} Slurm job(s) {verb}{took}")
+    for job in slurm_jobs:
+        kind = f"array of {len(job['points'])}" if job["array"] else "single job"
+        ident = f"job {job['job_id']}" if job["job_id"] else f"job group {job['group']}"
+        shape = job["shape"]
+        lines.append(f"  {ident} ({kind}): {shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s), "
+                     f"partition {shape['partition']}, {shape['time_min']} min, points "
+                     f"{','.join(map(str, job['points']))}  script {job['script']}")
+    lines.append(f"sweep dir: {sweep_dir}")
+    lines.append(f"status:    vit-dt status {sweep_dir}")
+    return lines
 
 
 def _error_line(exc: BaseException) -> str:
@@ -216,10 +291,15 @@ def _error_line(exc: BaseException) -> str:
 def _point_record(point: SweepPoint) -> dict[str, Any]:
     return {"index": point.index, "overrides": list(point.overrides), "run_dir": str(point.run_dir),
             "cluster": point.profile.name, "scheduler": point.profile.scheduler,
-            "launcher": point.profile.launcher, "shape": point.shape.to_dict(), "job": None, "job_id": None}
+            "launcher": point.profile.launcher, "shape": point.shape.to_dict(), "job": None, "job_id": None,
+            "attempts": []}
 
 
-def _attach(manifest: dict[str, Any], group: JobGroup, record: dict[str, Any]) -> None:
+def _attach(manifest: dict[str, Any], group: JobGroup, record: dict[str, Any],
+            reason: str | Mapping[int, str] = "submitted") -> None:
+    """Record a job (array) and point its points at it; each submission is one more entry in a point's `attempts`
+    (job_id/job/logs always describe the latest). `reason`: why this attempt (submitted, or per point index why
+    a resume runs it again)."""
     job_index = len(manifest["jobs"])
     record = {"index": job_index, "group": group.index, "cluster": group.profile.name,
               "launcher": group.profile.launcher, "shape": group.shape.to_dict(),
@@ -232,13 +312,18 @@ def _attach(manifest: dict[str, Any], group: JobGroup, record: dict[str, Any]) -
         entry.update(job=job_index, job_id=job_id, submitted_at=record.get("submitted_at"))
         if log:
             entry["logs"] = log
+        if job_id is not None:
+            attempts = entry.setdefault("attempts", [])
+            why = reason if isinstance(reason, str) else reason.get(point.index, "resume")
+            attempts.append({"attempt": len(attempts) + 1, "job": job_index, "job_id": job_id,
+                             "submitted_at": record.get("submitted_at"), "reason": why})
 
 
 def _position(manifest: dict[str, Any], index: int) -> int:
     return next(i for i, p in enumerate(manifest["points"]) if p["index"] == index)
 
 
-def _fingerprint(profile: ClusterProfile) -> str:
+def profile_fingerprint(profile: ClusterProfile) -> str:
     return json.dumps(dataclasses.asdict(profile), sort_keys=True, default=str)
 
 

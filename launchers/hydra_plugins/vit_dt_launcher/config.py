@@ -19,6 +19,9 @@ class VitDtLauncherConf:
     entry: str = "vit_dt.train:run_rank"
     # How many times a checkpointable point may be requeued after hitting its time limit.
     max_num_timeout: int = 3
+    # Verify file datasets (cifar10/100, imagenet100) on this node before queueing; false for roots that only
+    # compute nodes see (`vit-dt sweep --no-verify-data`).
+    verify_data: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")

@@ -25,10 +25,12 @@ POINTS_SUBDIR = "points"
 
 
 class VitDtLauncher(Launcher):
-    def __init__(self, dry_run: bool = False, entry: str = "vit_dt.train:run_rank", max_num_timeout: int = 3) -> None:
+    def __init__(self, dry_run: bool = False, entry: str = "vit_dt.train:run_rank", max_num_timeout: int = 3,
+                 verify_data: bool = True) -> None:
         self.dry_run = bool(dry_run)
         self.entry = entry
         self.max_num_timeout = int(max_num_timeout)
+        self.verify_data = bool(verify_data)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -38,6 +40,7 @@ class VitDtLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from vit_dt.slurm.job_entry import load_entry
+        from vit_dt.slurm.manifest import manifest_path
         from vit_dt.slurm.submit import SweepError, submit_sweep
 
         assert self.config is not None and self.hydra_context is not None
@@ -48,6 +51,8 @@ class VitDtLauncher(Launcher):
         setup_globals()
         load_entry(self.entry)  # a typo in the entry fails here, not in every job
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        if manifest_path(sweep_dir).exists():  # the same sweep again: idempotent, only what did not complete
+            return self._resume(sweep_dir, job_overrides)
         composer = PointComposer(self.hydra_context.config_loader, self.config)
         points, errors = [], []
         for offset, overrides in enumerate(job_overrides):
@@ -59,6 +64,14 @@ class VitDtLauncher(Launcher):
                 errors.append(f"  point {index} [{shown}]: {exc}")
         if errors:
             raise SweepError("nothing was submitted; fix these point(s) first:\n" + "\n".join(errors))
+        if self.verify_data and not self.dry_run:
+            from vit_dt.preflight import dataset_problems
+
+            problems = dataset_problems(p.cfg["dataset"] for p in points)
+            if problems:
+                raise SweepError("nothing was submitted; the data is not usable from this node:\n  "
+                                 + "\n  ".join(problems)
+                                 + "\n(if the root exists only on compute nodes, pass --no-verify-data)")
         manifest = submit_sweep(sweep_dir, points, entry=self.entry, dry_run=self.dry_run,
                                 max_num_timeout=self.max_num_timeout, argv=list(self.config.hydra.overrides.task),
                                 prepare_seconds=time.perf_counter() - tic)
@@ -69,6 +82,33 @@ class VitDtLauncher(Launcher):
             ret = JobReturn(overrides=point.overrides, working_dir=str(point.run_dir), task_name="vit-dt",
                             status=JobStatus.COMPLETED)
             ret.return_value = by_index[point.index]
+            returns.append(ret)
+        return returns
+
+    def _resume(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]]) -> Sequence[JobReturn]:
+        from vit_dt.slurm.manifest import manifest_path, read_manifest
+        from vit_dt.slurm.resume import resume_sweep
+        from vit_dt.slurm.submit import SweepError
+
+        assert self.config is not None
+        manifest = read_manifest(sweep_dir)
+        argv = list(self.config.hydra.overrides.task)
+        if manifest.get("dry_run") or self.entry != manifest.get("entry", self.entry):
+            raise SweepError(f"{manifest_path(sweep_dir)} exists: {sweep_dir} already holds a "
+                             f"{'dry run' if manifest.get('dry_run') else 'sweep with another entry'}; "
+                             f"pass hydra.sweep.dir=<new dir>")
+        if manifest.get("argv") is not None and list(manifest["argv"]) != argv:
+            raise SweepError(f"{sweep_dir} already holds a sweep made with other overrides\n  there: "
+                             f"{' '.join(manifest['argv'])}\n  now:   {' '.join(argv)}\n"
+                             f"resume it with `vit-dt sweep --resume {sweep_dir}`, or pass hydra.sweep.dir=<new dir>")
+        manifest = resume_sweep(sweep_dir, dry_run=self.dry_run, verify_data=self.verify_data)
+        by_index = {p["index"]: p for p in manifest["points"]}
+        returns = []
+        for index, overrides in enumerate(job_overrides):
+            point = by_index.get(index, {})
+            ret = JobReturn(overrides=list(overrides), working_dir=point.get("run_dir"), task_name="vit-dt",
+                            status=JobStatus.COMPLETED)
+            ret.return_value = point
             returns.append(ret)
         return returns
 
@@ -90,19 +130,6 @@ class VitDtLauncher(Launcher):
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
-    sweep_dir = manifest["sweep_dir"]
-    jobs = manifest["jobs"]
-    slurm_jobs = [j for j in jobs if j["scheduler"] == "slurm"]
-    verb = "rendered (dry run, nothing submitted)" if manifest["dry_run"] else "submitted"
-    if slurm_jobs:
-        print(f"vit-dt sweep: {len(manifest['points'])} point(s) -> {len(slurm_jobs)} Slurm job(s) {verb} "
-              f"in {manifest['submit_seconds']:.2f} s")
-    for job in slurm_jobs:
-        kind = f"array of {len(job['points'])}" if job["array"] else "single job"
-        ident = f"job {job['job_id']}" if job["job_id"] else f"job group {job['group']}"
-        shape = job["shape"]
-        print(f"  {ident} ({kind}): {shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s), "
-              f"partition {shape['partition']}, {shape['time_min']} min, points "
-              f"{','.join(map(str, job['points']))}  script {job['script']}")
-    print(f"sweep dir: {sweep_dir}")
-    print(f"status:    vit-dt status {sweep_dir}")
+    from vit_dt.slurm.submit import summary_lines
+
+    print("\n".join(summary_lines(manifest)))
