@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from vit_dt import breakdown, metrics, optimizers
+from vit_dt import breakdown, hardware, memory_model, metrics, optimizers
 from vit_dt.config.batch import Batch
 from vit_dt.distributed import DistEnv
 from vit_dt.results import ResultsStore, write_result
@@ -99,10 +98,13 @@ class RunRecorder:
         self.cfg, self.run_dir, self.env, self.device, self.batch, self.info = cfg, run_dir, env, device, batch, info
         self.started, self.ds_config = started, ds_config
         self.flops_per_image = metrics.vit_flops_per_image(cfg["model"], info.num_classes, training=True)
-        self.num_params = sum(p.numel() for p in model.parameters())
+        # ZeRO-3 has already partitioned the parameters here: their full size is ds_numel, numel() is 0
+        self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.gpu_model = metrics.gpu_model_from_name(torch.cuda.get_device_name(device)) \
             if device.type == "cuda" else None
-        self.hostnames = all_gather(socket.gethostname())
+        self.rank_hardware = all_gather(hardware.local_hardware(device))   # host, Slurm node, GPU name per rank
+        self.hostnames = [seen["host"] for seen in self.rank_hardware]
+        self.memory_probe: memory_model.MemoryProbe | None = None
         self.wandb = None
         if env.is_main:
             from vit_dt.wandb_run import WandbRun
@@ -126,6 +128,10 @@ class RunRecorder:
         return (f"{self.cfg['model']['name']}-{self.cfg['dataset']['name']}-n{self.env.nodes}"
                 f"x{max(1, self.env.world_size // max(1, self.env.nodes))}-b{self.batch.global_}")
 
+    def watch_memory(self, engine) -> None:
+        """Measure the model states this rank holds over the first optimizer steps (memory_model_gb)."""
+        self.memory_probe = memory_model.MemoryProbe.attach(engine, self.device)
+
     def on_step(self, step: int, values: dict) -> None:
         if self.wandb:
             self.wandb.log({f"step/{k}": v for k, v in values.items()}, step=step)
@@ -143,9 +149,11 @@ class RunRecorder:
 
         checksums = all_gather(parameter_checksum(module))
         peak = all_gather(metrics.peak_memory_gb(self.device))
+        memory = all_gather(self.memory_probe.summary() if self.memory_probe else None)
         if not self.env.is_main:
             return None
         result = self._summarise(state, checksums, peak)
+        result["memory_model_gb"] = memory_model.combine(memory)
         write_result(self.run_dir, result)
         store_for(self.cfg).append(result)
         if self.wandb:
@@ -169,6 +177,7 @@ class RunRecorder:
         return {
             "status": "completed", "error": None, **_identity(self.cfg, self.run_dir, self.env),
             "started_at": self.started, "finished_at": _now(), "hostnames": sorted(set(self.hostnames)),
+            "ranks": hardware.ranks_for_run(self.cfg, self.rank_hardware),   # per rank: host, node, GPU model
             "device": self.device.type, "gpu_model": self.gpu_model,
             "micro_batch": self.batch.micro, "grad_accum": self.batch.grad_accum, "global_batch": self.batch.global_,
             **optimizers.lr_record(self.cfg.get("optimizer"), self.batch.global_),  # lr_rule, lr_effective, ...

@@ -126,6 +126,7 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
 
     recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
+    recorder.watch_memory(engine)
     num_workers = trainer_cfg.get("num_workers")
     if num_workers is None:
         num_workers = max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", 1)) - 1)

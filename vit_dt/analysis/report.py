@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vit_dt.analysis import plots, scaling
+from vit_dt.analysis import plots, scaling, studies
 from vit_dt.analysis import scaling_model as sm
 
 REPORT_DIR = "report"
@@ -171,7 +171,58 @@ def _shape(row: Any) -> str:
     return f"{row.nodes}×{row.ranks_per_node}"
 
 
-def tables(analysis: scaling.SweepAnalysis, model: dict) -> list[Table]:
+def _mem(value: float | None, unit: str) -> float | None:
+    return None if value is None else value * (1024.0 if unit == "MiB" else 1.0)
+
+
+def study_tables(study: Mapping[str, Any]) -> list[Table]:
+    """ZeRO stages side by side; the slowest rank of every multi-rank run; each rank of the notable runs."""
+    out = []
+    zero = study.get("zero") or []
+    if zero:
+        unit, _ = plots._memory_unit([r.get("model_states_gb") for r in zero])
+        out.append(_table(f"ZeRO stages (model states in {unit} per rank)", zero, [
+            ("ZeRO", lambda r: r["label"], ""), ("model", lambda r: r["model"], ""),
+            ("GPUs", lambda r: r["world_size"], "int"), ("micro-batch", lambda r: r["micro_batch"], "int"),
+            ("reduce bucket", lambda r: r["reduce_bucket_size"], ""),
+            ("step (ms)", lambda r: r["step_time_ms"], ""), ("all-reduce (ms)", lambda r: r["allreduce_ms"], ""),
+            ("comm share", lambda r: r["comm_share"], "pct"), ("img/s", lambda r: r["img_per_s"], ""),
+            ("params", lambda r: _mem(r["params_gb"], unit), ""),
+            ("gradients", lambda r: _mem(r["gradients_gb"], unit), ""),
+            ("optimizer states", lambda r: _mem(r["optimizer_states_gb"], unit), ""),
+            ("fp32 master", lambda r: _mem(r["master_params_gb"], unit), ""),
+            ("model states", lambda r: _mem(r["model_states_gb"], unit), ""),
+            ("live tensors (GiB)", lambda r: r["live_tensors_gb"], ""),
+            ("peak mem (GiB)", lambda r: r["peak_mem_gb"], ""), ("val acc", lambda r: r["final_val_acc"], "pct")],
+            "Model states: measured from the engine's tensors over the first optimizer steps (the largest rank; "
+            "gradients at their peak in backward). Live tensors: every tensor storage alive in backward or after "
+            f"the step, DeepSpeed's buckets included. Peak mem: {study.get('peak_memory_meaning')}. All-reduce: "
+            "DeepSpeed's bwd_allreduce timer (docs/studies/zero.md says what it covers per stage)."))
+    runs = study.get("per_rank") or []
+    if runs:
+        out.append(_table("Slowest rank per multi-rank run", runs, [
+            ("run", lambda r: r["label"], ""), ("slowest rank", lambda r: r["slowest_rank"], "int"),
+            ("host", lambda r: r["slowest_host"], ""), ("GPU", lambda r: r["slowest_gpu"], ""),
+            ("its compute (ms)", lambda r: r["slowest_compute_ms"], ""),
+            ("others, median (ms)", lambda r: r["others_median_compute_ms"], ""),
+            ("skew", lambda r: r["skew"], "pct"), ("straggler", lambda r: r["flagged"], ""),
+            ("GPU mix", lambda r: ", ".join(f"{k}×{v}" for k, v in sorted(r["gpu_mix"].items())), "")],
+            "Slowest: the rank with the longest compute (fwd + bwd + optimizer step); skew: how much longer than the "
+            "median of the others; straggler: skew above the run's threshold."))
+    for run in study.get("notable") or []:
+        out.append(_table(f"Per-rank step time: {run['label']}", run["ranks"], [
+            ("rank", lambda x: x["rank"], "int"), ("host", lambda x: x.get("host"), ""),
+            ("Slurm node", lambda x: x.get("node"), ""),
+            ("GPU", lambda x: x.get("gpu_model") or x.get("gpu_name") or x.get("device"), ""),
+            ("GPU from", lambda x: x.get("gpu_model_source"), ""),
+            ("compute (ms)", lambda x: x["compute_ms"], ""), ("all-reduce (ms)", lambda x: x["allreduce_ms"], ""),
+            ("step (ms)", lambda x: x["step_time_ms"], ""),
+            ("slowest", lambda x: x["rank"] == run["slowest_rank"], "")],
+            f"Slowest: {run['slowest']}."))
+    return out
+
+
+def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any] | None = None) -> list[Table]:
     out = [_table("Runs", analysis.runs, [
         ("series", lambda r: r.series, ""), ("GPUs", lambda r: r.world_size, "int"),
         ("nodes×GPUs", _shape, ""), ("micro-batch", lambda r: r.micro_batch, "int"),
@@ -232,6 +283,7 @@ def tables(analysis: scaling.SweepAnalysis, model: dict) -> list[Table]:
             ("measured all-reduce", lambda r: r["measured_comm_share"], "pct"),
             ("model all-reduce", lambda r: r["predicted_allreduce_share"], "pct")],
             f"profile from {c['profile_from'] or 'the baseline run'}; error = (model - measured) / measured"))
+    out += study_tables(study or {})
     left_out = analysis.selection.not_completed
     if left_out:
         out.append(_table("Runs left out of the numbers (not completed)", left_out, [
@@ -253,6 +305,8 @@ PLOT_TITLES = {
     "layouts": "Intra-node vs inter-node at equal GPU count",
     "epoch_curves": "Loss and accuracy per epoch",
     "predicted": "Scaling model next to the measurements",
+    "zero": "ZeRO stages: memory per rank against step time",
+    "per_rank": "Per-rank step time: the slowest rank, its host and GPU",
 }
 SKIP_REASONS = {
     "epoch_time": "no series with two or more GPU counts",
@@ -263,10 +317,21 @@ SKIP_REASONS = {
     "layouts": "no intra-node and inter-node runs of the same series at an equal GPU count (N > 1)",
     "epoch_curves": "no per-epoch records",
     "predicted": "no series with two or more GPU counts and a readable baseline run",
+    "zero": "no ZeRO configuration with a step time (breakdown or epochs)",
+    "per_rank": "no per-rank breakdown in the runs",
 }
 
 
-def make_plots(analysis: scaling.SweepAnalysis, model: dict, plot_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+def study_section(records: Sequence[dict]) -> dict:
+    """The ZeRO study and per-rank views of the completed records (vit_dt/analysis/studies.py)."""
+    zero = studies.zero_rows(records)
+    ranks = studies.per_rank_runs(records)
+    return {"zero": zero if studies.is_zero_study(zero) else [],
+            "peak_memory_meaning": studies.peak_memory_meaning(zero), "per_rank": ranks, "notable": studies.notable_runs(ranks), "notes": studies.straggler_notes(ranks)}
+
+
+def make_plots(analysis: scaling.SweepAnalysis, model: dict, plot_dir: Path,
+               study: dict | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     makers = {
         "epoch_time": lambda p: plots.plot_epoch_time(analysis.series, p),
         "speedup_efficiency": lambda p: plots.plot_speedup_efficiency(analysis.series, p),
@@ -277,6 +342,12 @@ def make_plots(analysis: scaling.SweepAnalysis, model: dict, plot_dir: Path) -> 
         "epoch_curves": lambda p: plots.plot_epoch_curves(analysis.epoch_curves, p),
         "predicted": lambda p: plots.plot_predicted(model["comparisons"], p),
     }
+    # The studies' plots (docs/studies/) only when the store holds such a study: a scaling sweep neither makes
+    # nor skips them.
+    if study and study["zero"]:
+        makers["zero"] = lambda p: plots.plot_zero_study(study["zero"], p, study["peak_memory_meaning"])
+    if study and study["notable"]:
+        makers["per_rank"] = lambda p: plots.plot_per_rank(study["notable"], p)
     made, skipped = {}, {}
     for name, make in makers.items():
         path = make(plot_dir / f"{name}.png")
@@ -379,19 +450,22 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
     out = Path(out_dir) if out_dir else (first if first.is_dir() else first.parent) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     model = model_section(analysis.selection.used, analysis.series)
-    made, skipped = make_plots(analysis, model, out / "plots")
+    study = study_section(analysis.selection.used)
+    made, skipped = make_plots(analysis, model, out / "plots", study)
     meta = {"title": f"vit-dt scaling report: {', '.join(s.resolve().name for s in sources)}",
             "sources": [str(s.resolve()) for s in sources], "records": len(records),
             "completed": len(analysis.selection.used), "not_completed": len(analysis.selection.not_completed),
             "superseded": len(analysis.selection.superseded),
             "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     notes = analysis.notes + ([] if analysis.selection.used else ["no completed run: nothing to analyse"])
-    tables_ = tables(analysis, model)
+    notes += study["notes"]
+    tables_ = tables(analysis, model, study)
     html_path = out / "report.html"
     html_path.write_text(render_html(meta, tables_, made, skipped, notes), encoding="utf-8")
     md_path = out / "report.md"
     md_path.write_text(render_markdown(meta, tables_, made, skipped, notes, out), encoding="utf-8")
     data = {"meta": meta, **analysis.to_dict(), "model": model,
+            "zero_study": study["zero"], "per_rank": study["per_rank"], "study_notes": study["notes"],
             "plots": {k: str(v.relative_to(out)) for k, v in made.items()}, "skipped_plots": skipped,
             "tables": [asdict(t) for t in tables_]}
     json_path = out / "report.json"
