@@ -99,26 +99,25 @@ class ShardBatchSampler(Sampler[list[int]]):
 
 
 class _ShardedLoaderBase:
-    """What the trainer relies on: set_epoch, len (steps, equal on all ranks), iteration, sample counts."""
+    """What the trainer relies on: set_epoch, len (steps, equal on all ranks), iteration, sample counts.
+    The plan itself is the ShardBatchSampler's, so both loader paths shard identically."""
 
     def __init__(self, n: int, *, rank: int, world_size: int, batch_size: int, seed: int, shuffle: bool,
                  drop_last: bool, device: torch.device) -> None:
-        _check_args(rank, world_size, batch_size)
+        self.sampler = ShardBatchSampler(n, rank=rank, world_size=world_size, batch_size=batch_size, seed=seed,
+                                         shuffle=shuffle, drop_last=drop_last)
         self.n, self.rank, self.world_size, self.batch_size = n, rank, world_size, batch_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.seed, self.drop_last = seed, drop_last
         self.device = device
-        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def plan(self) -> list[torch.Tensor]:
-        return shard_plan(self.n, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, drop_last=self.drop_last)
+        return self.sampler.plan()
 
     def __len__(self) -> int:
-        return steps_per_epoch(self.n, world_size=self.world_size, batch_size=self.batch_size,
-                               drop_last=self.drop_last)
+        return len(self.sampler)
 
     @property
     def num_samples(self) -> int:
@@ -159,9 +158,6 @@ class ShardedDataLoader(_ShardedLoaderBase):
     def __init__(self, dataset: Dataset, *, device: torch.device, num_workers: int, **kwargs) -> None:
         super().__init__(len(dataset), device=device, **kwargs)
         self.dataset = dataset
-        self.sampler = ShardBatchSampler(self.n, rank=self.rank, world_size=self.world_size,
-                                         batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle,
-                                         drop_last=self.drop_last)
         # Distinct worker seeds per rank, so ranks do not draw identical random crops.
         worker_seeds = torch.Generator().manual_seed(self.seed * 65_536 + self.rank)
         self.loader = DataLoader(
@@ -173,10 +169,6 @@ class ShardedDataLoader(_ShardedLoaderBase):
             generator=worker_seeds,
         )
         self._empty: Batch | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.sampler.set_epoch(epoch)
 
     def _empty_batch(self) -> Batch:
         if self._empty is None:
