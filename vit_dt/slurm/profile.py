@@ -178,7 +178,7 @@ def _partition(name: str, spec: Any) -> Partition:
     key = f"cluster.partitions.{name}"
     return Partition(
         name=name,
-        gpus_per_node=_int(spec["gpus_per_node"], f"{key}.gpus_per_node", minimum=0),
+        gpus_per_node=_gpus_per_node(spec["gpus_per_node"], f"{key}.gpus_per_node"),
         nodes=_int(spec["nodes"], f"{key}.nodes", minimum=1),
         max_time_min=_int(spec["max_time_min"], f"{key}.max_time_min", minimum=1),
         gpu_model=_opt_str(spec.get("gpu_model")),
@@ -216,6 +216,29 @@ def _reject_unknown(data: Mapping[str, Any], valid: tuple[str, ...], what: str, 
 def _one_of(value: Any, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
         raise ProfileError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _gpus_per_node(value: Any, key: str) -> int:
+    if value == "auto":
+        return visible_gpu_count()
+    if isinstance(value, str):
+        raise ProfileError(f"{key} must be an integer >= 0 or 'auto' (the GPUs this machine shows), got {value!r}")
+    return _int(value, key, minimum=0)
+
+
+def visible_gpu_count() -> int:
+    """GPUs this machine shows, without importing torch: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`."""
+    import os
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.stdout.splitlines()) if listing.returncode == 0 else 0
 
 
 def _int(value: Any, key: str, minimum: int) -> int:

@@ -232,7 +232,9 @@ def _run_local_group(sweep_dir: Path, group: JobGroup, entry: str, manifest: dic
 
     folder = sweep_dir / LOCAL_SUBDIR
     executor = submitit.LocalExecutor(folder=folder)
+    # submitit hides every GPU from a local job that asks for none (CUDA_VISIBLE_DEVICES=""): ask for one per rank.
     executor.update_parameters(tasks_per_node=group.shape.world_size, nodes=1,
+                               gpus_per_node=group.shape.gpus_per_node,
                                timeout_min=group.shape.time_min, setup=list(group.profile.setup))
     for point in group.points:
         tic = time.perf_counter()
