@@ -1,8 +1,10 @@
 """Throughput, achieved TFLOP/s, MFU and peak memory: pure functions over numbers the trainer measured.
 
 FLOPs are counted analytically for torchvision's VisionTransformer (matrix multiplies only, the convention of
-MFU papers and of `torch.utils.flop_counter.FlopCounterMode`). A training image costs three forward passes
-(forward + backward for activations + backward for weights). See docs/metrics.md for the definitions.
+MFU papers and of `torch.utils.flop_counter.FlopCounterMode`, which they match exactly). A training image costs
+about three forward passes (forward + backward for activations + backward for weights); activation checkpointing
+adds most of a fourth for the encoder blocks: hardware FLOPs, not model FLOPs (MFU counts model FLOPs).
+See docs/metrics.md for the definitions.
 """
 from __future__ import annotations
 
@@ -90,29 +92,71 @@ def matmul_precision(precision: str) -> str:
 _MODEL_KEYS = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim")
 
 
-def vit_flops_per_image(model_cfg: Mapping[str, Any], num_classes: int, training: bool = True) -> float:
-    """FLOPs of one image through torchvision's VisionTransformer; x3 for a training step (fwd + bwd).
-
-    Counts the multiply-adds of every matmul as 2 FLOPs: the patch-embedding convolution, per encoder layer the
-    QKV and output projections, QK^T and attention x V, the two MLP layers, and the classification head (class
-    token only). LayerNorm, GELU, softmax and residual adds are left out (<1% for ViT-B/16), like FlopCounterMode.
-    """
+def _vit_forward_flops(model_cfg: Mapping[str, Any], num_classes: int) -> dict[str, float]:
+    """One image's forward FLOPs: `total`, and of it `embed` (the patch embedding), `blocks` (the encoder blocks)
+    and `mlp_out` (the blocks' MLPs' second matmuls)."""
     missing = [k for k in _MODEL_KEYS if model_cfg.get(k) is None]
     if missing:
         raise ValueError(f"model config lacks {', '.join(missing)}; needs {', '.join(_MODEL_KEYS)}")
     image, patch = int(model_cfg["image_size"]), int(model_cfg["patch_size"])
     layers, dim, mlp = int(model_cfg["num_layers"]), int(model_cfg["hidden_dim"]), int(model_cfg["mlp_dim"])
-    if image % patch:
+    if patch < 1 or image % patch:
         raise ValueError(f"image_size {image} is not a multiple of patch_size {patch}")
     patches = (image // patch) ** 2
-    seq = patches + 1                                   # + class token
+    seq = tokens_per_image(model_cfg)                   # patches + class token
     embed = 2 * patches * (3 * patch * patch) * dim
     projections = 2 * seq * (4 * dim * dim)             # QKV (3 d x d) + output (d x d)
     attention = 2 * 2 * seq * seq * dim                 # QK^T and attention x V, summed over heads
-    mlp_flops = 2 * 2 * seq * dim * mlp
+    mlp_flops = 2 * 2 * seq * dim * mlp                 # two matmuls, d -> mlp -> d
     head = 2 * dim * num_classes
-    forward = embed + layers * (projections + attention + mlp_flops) + head
-    return float(3 * forward if training else forward)
+    blocks = layers * (projections + attention + mlp_flops)
+    return {"total": float(embed + blocks + head), "embed": float(embed), "blocks": float(blocks),
+            "mlp_out": float(layers * mlp_flops / 2)}
+
+
+def _training_flops(parts: dict[str, float]) -> float:
+    """Forward + backward: twice the forward for backward (gradients of inputs and of weights), except the patch
+    embedding, whose input (the images) needs no gradient: its backward is the weight gradient only."""
+    return 3 * parts["total"] - parts["embed"]
+
+
+def tokens_per_image(model_cfg: Mapping[str, Any]) -> int:
+    """Sequence length through the encoder: (image_size / patch_size)^2 patches + the class token."""
+    from vit_dt.model_catalog import tokens_per_image as tokens
+
+    return tokens(model_cfg["image_size"], model_cfg["patch_size"])
+
+
+def vit_flops_per_image(model_cfg: Mapping[str, Any], num_classes: int, training: bool = True) -> float:
+    """Model FLOPs of one image through torchvision's VisionTransformer; ~x3 for a training step (fwd + bwd).
+
+    Counts the multiply-adds of every matmul as 2 FLOPs: the patch-embedding convolution, per encoder layer the
+    QKV and output projections, QK^T and attention x V, the two MLP layers, and the classification head (class
+    token only). LayerNorm, GELU, softmax and residual adds are left out (<1% for ViT-B/16), like FlopCounterMode.
+    Training: forward x 3, less the patch embedding's input gradient (images need none). The sequence length is
+    tokens_per_image: projections and MLPs grow linearly with it, attention quadratically.
+
+    These are the model's FLOPs, whatever the implementation: activation checkpointing's recomputation is not
+    counted (MFU's convention); hardware_flops_per_image counts it.
+    """
+    parts = _vit_forward_flops(model_cfg, num_classes)
+    return float(_training_flops(parts) if training else parts["total"])
+
+
+def hardware_flops_per_image(model_cfg: Mapping[str, Any], num_classes: int) -> float:
+    """Training FLOPs one image really costs, activation checkpointing's recomputation included.
+
+    With `activation_checkpointing` each encoder block runs its forward again in backward (vit_dt.model's
+    CheckpointedEncoderBlock, non-reentrant), up to the last tensor backward needs: with dropout 0 that is the
+    input of the MLP's second matmul, so that matmul is not rerun; with dropout its output feeds a dropout mask,
+    so the whole block is. The patch embedding and the head are not checkpointed. Measured against
+    FlopCounterMode in tests/test_highres_study.py. Without checkpointing this equals vit_flops_per_image.
+    """
+    parts = _vit_forward_flops(model_cfg, num_classes)
+    recompute = 0.0
+    if model_cfg.get("activation_checkpointing"):
+        recompute = parts["blocks"] - (parts["mlp_out"] if not float(model_cfg.get("dropout") or 0.0) else 0.0)
+    return float(_training_flops(parts) + recompute)
 
 
 def throughput(images: int, seconds: float, world_size: int) -> dict[str, float]:
@@ -131,7 +175,10 @@ def achieved_tflops(img_per_s_per_gpu: float, flops_per_image: float) -> float:
 
 
 def mfu(achieved: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation, a fraction of the peak (0.41 = 41%); None without a peak (CPU, unknown GPU)."""
+    """Model FLOPs utilisation, a fraction of the peak (0.41 = 41%); None without a peak (CPU, unknown GPU).
+
+    Given hardware TFLOP/s (recomputation included) instead, the same ratio is the hardware FLOPs utilisation.
+    """
     if not peak:
         return None
     return achieved / peak

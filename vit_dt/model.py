@@ -12,7 +12,8 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models import VisionTransformer, vit_b_16
 from torchvision.models.vision_transformer import EncoderBlock
 
-from vit_dt.model_catalog import MODEL_NAMES
+from vit_dt.attention import enable_fast_attention
+from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
 
 
 class ModelConfigError(ValueError):
@@ -21,23 +22,27 @@ class ModelConfigError(ValueError):
 
 def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
     name = model_cfg["name"]
-    image_size, patch_size = int(model_cfg["image_size"]), int(model_cfg["patch_size"])
     if name not in MODEL_NAMES:
         raise ModelConfigError(f"model.name={name!r} is unknown; valid: {', '.join(MODEL_NAMES)}")
-    if image_size % patch_size:
-        raise ModelConfigError(
-            f"model.image_size={image_size} is not a multiple of model.patch_size={patch_size}")
-    if name == "vit_b_16":
+    errors = geometry_errors(model_cfg)
+    if errors:
+        raise ModelConfigError(errors[0])
+    image_size, patch_size = int(model_cfg["image_size"]), int(model_cfg["patch_size"])
+    dropout = float(model_cfg.get("dropout", 0.0))
+    if name == "vit_b_16" and patch_size == 16:
         # torchvision's own constructor (weights=None: trained from scratch, as in the paper).
-        model = vit_b_16(weights=None, num_classes=num_classes, image_size=image_size,
-                         dropout=float(model_cfg.get("dropout", 0.0)))
+        model = vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, dropout=dropout)
     else:
+        # vit_tiny, or ViT-B with another patch size (model=vit_b_16 model.patch_size=8: ViT-B/8; torchvision's
+        # vit_b_16() fixes the patch at 16, and this is the constructor it calls, with the same dimensions).
         model = VisionTransformer(
             image_size=image_size, patch_size=patch_size, num_layers=int(model_cfg["num_layers"]),
             num_heads=int(model_cfg["num_heads"]), hidden_dim=int(model_cfg["hidden_dim"]),
-            mlp_dim=int(model_cfg["mlp_dim"]), dropout=float(model_cfg.get("dropout", 0.0)), num_classes=num_classes)
+            mlp_dim=int(model_cfg["mlp_dim"]), dropout=dropout, num_classes=num_classes)
     if model_cfg.get("activation_checkpointing"):
         enable_activation_checkpointing(model)
+    if model_cfg.get("fast_attention", True):
+        enable_fast_attention(model)
     return model
 
 
