@@ -26,7 +26,7 @@ sys.path.insert(0, str(FsPath(__file__).resolve().parents[1]))      # vit_dt wit
 import common  # noqa: E402
 
 PATHS = ("reference", "deepspeed", "ddp")
-BF16_MODES = ("autocast", "native")
+BF16_MODES = ("master", "autocast", "native")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile every contender (trainer.compile)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {', '.join(PATHS)}")
-    parser.add_argument("--bf16-modes", default=",".join(BF16_MODES),
-                        help="with bf16: DeepSpeed modes to race, comma-separated (autocast, native)")
+    parser.add_argument("--bf16-modes", default="master",
+                        help=f"with bf16: DeepSpeed modes to race, comma-separated ({', '.join(BF16_MODES)})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per path (the first includes compile)")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
@@ -168,8 +168,10 @@ def run(args) -> dict:
     for path in paths:
         common.release(path)
     reference = results.get("reference", {}).get("img_per_s")
+    matmul = common.measured_matmul_tflops(device) if precision == "bf16" else None
     for key, entry in results.items():
         entry["ratio_to_reference"] = entry["img_per_s"] / reference if reference and key != "reference" else None
+        entry["mfu_vs_measured_matmul"] = metrics.mfu(entry["tflops"], matmul) if matmul else None
     return {
         "benchmark": "throughput",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -177,7 +179,7 @@ def run(args) -> dict:
         "model": args.model, "image_size": args.image_size, "batch": args.batch, "precision": precision,
         "compile": args.compile, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
         "overrides": args.overrides, "quick": args.quick,
-        "flops_per_image": flops, "peak_tflops": peak,
+        "flops_per_image": flops, "peak_tflops": peak, "measured_matmul_tflops": matmul,
         "peak_mem_note": "torch.cuda.max_memory_allocated during the path's warm-up minus what was resident before it "
         "was built" if device.type == "cuda" else "process max RSS, cumulative: only the first path's is its own",
         "versions": common.versions(),
@@ -191,12 +193,15 @@ def table(report: dict) -> str:
 
     rows = [f"{report['model']} {report['image_size']}px, batch {report['batch']}, {report['precision']}, "
             f"compile={report['compile']}, {report['gpu_name'] or 'CPU'}",
-            "| path | img/s | step ms | MFU | peak mem GB | first step s | compile s | vs reference |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| path | img/s | step ms | MFU | MFU vs measured matmul | peak mem GB | first step s | compile s | "
+            "vs reference |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in report["paths"].items():
         mfu = None if entry["mfu"] is None else 100 * entry["mfu"]
+        measured = None if entry.get("mfu_vs_measured_matmul") is None else 100 * entry["mfu_vs_measured_matmul"]
         rows.append(f"| {name} | {entry['img_per_s']:,.1f} | {entry['step_ms_median']:.2f} | {fmt(mfu, '.1f')}"
-                    f"{'%' if mfu is not None else ''} | {fmt(entry['peak_mem_gb'], '.2f')} | "
+                    f"{'%' if mfu is not None else ''} | {fmt(measured, '.1f')}{'%' if measured is not None else ''} | "
+                    f"{fmt(entry['peak_mem_gb'], '.2f')} | "
                     f"{entry['first_step_s']:.2f} | {fmt(entry['compile_s'], '.1f')} | "
                     f"{fmt(entry['ratio_to_reference'], '.3f')} |")
     return "\n".join(rows)

@@ -37,11 +37,13 @@ def synthetic_batch(cfg: dict, device: torch.device, seed: int = 0) -> tuple[tor
     return images.to(device), labels.to(device)
 
 
-def _fresh_model(cfg: dict, seed: int) -> torch.nn.Module:
+def _fresh_model(cfg: dict, seed: int, stock: bool = False) -> torch.nn.Module:
+    """vit-dt's model; `stock`: torchvision's as it comes (its generic attention forward), for the reference."""
     from vit_dt.model import build_model
 
     torch.manual_seed(seed)
-    return build_model(cfg["model"], int(cfg["dataset"]["num_classes"]))
+    model_cfg = dict(cfg["model"], fast_attention=False) if stock else cfg["model"]
+    return build_model(model_cfg, int(cfg["dataset"]["num_classes"]))
 
 
 def _schedule() -> dict:
@@ -61,14 +63,15 @@ class Path:
 
 
 def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = False) -> Path:
-    """The plain PyTorch loop a user would write: autocast (bf16), torch.compile, fused AdamW, same grad clipping.
+    """The plain PyTorch loop a user would write: torchvision's model as it comes, autocast (bf16), torch.compile,
+    fused AdamW, same grad clipping.
 
     With `ddp`, the model is wrapped in torch's DistributedDataParallel (the plain torchrun DDP loop).
     """
     from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
     images, labels = synthetic_batch(cfg, device, seed)
-    model = _fresh_model(cfg, seed).to(device)
+    model = _fresh_model(cfg, seed, stock=True).to(device)
     optimizer = build_optimizer(model.parameters(), OptimizerSpec.from_config(cfg["optimizer"], images.shape[0]),
                                 device)
     net: torch.nn.Module = model
@@ -137,7 +140,7 @@ class _TrainerStep:
 
 def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: str | None = None) -> Path:
     from vit_dt.config.batch import resolve_batch
-    from vit_dt.ds_config import derive_deepspeed_config
+    from vit_dt.ds_config import derive_deepspeed_config, resolve_bf16_mode
     from vit_dt.engines import DeepSpeedEngine
     from vit_dt.optimizers import OptimizerSpec
 
@@ -145,18 +148,21 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: st
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
-    mode = bf16_mode or cfg["deepspeed"].get("bf16_mode", "native")
+    stage = int(cfg["deepspeed"]["zero_stage"])
+    mode = resolve_bf16_mode(bf16_mode or cfg["deepspeed"].get("bf16_mode", "auto"), stage)
     ds_config = derive_deepspeed_config(
         batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
         grad_clip=cfg["trainer"].get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
         overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=mode)
     spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
-    engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, cfg["trainer"], device, _schedule(), spec)
+    engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, cfg["trainer"], device, _schedule(), spec,
+                             master_weights=cfg["precision"] == "bf16" and mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"],
                 "bf16_mode": mode if cfg["precision"] == "bf16" else None,
                 "zero_stage": ds_config["zero_optimization"]["stage"],
-                "compile": engine.compiled, "optimizer": type(engine.engine.basic_optimizer).__name__,
+                "compile": engine.compiled, "fast_attention": bool(cfg["model"].get("fast_attention", True)),
+                "optimizer": type(getattr(engine.engine.basic_optimizer, "inner", engine.engine.basic_optimizer)).__name__,
                 "wrapped_optimizer": type(engine.optimizer).__name__,
                 "wall_clock_breakdown": bool(ds_config["wall_clock_breakdown"]),
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
@@ -167,6 +173,7 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: st
 
 def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     from vit_dt.config.batch import resolve_batch
+    from vit_dt.ds_config import resolve_bf16_mode
     from vit_dt.engines import DDPEngine
     from vit_dt.optimizers import OptimizerSpec
 
@@ -175,12 +182,16 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
     spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+    mode = resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), 0, "ddp")
     engine = DDPEngine(_fresh_model(cfg, seed), cfg["trainer"], device, cfg["precision"], _schedule(),
-                       batch.grad_accum, spec)
+                       batch.grad_accum, spec, master_weights=cfg["precision"] == "bf16" and mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DDPEngine", "precision": cfg["precision"], "compile": engine.compiled,
-                "optimizer": type(engine.optimizer).__name__, "timer_sample_every":
-                int(cfg["trainer"]["timer_sample_every"]), "grad_clip": engine.grad_clip}
+                "bf16_mode": mode if cfg["precision"] == "bf16" else None,
+                "fast_attention": bool(cfg["model"].get("fast_attention", True)),
+                "optimizer": type(getattr(engine.optimizer, "inner", engine.optimizer)).__name__,
+                "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
+                "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0)}
     return Path("ddp", _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
 
 
@@ -223,6 +234,22 @@ def first_steps(step: StepFn, warmup: int, device: torch.device) -> float:
         step()
     sync(device)
     return first
+
+
+def measured_matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 10) -> float | None:
+    """This GPU's bf16 matmul rate right now (the baseline's "physical limit" is MFU against this, not the spec)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
 def median(values: Sequence[float]) -> float:

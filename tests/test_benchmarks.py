@@ -1,4 +1,4 @@
-"""Both benchmarks run end to end in --quick mode and write well-formed JSON. Speed is not checked here (a timed test
+"""The benchmarks run end to end in --quick mode and write well-formed JSON. Speed is not checked here (a timed test
 on a shared CPU would be flaky); the numbers come from running the benchmarks themselves (docs/performance.md)."""
 from __future__ import annotations
 
@@ -77,3 +77,21 @@ def test_ddp_cpu_benchmark_quick_races_three_contenders_on_two_ranks(tmp_path):
         assert entry["meets_goal"] == (entry["ratio_to_plain"] <= 1.05)
     assert contenders["plain_ddp"]["settings"]["loop"] == "plain PyTorch DDP"
     assert "| vitdt_ddp |" in proc.stdout
+
+
+def test_balance_benchmark_quick_runs_both_modes_and_narrows_the_spread(tmp_path):
+    out = tmp_path / "balance.json"
+    proc = run_benchmark("bench_balance.py", out)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "balance" and report["world_size"] == 2 and report["engine"] == "ddp"
+    assert report["quick"] is True and report["slow_rank"] == 1 and report["global_micro_batch"] == 32
+    assert set(report["modes"]) == {"off", "speed"}
+    assert all(len(runs) == report["repeats"] for runs in report["runs"].values())
+    off, speed = report["modes"]["off"], report["modes"]["speed"]
+    assert off["shares"] == [16, 16] and sum(speed["shares"]) == 32 and speed["shares"][1] < speed["shares"][0]
+    for entry in (off, speed):
+        assert positive(entry["step_ms"]) and positive(entry["img_per_s"]) and entry["replicas_in_sync"]
+        assert len(entry["compute_ms"]) == 2 and all(positive(v) for v in entry["compute_ms"])
+    # rank 1 sleeps 10 ms per image: a gap no load on a shared CPU closes by chance
+    assert report["spread_narrowed"] and speed["spread"] < off["spread"]
+    assert "| speed |" in proc.stdout and "| off |" in proc.stdout

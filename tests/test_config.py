@@ -107,7 +107,7 @@ def _derive(overrides, world_size):
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world_size)
     return derive_deepspeed_config(batch=batch, precision=cfg["precision"], zero_stage=cfg["deepspeed"]["zero_stage"],
                                    grad_clip=cfg["trainer"]["grad_clip"], wall_clock_breakdown=True,
-                                   overrides=cfg["deepspeed"]["overrides"])
+                                   overrides=cfg["deepspeed"]["overrides"], bf16_mode=cfg["deepspeed"]["bf16_mode"])
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 4, 8])
@@ -144,8 +144,15 @@ def test_gradient_accumulation_enters_the_identity():
 
 
 def test_precision_sets_deepspeed_modes():
-    bf16 = _derive(["precision=bf16"], 1)
-    assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"]
+    native = _derive(["precision=bf16", "deepspeed.bf16_mode=native"], 1)
+    assert native["bf16"]["enabled"] and not native["fp16"]["enabled"]
+    master = _derive(["precision=bf16"], 1)       # default auto: vit-dt's master weights at ZeRO-0
+    assert not master["bf16"]["enabled"] and "torch_autocast" not in master
+    assert master["communication_data_type"] == "bf16"
+    zero2 = _derive(["precision=bf16", "deepspeed.zero_stage=2"], 1)   # auto: autocast where ZeRO owns the masters
+    assert zero2["torch_autocast"]["enabled"] and not zero2["bf16"]["enabled"]
+    fp16 = _derive(["precision=fp16"], 1)
+    assert fp16["fp16"]["enabled"] and not fp16["bf16"]["enabled"]
     fp32 = _derive([], 1)
     assert not fp32["bf16"]["enabled"] and not fp32["fp16"]["enabled"]
 

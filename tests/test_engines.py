@@ -18,8 +18,10 @@ import torch
 import torch.distributed as dist
 
 from vit_dt.config.batch import Batch
-from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config
+from vit_dt.attention import SelfAttention, enable_fast_attention
+from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config, resolve_bf16_mode
 from vit_dt.engines import DDPEngine, DeepSpeedEngine
+from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.model import CheckpointedEncoderBlock, build_model, enable_activation_checkpointing
 from vit_dt.lamb import Lamb
 from vit_dt.optimizers import (LR_RULES, OPTIMIZERS, OptimizerConfigError, OptimizerSpec, build_optimizer,
@@ -74,8 +76,10 @@ def make_engine(kind: str, optimizer: str = "adamw", precision: str = "fp32", bf
     if kind == "deepspeed":
         ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision=precision, zero_stage=zero_stage,
                                             grad_clip=1.0, wall_clock_breakdown=False, bf16_mode=bf16_mode)
-        return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec)
-    return DDPEngine(model, trainer_cfg, CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec)
+        return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec,
+                               master_weights=precision == "bf16" and bf16_mode == "master")
+    return DDPEngine(model, trainer_cfg, CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec,
+                     master_weights=precision == "bf16" and bf16_mode == "master")
 
 
 def train_losses(engine, steps: int) -> list[float]:
@@ -203,7 +207,8 @@ def test_each_optimizer_lowers_the_loss_through_the_engine(kind, optimizer):
     engine = make_engine(kind, optimizer)
     expected_type = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "lamb": Lamb}[optimizer]
     inner = getattr(engine, "engine", None)
-    assert isinstance(inner.basic_optimizer if inner else engine.optimizer, expected_type)
+    stepper = inner.basic_optimizer if inner else engine.optimizer
+    assert isinstance(getattr(stepper, "inner", stepper), expected_type)   # behind MasterWeightsOptimizer at ZeRO-0
     losses = train_losses(engine, 8)
     assert all(math.isfinite(x) for x in losses), losses
     assert losses[-1] < 0.9 * losses[0], losses
@@ -226,7 +231,7 @@ def test_bf16_mode_autocast_derives_torch_autocast_instead_of_bf16():
     fp32 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="fp32", zero_stage=0, grad_clip=None,
                                    wall_clock_breakdown=False, bf16_mode="autocast")
     assert not fp32["bf16"]["enabled"] and "torch_autocast" not in fp32   # the mode only matters for bf16
-    with pytest.raises(DeepSpeedConfigError, match=r"bf16_mode='amp' is invalid; valid: native, autocast"):
+    with pytest.raises(DeepSpeedConfigError, match=r"bf16_mode='amp' is invalid; valid: auto, master, autocast, native"):
         derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=None,
                                 wall_clock_breakdown=False, bf16_mode="amp")
     with pytest.raises(DeepSpeedConfigError, match="derived by vit-dt"):
@@ -234,16 +239,124 @@ def test_bf16_mode_autocast_derives_torch_autocast_instead_of_bf16():
                                 wall_clock_breakdown=False, overrides={"torch_autocast": {"enabled": True}})
 
 
-@pytest.mark.parametrize("mode, weight_dtype", [("native", torch.bfloat16), ("autocast", torch.float32)])
+@pytest.mark.parametrize("mode, weight_dtype", [("native", torch.bfloat16), ("autocast", torch.float32),
+                                               ("master", torch.bfloat16)])
 def test_deepspeed_bf16_modes_train(mode, weight_dtype):
     engine = make_engine("deepspeed", "adamw", precision="bf16", bf16_mode=mode)
     assert next(engine.module.parameters()).dtype == weight_dtype
-    assert engine.input_dtype == (torch.bfloat16 if mode == "native" else torch.float32)
+    assert engine.input_dtype == (torch.float32 if mode == "autocast" else torch.bfloat16)
     images, labels = batch_of()
     _, logits = engine.micro_step(images, labels, boundary=True)
     assert logits.dtype == torch.bfloat16                  # the matmuls really ran in bf16 in both modes
     losses = train_losses(engine, 7)
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_bf16_mode_auto_resolves_per_stage_and_engine_and_refuses_impossible_pairs():
+    assert resolve_bf16_mode("auto", 0) == "master"
+    assert resolve_bf16_mode("auto", 2) == "autocast"
+    assert resolve_bf16_mode("auto", 3, "ddp") == "master"
+    assert resolve_bf16_mode("native", 1) == "native"
+    with pytest.raises(DeepSpeedConfigError, match=r"zero_stage=2 partitions them itself; valid with ZeRO 1-3: "
+                                                   r"auto, autocast, native"):
+        resolve_bf16_mode("master", 2)
+    with pytest.raises(DeepSpeedConfigError, match="with engine=ddp valid: auto, master, autocast"):
+        resolve_bf16_mode("native", 0, "ddp")
+
+
+def test_master_mode_runs_deepspeed_fp32_path_and_leaves_clipping_to_vit_dt_at_zero_0():
+    master = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=1.0,
+                                     wall_clock_breakdown=False, bf16_mode="master")
+    assert not master["bf16"]["enabled"] and "torch_autocast" not in master
+    assert master["communication_data_type"] == "bf16" and "gradient_clipping" not in master
+    zero1 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=1, grad_clip=1.0,
+                                    wall_clock_breakdown=False)
+    assert zero1["torch_autocast"]["enabled"] and zero1["gradient_clipping"] == 1.0   # auto -> autocast at ZeRO-1
+    fp16 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="fp16", zero_stage=0, grad_clip=1.0,
+                                   wall_clock_breakdown=False)
+    assert fp16["gradient_clipping"] == 1.0                  # loss scaling: DeepSpeed unscales, then clips
+
+
+@pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
+def test_master_weights_keep_fp32_copies_that_the_bf16_module_mirrors(kind):
+    engine = make_engine(kind, "adamw", precision="bf16", bf16_mode="master")
+    stepper = engine.engine.basic_optimizer if kind == "deepspeed" else engine.optimizer
+    assert isinstance(stepper, MasterWeightsOptimizer) and stepper.copies
+    assert all(m.dtype == torch.float32 for m in stepper.masters)
+    assert all(p.dtype == torch.bfloat16 for p in engine.module.parameters())
+    losses = train_losses(engine, 8)
+    assert losses[-1] < 0.9 * losses[0], losses
+    for master, param in zip(stepper.masters, engine.module.parameters()):
+        assert torch.equal(master.to(torch.bfloat16), param.detach())
+    assert any(not torch.equal(m, m.to(torch.bfloat16).float()) for m in stepper.masters)  # the low bits live on
+
+
+def test_master_weights_accumulate_updates_too_small_for_bf16():
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    plain_param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    wrapped = MasterWeightsOptimizer([param], lambda ps: torch.optim.SGD(ps, lr=1e-3))
+    plain = torch.optim.SGD([plain_param], lr=1e-3)
+    for _ in range(20):   # each update (1e-3) is below bf16's spacing at 1.0 (2^-7 = 7.8e-3)
+        param.grad = torch.ones(4, dtype=torch.bfloat16)
+        plain_param.grad = torch.ones(4, dtype=torch.bfloat16)
+        wrapped.step()
+        plain.step()
+    assert torch.equal(plain_param.detach(), torch.ones(4, dtype=torch.bfloat16))   # rounded away every time
+    assert wrapped.masters[0][0].item() == pytest.approx(0.98, abs=1e-6)
+    assert param.detach()[0].item() == pytest.approx(0.98, abs=4e-3)
+
+
+def test_master_weights_clip_like_torch():
+    torch.manual_seed(0)
+    grads = [torch.randn(5, 3) * 10, torch.randn(7) * 10]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    reference = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    wrapped = MasterWeightsOptimizer(params, lambda ps: torch.optim.SGD(ps, lr=1.0), clip=1.0)
+    for p, r, g in zip(params, reference, grads):
+        p.grad, r.grad = g.clone(), g.clone()
+    torch.nn.utils.clip_grad_norm_(reference, 1.0)
+    torch.optim.SGD(reference, lr=1.0).step()
+    wrapped.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.detach(), r.detach())
+
+
+# --- the lean self-attention forward ------------------------------------------------------------------------------
+
+def test_fast_attention_is_torchvisions_function_with_the_same_parameters():
+    torch.manual_seed(5)
+    stock = build_model(TINY | {"fast_attention": False}, 10)
+    torch.nn.init.normal_(stock.heads.head.weight, std=0.2)   # torchvision's zero head would zero every gradient
+    fast = build_model(TINY, 10)
+    assert sum(isinstance(m, SelfAttention) for m in fast.modules()) == TINY["num_layers"]
+    assert not any(isinstance(m, SelfAttention) for m in stock.modules())
+    assert list(stock.state_dict()) == list(fast.state_dict())
+    fast.load_state_dict(stock.state_dict())
+    images, labels = batch_of(6)
+    expected, got = gradients(stock, images, labels), gradients(fast, images, labels)
+    assert all(grad.abs().sum() > 0 for grad in expected.values())
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    # With dropout the masks differ (torchvision's output is a transposed view, so the same random stream lands on
+    # other elements); the function itself is the same: compare it in eval mode.
+    stock_drop = build_model(TINY | {"fast_attention": False, "dropout": 0.3}, 10).eval()
+    fast_drop = build_model(TINY | {"dropout": 0.3}, 10).eval()
+    fast_drop.load_state_dict(stock.state_dict()), stock_drop.load_state_dict(stock.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fast_drop(images), stock_drop(images), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_attention_falls_back_for_calls_it_does_not_cover():
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    reference = copy.deepcopy(attention)
+    assert enable_fast_attention(attention) == 1
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    out, weights = attention(x, x, x, need_weights=True)                 # weights asked for
+    ref_out, ref_weights = reference(x, x, x, need_weights=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_weights)
+    torch.testing.assert_close(attention(y, x, x, need_weights=False)[0], reference(y, x, x, need_weights=False)[0])
 
 
 # --- activation checkpointing -------------------------------------------------------------------------------------
@@ -304,6 +417,7 @@ def test_activation_checkpointing_trains_through_deepspeed():
     ("deepspeed", "adamw", "fp32", "native"), ("deepspeed", "lamb", "fp32", "native"),
     ("deepspeed", "adamw", "bf16", "native"), ("deepspeed", "sgd", "bf16", "autocast"),
     ("ddp", "adamw", "fp32", "native"), ("ddp", "sgd", "fp32", "native"), ("ddp", "lamb", "bf16", "native"),
+    ("deepspeed", "adamw", "bf16", "master"), ("ddp", "adamw", "bf16", "master"),
 ])
 def test_state_dict_round_trip_gives_identical_next_steps(kind, optimizer, precision, bf16_mode):
     images, labels = batch_of(7)

@@ -26,6 +26,21 @@ def read_engine_timers(engine: Any) -> dict[str, float]:
     return {key: float(snapshot.get(key, 0.0)) for key in TIMER_KEYS}
 
 
+def quiet_engine_timer_log(engine: Any) -> None:
+    """DeepSpeed prints every timed step's timers from rank 0 (print_dist, whatever the log level); vit-dt records
+    them itself. Keep the reset the print did, drop the print."""
+    timers = getattr(engine, "timers", None)
+    if timers is None or not hasattr(timers, "timers"):
+        return
+
+    def reset_only(names, normalizer=1.0, reset=True, memory_breakdown=False, ranks=None):
+        for name in names:
+            if name in timers.timers:
+                timers.timers[name].elapsed(reset=reset)
+
+    timers.log = reset_only
+
+
 def set_engine_timing(engine: Any, enabled: bool) -> None:
     """Switch DeepSpeed's wall-clock timers on or off for the next optimizer step; call between steps.
 

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from vit_dt.breakdown import TIMER_KEYS, read_engine_timers, set_engine_timing
+from vit_dt.breakdown import TIMER_KEYS, quiet_engine_timer_log, read_engine_timers, set_engine_timing
+from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
 ENGINES = ("deepspeed", "ddp")
@@ -40,9 +41,11 @@ class TrainEngine(ABC):
     def last_step_timers(self) -> dict[str, float]:
         """fwd, bwd, bwd_inner, bwd_allreduce, step in ms for the last timed optimizer step (this rank)."""
 
+    input_dtype: torch.dtype = torch.float32   # bf16 where the module itself is bf16 (master weights)
+
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            return self.module(images)
+            return self.module(images.to(self.input_dtype)).float()
 
     def autocast(self):
         return nullcontext()
@@ -80,17 +83,28 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, schedule: str
 
 class DeepSpeedEngine(TrainEngine):
     def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict,
-                 optimizer: OptimizerSpec):
+                 optimizer: OptimizerSpec, master_weights: bool = False):
         import deepspeed
 
         stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        if master_weights and stage > 0:
+            raise ValueError(f"master_weights with deepspeed.zero_stage={stage}: ZeRO partitions its own fp32 masters")
         if optimizer.name == "lamb" and stage > 0:
             # ZeRO flattens parameters into partitions: LAMB's per-layer trust ratio would become per-partition.
             raise ValueError(f"optimizer=lamb with deepspeed.zero_stage={stage} would compute LAMB's trust ratio "
                              f"over flattened ZeRO partitions instead of per layer; valid: deepspeed.zero_stage=0 or "
                              f"engine=ddp")
         self.optimizer_spec = optimizer
-        torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
+        self.master_weights = bool(master_weights)
+        if self.master_weights:
+            model.to(device=device, dtype=torch.bfloat16)
+        if stage == 0 and not ds_config["fp16"]["enabled"]:
+            # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
+            torch_optimizer = MasterWeightsOptimizer(model.parameters(),
+                                                     lambda params: build_optimizer(params, optimizer, device),
+                                                     clip=float(trainer_cfg.get("grad_clip") or 0.0))
+        else:
+            torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=torch_optimizer, lr_scheduler=make_scheduler(torch_optimizer, **schedule),
             config=ds_config)
@@ -98,7 +112,11 @@ class DeepSpeedEngine(TrainEngine):
         # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match. Its torch_autocast mode
         # keeps fp32 weights and casts inside forward, so inputs stay fp32.
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "", torch.float32)
+            "bf16" if ds_config["bf16"]["enabled"] or self.master_weights else "fp16" if ds_config["fp16"]["enabled"]
+            else "", torch.float32)
+        # One rank has nothing to reduce: DeepSpeed would still copy every gradient through an all-reduce.
+        self.engine.enable_backward_allreduce = self.engine.dp_world_size > 1 or stage > 0
+        quiet_engine_timer_log(self.engine)
         self.compiled = compile_requested(trainer_cfg)
         if self.compiled:
             # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
@@ -140,12 +158,19 @@ class DDPEngine(TrainEngine):
     """Plain PyTorch DDP: the comparison the paper left as future work (DDP overlaps all-reduce with backward)."""
 
     def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, schedule: dict,
-                 grad_accum: int, optimizer: OptimizerSpec):
+                 grad_accum: int, optimizer: OptimizerSpec, master_weights: bool = False):
         from torch.nn.parallel import DistributedDataParallel
 
-        model.to(device)
+        self.master_weights = bool(master_weights)
+        self.input_dtype = torch.bfloat16 if self.master_weights else torch.float32
+        model.to(device=device, dtype=self.input_dtype)
         ids = [device.index] if device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(model, device_ids=ids)
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        # One rank has nothing to reduce: DDP's reducer would only copy every gradient through its buckets, and
+        # compiled, its graph splits at bucket boundaries cost launch overhead at small batches.
+        self.ddp = DistributedDataParallel(model, device_ids=ids) if world > 1 else model
         self.compiled = compile_requested(trainer_cfg)
         if self.compiled:
             # The DDP wrapper, not the bare model: dynamo's DDPOptimizer then splits graphs at bucket boundaries
@@ -154,15 +179,32 @@ class DDPEngine(TrainEngine):
         self.module = model
         self.device = device
         self.optimizer_spec = optimizer
-        self.optimizer = build_optimizer(model.parameters(), optimizer, device)
-        self.scheduler = make_scheduler(self.optimizer, **schedule)
         self.grad_clip = float(trainer_cfg.get("grad_clip") or 0.0)
+        if precision == "fp16":
+            self.optimizer = build_optimizer(model.parameters(), optimizer, device)
+        else:
+            # vit-dt's step (fp32 masters for a bf16 module; foreach clipping) also clips: the engine does not.
+            self.optimizer = MasterWeightsOptimizer(model.parameters(),
+                                                    lambda params: build_optimizer(params, optimizer, device),
+                                                    clip=self.grad_clip)
+            self.grad_clip = 0.0
+        self.scheduler = make_scheduler(self.optimizer, **schedule)
         self.grad_accum = grad_accum
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        # Autocast only where the module is fp32: a bf16 module computes in bf16 by itself.
+        self.dtype = None if self.master_weights else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self._timing = False
         self._acc = dict.fromkeys(TIMER_KEYS, 0.0)
         self._last: dict[str, float] = {}
+        self.loss_weight = 1.0           # trainer.balance=speed: b_r x world / B (vit_dt/balance.py)
+        self._grads = _LastGradient(device)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(self._grads)
+
+    def set_loss_weight(self, weight: float) -> None:
+        """Scale this rank's mean loss (per-rank micro-batches: see vit_dt.balance.loss_weight)."""
+        self.loss_weight = float(weight)
 
     def autocast(self):
         if self.dtype is None:
@@ -179,21 +221,28 @@ class DDPEngine(TrainEngine):
         return time.perf_counter()
 
     def micro_step(self, images, labels, boundary):
-        sync = nullcontext() if boundary else self.ddp.no_sync()
+        sync = nullcontext() if boundary or not hasattr(self.ddp, "no_sync") else self.ddp.no_sync()
         with sync:
             t0 = self._now()
             with self.autocast():
-                logits = self.ddp(images)
-                loss = F.cross_entropy(logits, labels)
+                logits = self.ddp(images.to(self.input_dtype))
+                loss = F.cross_entropy(logits.float(), labels)
             t1 = self._now()
             scaled = loss / self.grad_accum
+            if self.loss_weight != 1.0:
+                scaled = scaled * self.loss_weight
+            self._grads.start(self._timing)
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             t2 = self._now()
         if self._timing:
             self._acc["fwd"] += (t1 - t0) * 1e3
-            # DDP's all-reduce runs inside backward, overlapped: it has no separate timer.
-            self._acc["bwd"] += (t2 - t1) * 1e3
-            self._acc["bwd_inner"] += (t2 - t1) * 1e3
+            # DDP's all-reduce runs inside backward, overlapped: bwd_allreduce is the part left after this rank's
+            # last gradient (the last bucket, and waiting for slower ranks), bwd_inner the rest.
+            bwd = t2 - t1
+            inner = min(bwd, self._grads.seconds(default=bwd))
+            self._acc["bwd"] += bwd * 1e3
+            self._acc["bwd_inner"] += inner * 1e3
+            self._acc["bwd_allreduce"] += (bwd - inner) * 1e3
         if boundary:
             t3 = self._now()
             if self.scaler:
@@ -228,3 +277,36 @@ class DDPEngine(TrainEngine):
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+
+
+class _LastGradient:
+    """A parameter hook (post gradient accumulation) noting when the last gradient of a timed backward was ready:
+    the end of this rank's own backward compute. What DDP's backward() takes after it is the all-reduce it could
+    not hide, including waiting for slower ranks, which would otherwise count as this rank's compute."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.timing, self._start, self._ready = False, None, None
+
+    def _mark(self):
+        if self.cuda:   # an event on the compute stream: no synchronisation inside backward
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self, timing: bool) -> None:
+        self.timing, self._ready = timing, None
+        self._start = self._mark() if timing else None
+
+    def __call__(self, _param) -> None:
+        if self.timing:
+            self._ready = self._mark()
+
+    def seconds(self, default: float) -> float:
+        """From start() to the last gradient; call after synchronising the device."""
+        if self._start is None or self._ready is None:
+            return default
+        if self.cuda:
+            return self._start.elapsed_time(self._ready) / 1e3
+        return self._ready - self._start

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vit_dt import breakdown, hardware, memory_model, metrics, optimizers
+from vit_dt import balance, breakdown, hardware, memory_model, metrics, optimizers
 from vit_dt.config.batch import Batch
 from vit_dt.distributed import DistEnv
 from vit_dt.results import ResultsStore, write_result
@@ -51,14 +51,39 @@ def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
         "engine": cfg["engine"],
         "precision": cfg["precision"],
         "zero_stage": cfg["deepspeed"]["zero_stage"] if cfg["engine"] == "deepspeed" else None,
+        "bf16_mode": _bf16_mode(cfg),
+        "fast_attention": bool(cfg["model"].get("fast_attention", True)),
         "dataset": cfg["dataset"]["name"],
         "model": cfg["model"]["name"],
+        **_geometry(cfg["model"]),
         "world_size": env.world_size,
         "nodes": env.nodes,
         "ranks_per_node": max(1, env.world_size // max(1, env.nodes)),
         "launch": env.source,
         "slurm_job_id": _slurm_job_id(),
     }
+
+
+def _bf16_mode(cfg: dict) -> str | None:
+    """The bf16 mode the run used (`auto` resolved); None unless precision=bf16 (or when the config is invalid)."""
+    from vit_dt.ds_config import DeepSpeedConfigError, resolve_bf16_mode
+
+    if cfg["precision"] != "bf16":
+        return None
+    try:
+        return resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
+                                 cfg["engine"])
+    except (DeepSpeedConfigError, TypeError, ValueError):
+        return None
+
+
+def _geometry(model_cfg: dict) -> dict:
+    """What sets the sequence length and the activation memory (docs/studies/high-resolution.md)."""
+    image, patch = model_cfg.get("image_size"), model_cfg.get("patch_size")
+    valid = isinstance(image, int) and isinstance(patch, int) and patch > 0 and image % patch == 0
+    return {"image_size": image, "patch_size": patch,
+            "tokens_per_image": metrics.tokens_per_image(model_cfg) if valid else None,
+            "activation_checkpointing": bool(model_cfg.get("activation_checkpointing", False))}
 
 
 def _slurm_job_id() -> str | None:
@@ -98,6 +123,7 @@ class RunRecorder:
         self.cfg, self.run_dir, self.env, self.device, self.batch, self.info = cfg, run_dir, env, device, batch, info
         self.started, self.ds_config = started, ds_config
         self.flops_per_image = metrics.vit_flops_per_image(cfg["model"], info.num_classes, training=True)
+        self.hardware_flops_per_image = metrics.hardware_flops_per_image(cfg["model"], info.num_classes)
         # ZeRO-3 has already partitioned the parameters here: their full size is ds_numel, numel() is 0
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.gpu_model = metrics.gpu_model_from_name(torch.cuda.get_device_name(device)) \
@@ -169,6 +195,7 @@ class RunRecorder:
         images = sum(e["train_samples_seen"] for e in steady)
         rates = metrics.throughput(images, seconds, self.env.world_size)
         tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.flops_per_image)
+        hardware_tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.hardware_flops_per_image)
         # fp32 matmuls run as TF32 when torch allows it: measure against that peak, not the far lower FP32 one.
         peak_tflops = metrics.peak_tflops(self.gpu_model, metrics.matmul_precision(self.cfg["precision"]))
         per_rank = _merge_rank_summaries(state.breakdowns)
@@ -183,6 +210,7 @@ class RunRecorder:
             **optimizers.lr_record(self.cfg.get("optimizer"), self.batch.global_),  # lr_rule, lr_effective, ...
             "train_samples": self.info.train_samples, "val_samples": self.info.val_samples,
             "num_params": self.num_params, "flops_per_image": self.flops_per_image,
+            "hardware_flops_per_image": self.hardware_flops_per_image,
             "epochs": epochs,
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None,
             "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
@@ -190,11 +218,15 @@ class RunRecorder:
             "epoch_time_s_all_mean": sum(e["time_s"] for e in epochs) / len(epochs) if epochs else None,
             "img_per_s": rates["img_per_s"], "img_per_s_per_gpu": rates["img_per_s_per_gpu"],
             "tflops": tflops, "mfu": metrics.mfu(tflops, peak_tflops),
+            "hardware_tflops": hardware_tflops, "hfu": metrics.mfu(hardware_tflops, peak_tflops),
             "peak_mem_gb": max((p for p in peak if p is not None), default=None),
             "breakdown_ms": {"per_rank": analysis["per_rank"], "mean": analysis["mean"]} if analysis else None,
             "comm_share": analysis["comm_share"] if analysis else None,
             "data_wait_share": analysis["data_wait_share"] if analysis else None,
             "straggler": analysis["straggler"] if analysis else None,
+            # per-rank micro-batches, speeds, compute-time spread per epoch (trainer.balance, vit_dt/balance.py)
+            "balance": balance.summarise(self.cfg["trainer"].get("balance", "off"), state.balance,
+                                         self.batch.micro * self.env.world_size),
             "param_checksums": checksums,
             "replicas_in_sync": spread <= 1e-6 * max(1.0, abs(checksums[0])),
             "deepspeed_config": self.ds_config,

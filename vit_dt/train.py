@@ -85,7 +85,7 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.checkpoint import Checkpointer
     from vit_dt.config.batch import resolve_batch
     from vit_dt.data import build_datasets
-    from vit_dt.ds_config import derive_deepspeed_config
+    from vit_dt.ds_config import derive_deepspeed_config, resolve_bf16_mode
     from vit_dt.engines import DDPEngine, DeepSpeedEngine
     from vit_dt.model import build_model
     from vit_dt.optimizers import OptimizerSpec
@@ -105,8 +105,9 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         epochs=int(trainer_cfg["epochs"]), batch=batch, seed=seed,
         timer_sample_every=int(trainer_cfg["timer_sample_every"]),
         timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
-        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"))
-    _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank))
+        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"), balance=trainer_cfg.get("balance", "off"))
+    _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank),
+                          _test_delay(trainer_cfg, env.rank, "straggler_test_delay_per_sample"))
     steps_per_epoch = max(1, info.train_samples // batch.global_)
     if trainer_cfg.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
@@ -114,15 +115,20 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
                 "total_steps": steps_per_epoch * settings.epochs,
                 "schedule": trainer_cfg.get("lr_schedule", "cosine")}
     optimizer = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)  # lr scaled for this global batch
+    bf16_mode = resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
+                                  cfg["engine"])
+    master_weights = cfg["precision"] == "bf16" and bf16_mode == "master"
     if cfg["engine"] == "deepspeed":
         ds_config = derive_deepspeed_config(
             batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
             grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
-            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=cfg["deepspeed"].get("bf16_mode", "native"))
-        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule, optimizer)
+            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=bf16_mode)
+        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule, optimizer,
+                                 master_weights=master_weights)
     else:
         ds_config = None
-        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], schedule, batch.grad_accum, optimizer)
+        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], schedule, batch.grad_accum, optimizer,
+                           master_weights=master_weights)
     seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
 
     recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
@@ -147,18 +153,25 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     return recorder.finish(state, engine.module)
 
 
-def _slow_down_on_purpose(model, delay_s: float) -> None:
+def _slow_down_on_purpose(model, delay_s: float, per_sample_s: float = 0.0) -> None:
     """Inside the forward pass, so it shows up as this rank's compute time, as a slower GPU would. Prepended so it
-    runs before DeepSpeed's own forward hook stops the fwd timer, whenever the engine registers it."""
-    if delay_s > 0:
+    runs before DeepSpeed's own forward hook stops the fwd timer, whenever the engine registers it.
+
+    `delay_s` per forward; `per_sample_s` per image of the batch, which a smaller micro-batch shortens (as on a
+    slower GPU): what `trainer.balance=speed` can even out, a fixed delay it cannot."""
+    if delay_s > 0 or per_sample_s > 0:
         import time
 
-        model.register_forward_hook(lambda _module, _inputs, _output: time.sleep(delay_s), prepend=True)
+        def sleep(_module, inputs, _output):
+            time.sleep(delay_s + per_sample_s * (len(inputs[0]) if inputs else 0))
+
+        model.register_forward_hook(sleep, prepend=True)
 
 
-def _test_delay(trainer_cfg: dict, rank: int) -> float:
-    """trainer.straggler_test_delay = {rank: seconds}: a test-only knob that slows one rank on purpose."""
-    delays = trainer_cfg.get("straggler_test_delay") or {}
+def _test_delay(trainer_cfg: dict, rank: int, key: str = "straggler_test_delay") -> float:
+    """trainer.straggler_test_delay = {rank: seconds} (per forward) and trainer.straggler_test_delay_per_sample =
+    {rank: seconds per image}: test-only knobs that slow one rank on purpose."""
+    delays = trainer_cfg.get(key) or {}
     return float(delays.get(rank, delays.get(str(rank), 0.0)))
 
 

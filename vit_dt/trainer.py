@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from vit_dt import breakdown
+from vit_dt import balance, breakdown
 from vit_dt.config.batch import Batch
 from vit_dt.data import DatasetInfo, make_loader
 from vit_dt.data.augment import DeviceAugment
@@ -29,6 +29,8 @@ class TrainState:
     epoch: int = 0                      # next epoch to run
     epochs: list[dict] = field(default_factory=list)
     breakdowns: list[list[dict]] = field(default_factory=list)   # per epoch, per rank (rank 0 only)
+    shares: list[int] | None = None     # trainer.balance=speed: per-rank micro-batches of the next epoch (all ranks)
+    balance: list[dict] = field(default_factory=list)   # per epoch: shares, speeds, spread (rank 0 only)
 
 
 @dataclass
@@ -40,12 +42,35 @@ class LoopSettings:
     timer_warmup_steps: int
     log_every: int
     max_steps_per_epoch: int | None
+    balance: str = "off"                # trainer.balance: off | speed (vit_dt/balance.py)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def _broadcast_from_rank0(value):
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def _rounded(value, digits: int = 1):
+    if isinstance(value, list):
+        return [round(v, digits) for v in value]
+    return None if value is None else round(value, digits)
+
+
+def _accumulate(totals: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Adds (loss sum, correct, samples) on the device. The sample count goes in as a Python number: a tensor made
+    from it would be a blocking host-to-device copy, a full device sync on every step."""
+    totals[0] += loss_sum.double()
+    totals[1] += (logits.argmax(1) == labels).sum()
+    totals[2] += labels.numel()
 
 
 def _sync(device: torch.device) -> None:
@@ -77,9 +102,12 @@ class Trainer:
                 f"the training set gives each rank {len(self.train_loader)} micro-batches of {batch.micro}, fewer than "
                 f"grad_accum={batch.grad_accum}: lower trainer.micro_batch or trainer.grad_accum, or use more data")
         self.global_step = 0
+        self.shares = balance.equal_shares(batch.micro * env.world_size, env.world_size)
 
     def fit(self, state: TrainState) -> TrainState:
         self.global_step = state.epoch * self.steps_per_epoch
+        if state.shares and self.settings.balance == "speed":      # resumed: the checkpoint's plan
+            self._use_shares(state.shares)
         for epoch in range(state.epoch, self.settings.epochs):
             record, per_rank = self._train_epoch(epoch)
             record.update(self._validate())
@@ -90,11 +118,38 @@ class Trainer:
                 log.info("epoch %d: %.1f s, train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.1f img/s", epoch,
                          record["time_s"], record["train_loss"], record["train_acc"], record["val_loss"],
                          record["val_acc"], record["img_per_s"])
+            self._plan_next_epoch(state, epoch, per_rank)
             state.epochs.append(record)
             state.epoch = epoch + 1
             if self.on_epoch_end:
                 self.on_epoch_end(state, record)
         return state
+
+    def _use_shares(self, shares: list[int]) -> None:
+        """Per-rank micro-batches for the next epoch; the loss weight keeps DDP's average the global batch's."""
+        self.shares = [int(b) for b in shares]
+        self.train_loader.set_shares(self.shares)
+        if self.settings.balance == "speed":
+            self.engine.set_loss_weight(balance.loss_weight(self.shares[self.env.rank], self.env.world_size,
+                                                            sum(self.shares)))
+
+    def _plan_next_epoch(self, state: TrainState, epoch: int, per_rank: list[dict] | None) -> None:
+        """Rank 0 records what this epoch measured and, with trainer.balance=speed, decides the next epoch's shares
+        from the measured speeds; every rank takes them from rank 0, so all agree."""
+        entry = None
+        if self.env.is_main:
+            entry = balance.epoch_entry(epoch, self.settings.balance, self.shares, per_rank,
+                                        self.settings.batch.grad_accum)
+            state.balance.append(entry)
+        if self.settings.balance != "speed":
+            return
+        if entry:
+            log.info("balance: epoch %d shares %s, compute %s ms per step (spread %s), speeds %s img/s; next: %s",
+                     epoch, entry["shares"], _rounded(entry["compute_ms"]), _rounded(entry["spread"], 3),
+                     _rounded(entry["speed_img_per_s"]), entry["next_shares"])
+        shares = _broadcast_from_rank0(entry["next_shares"] if entry else None)
+        self._use_shares(shares)
+        state.shares = list(shares)
 
     @staticmethod
     def _epoch_breakdown_fields(per_rank: list[dict] | None) -> dict:
@@ -127,8 +182,7 @@ class Trainer:
                 data_wait += time.perf_counter() - fetch_start
                 images = self.train_augment(images)
                 loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
-                totals += torch.stack([loss.double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
-                                       torch.tensor(labels.numel(), device=self.device, dtype=torch.float64)])
+                _accumulate(totals, loss * labels.numel(), logits, labels)
             if sampled:
                 _sync(self.device)
                 step_ms = (time.perf_counter() - step_start) * 1e3
@@ -155,8 +209,7 @@ class Trainer:
         for images, labels in self.val_loader:
             logits = self.engine.eval_logits(self.val_augment(images))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            totals += torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(),
-                                   torch.tensor(labels.numel(), device=self.device, dtype=torch.float64)])
+            _accumulate(totals, loss, logits, labels)
         self.engine.module.train()
         loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
         return {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1), "val_samples_seen": int(seen)}

@@ -32,8 +32,8 @@ def _positive_int(key: str, value: Any) -> None:
 
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
-    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, validate_overrides
-    from vit_dt.model_catalog import MODEL_NAMES
+    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, resolve_bf16_mode, validate_overrides
+    from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
     from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
     _one_of("precision", cfg["precision"], PRECISIONS)
@@ -52,12 +52,21 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     trainer = cfg["trainer"]
     for key in ("epochs", "nproc", "grad_accum", "micro_batch", "timer_sample_every"):
         _positive_int(f"trainer.{key}", trainer[key])
-    image, patch = cfg["model"]["image_size"], cfg["model"]["patch_size"]
-    if image % patch:
-        raise ConfigError(f"model.image_size={image} is not a multiple of model.patch_size={patch}")
+    _check_balance(cfg)
+    model_errors = geometry_errors(cfg["model"])
+    if model_errors:
+        raise ConfigError(model_errors[0])
+    _one_of("model.activation_checkpointing", cfg["model"].get("activation_checkpointing", False), (False, True))
+    _one_of("model.fast_attention", cfg["model"].get("fast_attention", True), (False, True))
     _check_precision_on_partition(cfg)
     _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
-    _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "native"), BF16_MODES)
+    _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "auto"), BF16_MODES)
+    if cfg["precision"] == "bf16":
+        try:
+            resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
+                              cfg.get("engine", "deepspeed"))
+        except DeepSpeedConfigError as exc:
+            raise ConfigError(str(exc)) from None
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
     try:
         batch = resolve_batch(trainer, scaling, world_size)
@@ -74,3 +83,21 @@ def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
     if cfg["precision"] == "bf16" and gpu_model.upper().startswith(NO_BF16_GPUS):
         raise ConfigError(f"precision=bf16 is invalid on partition {partition!r} ({gpu_model}: no bf16 support); "
                           f"valid there: fp32, fp16")
+
+
+def _check_balance(cfg: Mapping[str, Any]) -> None:
+    """trainer.balance (vit_dt/balance.py) and its test-only companion trainer.straggler_test_delay_per_sample."""
+    from vit_dt.balance import MODES
+
+    trainer = cfg["trainer"]
+    mode = trainer.get("balance", "off")
+    _one_of("trainer.balance", mode, MODES)
+    if mode == "speed" and cfg["engine"] != "ddp":
+        raise ConfigError(f"trainer.balance=speed is invalid with engine={cfg['engine']}: DeepSpeed needs the same "
+                          f"train_micro_batch_size_per_gpu on every rank, so per-rank micro-batches need "
+                          f"engine=ddp; valid: engine=ddp with trainer.balance=speed, or trainer.balance=off")
+    delays = trainer.get("straggler_test_delay_per_sample") or {}
+    if not isinstance(delays, Mapping) or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 for s in delays.values()):
+        raise ConfigError(f"trainer.straggler_test_delay_per_sample={delays!r} is invalid: it must map ranks to "
+                          f"seconds >= 0 per sample, e.g. {{1: 0.005}}")

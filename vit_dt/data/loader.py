@@ -11,6 +11,11 @@ Both loaders follow one plan (`shard_plan`):
   of steps (collectives inside a forward, e.g. ZeRO-3's parameter gathers, would otherwise hang), a rank that
   comes up one step short splits its largest batch in two. Only when a rank has fewer samples than steps
   (world_size > n, or batch_size = 1 with n not divisible by world_size) does it get empty batches.
+* per-rank shares (training only, `trainer.balance=speed`, vit_dt/balance.py): rank r takes `shares[r]` samples per
+  step instead of batch_size; the shares sum to world_size x batch_size. Step s still uses exactly the samples
+  order[s x B : (s + 1) x B] (B = world_size x batch_size), as with equal shares, only split into contiguous
+  slices of the share sizes instead of interleaved: the same steps per epoch on every rank, every sample at most
+  once per epoch, and the same global batches whatever the shares. Equal shares give the interleaved plan above.
 
 In-memory datasets (TensorImages) go through ShardedTensorLoader: the split is copied to the device once and
 batches are gathered there, no worker processes. Other datasets go through a torch DataLoader with
@@ -43,12 +48,35 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor
     return torch.randperm(n, generator=generator)
 
 
+def check_shares(shares, *, world_size: int, batch_size: int, drop_last: bool) -> list[int] | None:
+    """Per-rank batch sizes as a list, or None when they are all equal (the plain plan); ValueError when invalid."""
+    if shares is None:
+        return None
+    shares = [int(b) for b in shares]
+    if len(shares) != world_size or min(shares) < 1 or sum(shares) != world_size * batch_size:
+        raise ValueError(f"per-rank shares {shares} are invalid: they need one entry >= 1 per rank ({world_size}) "
+                         f"and must sum to world_size x batch_size = {world_size} x {batch_size}")
+    if len(set(shares)) == 1:
+        return None
+    if not drop_last:
+        raise ValueError("per-rank shares need drop_last=True (training): evaluation splits every sample evenly")
+    return shares
+
+
 def shard_plan(
-    n: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool
+    n: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool,
+    shares=None,
 ) -> list[torch.Tensor]:
-    """This rank's batches of dataset indices for one epoch (CPU int64 tensors)."""
+    """This rank's batches of dataset indices for one epoch (CPU int64 tensors).
+
+    `shares`: per-rank batch sizes summing to world_size x batch_size (drop_last only); None = batch_size each.
+    """
     order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
     steps = steps_per_epoch(n, world_size=world_size, batch_size=batch_size, drop_last=drop_last)
+    shares = check_shares(shares, world_size=world_size, batch_size=batch_size, drop_last=drop_last)
+    if shares is not None:
+        total, start = sum(shares), sum(shares[:rank])
+        return [order[s * total + start: s * total + start + shares[rank]] for s in range(steps)]
     if drop_last:
         per_rank = n // world_size
         shard = order[: per_rank * world_size][rank::world_size]
@@ -81,13 +109,20 @@ class ShardBatchSampler(Sampler[list[int]]):
         self.n, self.rank, self.world_size, self.batch_size = n, rank, world_size, batch_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.epoch = 0
+        self.shares: list[int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_shares(self, shares) -> None:
+        """Per-rank batch sizes from the next epoch on (None or equal: batch_size each); the step count is kept."""
+        self.shares = check_shares(shares, world_size=self.world_size, batch_size=self.batch_size,
+                                   drop_last=self.drop_last)
+
     def plan(self) -> list[torch.Tensor]:
         return shard_plan(self.n, rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, drop_last=self.drop_last)
+                          seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, drop_last=self.drop_last,
+                          shares=self.shares)
 
     def __iter__(self) -> Iterator[list[int]]:
         # Empty batches cannot go through a DataLoader; the loader tops the step count up itself.
@@ -112,6 +147,10 @@ class _ShardedLoaderBase:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def set_shares(self, shares) -> None:
+        """Per-rank batch sizes (summing to world_size x batch_size) from the next iteration on."""
+        self.sampler.set_shares(shares)
 
     def plan(self) -> list[torch.Tensor]:
         return self.sampler.plan()

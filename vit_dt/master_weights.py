@@ -1,0 +1,100 @@
+"""The optimizer step of vit-dt's fast paths: fp32 master weights behind a bf16 module, and foreach gradient clipping.
+
+With `deepspeed.bf16_mode=master` the module itself is bf16 (weights, activations and gradients: half the memory
+traffic of autocast, whose LayerNorms and residual stream stay fp32), while the optimizer steps fp32 copies of
+the weights, so small updates are not rounded away. `MasterWeightsOptimizer` owns those copies: after backward it
+copies the bf16 gradients into fp32, clips them with one foreach norm (no host sync), steps the inner torch
+optimizer and copies the result back into the module. The same class serves an fp32 module (autocast, fp32) with
+no copies at all: then it is only the clipping, done without DeepSpeed's per-parameter loop.
+
+It is a torch Optimizer whose `param_groups` and `state` are the inner optimizer's, so lr schedulers and
+DeepSpeed's client-optimizer path work on it unchanged; its state_dict carries the fp32 masters, so a checkpoint
+resumes without losing the low bits that the bf16 module does not hold.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+InnerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+class MasterWeightsOptimizer(torch.optim.Optimizer):
+    def __init__(self, params: Iterable[torch.nn.Parameter], build_inner: InnerFactory, clip: float = 0.0):
+        self.model_params = [p for p in params if p.requires_grad]
+        self.copies = any(p.dtype != torch.float32 for p in self.model_params)
+        if self.copies:
+            self.masters = [p.detach().float().clone() for p in self.model_params]
+            for master in self.masters:
+                master.grad = torch.zeros_like(master)
+        else:
+            self.masters = self.model_params
+        # Optimizer's own init first, into placeholders; from then on param_groups and state are the inner
+        # optimizer's (looked up each time: its load_state_dict replaces both objects).
+        super().__init__(self.masters, {})
+        self.inner = build_inner(self.masters)
+        self.defaults = self.inner.defaults
+        self.clip = float(clip or 0.0)
+
+    @property
+    def param_groups(self):
+        inner = self.__dict__.get("inner")
+        return inner.param_groups if inner is not None else self.__dict__["_own_param_groups"]
+
+    @param_groups.setter
+    def param_groups(self, value):
+        inner = self.__dict__.get("inner")
+        if inner is not None:
+            inner.param_groups = value
+        else:
+            self.__dict__["_own_param_groups"] = value
+
+    @property
+    def state(self):
+        inner = self.__dict__.get("inner")
+        return inner.state if inner is not None else self.__dict__["_own_state"]
+
+    @state.setter
+    def state(self, value):
+        inner = self.__dict__.get("inner")
+        if inner is not None:
+            inner.state = value
+        else:
+            self.__dict__["_own_state"] = value
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MasterWeightsOptimizer.step does not take a closure")
+        if self.copies:
+            have = [(m, p.grad) for m, p in zip(self.masters, self.model_params) if p.grad is not None]
+            missing = [m.grad for m, p in zip(self.masters, self.model_params) if p.grad is None]
+            if have:
+                torch._foreach_copy_([m.grad for m, _ in have], [g for _, g in have])
+            if missing:
+                torch._foreach_zero_(missing)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.masters, self.clip, foreach=True)
+        self.inner.step()
+        if self.copies:
+            torch._foreach_copy_(self.model_params, self.masters)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.model_params:
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(),
+                "master_params": [m.detach().clone() for m in self.masters] if self.copies else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.inner.load_state_dict(state_dict["inner"])
+        masters = state_dict.get("master_params")
+        if self.copies and masters is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self.masters, [m.to(self.masters[0].device) for m in masters])
+                torch._foreach_copy_(self.model_params, self.masters)
