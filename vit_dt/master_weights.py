@@ -20,7 +20,31 @@ import torch
 InnerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
+class _FromInner:
+    """An optimizer attribute that is the inner optimizer's once there is one, looked up on every access (the inner
+    load_state_dict replaces the objects); before that, Optimizer.__init__'s own placeholder."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        inner = obj.__dict__.get("inner")
+        return getattr(inner, self.name) if inner is not None else obj.__dict__[f"_own_{self.name}"]
+
+    def __set__(self, obj, value) -> None:
+        inner = obj.__dict__.get("inner")
+        if inner is not None:
+            setattr(inner, self.name, value)
+        else:
+            obj.__dict__[f"_own_{self.name}"] = value
+
+
 class MasterWeightsOptimizer(torch.optim.Optimizer):
+    param_groups = _FromInner()
+    state = _FromInner()
+
     def __init__(self, params: Iterable[torch.nn.Parameter], build_inner: InnerFactory, clip: float = 0.0):
         self.model_params = [p for p in params if p.requires_grad]
         self.copies = any(p.dtype != torch.float32 for p in self.model_params)
@@ -30,38 +54,11 @@ class MasterWeightsOptimizer(torch.optim.Optimizer):
                 master.grad = torch.zeros_like(master)
         else:
             self.masters = self.model_params
-        # Optimizer's own init first, into placeholders; from then on param_groups and state are the inner
-        # optimizer's (looked up each time: its load_state_dict replaces both objects).
+        # Optimizer's own init first, into placeholders; from then on param_groups and state are the inner's.
         super().__init__(self.masters, {})
         self.inner = build_inner(self.masters)
         self.defaults = self.inner.defaults
         self.clip = float(clip or 0.0)
-
-    @property
-    def param_groups(self):
-        inner = self.__dict__.get("inner")
-        return inner.param_groups if inner is not None else self.__dict__["_own_param_groups"]
-
-    @param_groups.setter
-    def param_groups(self, value):
-        inner = self.__dict__.get("inner")
-        if inner is not None:
-            inner.param_groups = value
-        else:
-            self.__dict__["_own_param_groups"] = value
-
-    @property
-    def state(self):
-        inner = self.__dict__.get("inner")
-        return inner.state if inner is not None else self.__dict__["_own_state"]
-
-    @state.setter
-    def state(self, value):
-        inner = self.__dict__.get("inner")
-        if inner is not None:
-            inner.state = value
-        else:
-            self.__dict__["_own_state"] = value
 
     @torch.no_grad()
     def step(self, closure=None):
