@@ -164,3 +164,16 @@ def test_formulas_and_bad_kinds() -> None:
     with pytest.raises(ValueError, match="valid: strong, weak"):
         scaling.speedup("linear", 1.0, 1, 1.0, 1)
     assert scaling.kind_of("none") == "strong"
+
+
+def test_zero_stages_and_geometries_are_separate_series():
+    from vit_dt.analysis.scaling import series_key
+
+    base = {"scaling": "strong", "nodes": 1, "micro_batch": 32, "precision": "bf16", "engine": "deepspeed",
+            "model": "vit_b_16", "dataset": "cifar10", "image_size": 224, "patch_size": 16}
+    keys = {series_key(base | {"zero_stage": 0}), series_key(base | {"zero_stage": 2}),
+            series_key(base | {"zero_stage": 0, "patch_size": 8}), series_key(base | {"engine": "ddp"})}
+    assert len(keys) == 4
+    assert series_key(base | {"zero_stage": 2}).engine == "deepspeed ZeRO-2"
+    assert series_key(base | {"zero_stage": 0}).engine == "deepspeed"          # the default stays unlabelled
+    assert series_key(base | {"patch_size": 8}).model == "vit_b_16 (patch 8, 224 px)"

@@ -178,11 +178,27 @@ def _batch_label(record: Mapping[str, Any]) -> str:
     return f"micro-batch {record.get('micro_batch')}{accum_text}"
 
 
+def _engine_label(record: Mapping[str, Any]) -> str:
+    """ZeRO stages are separate series: a stage-0 and a stage-2 point must not average into one speed-up."""
+    engine = str(record.get("engine") or _cfg(record, "engine", default="?"))
+    stage = record.get("zero_stage")
+    return f"{engine} ZeRO-{stage}" if engine == "deepspeed" and stage not in (None, 0) else engine
+
+
+def _model_label(record: Mapping[str, Any]) -> str:
+    """The model name, plus its geometry where it is not the name's own (ViT-B at patch 8 is another workload)."""
+    name = str(record.get("model") or _cfg(record, "model", "name", default="?"))
+    patch, image = record.get("patch_size"), record.get("image_size")
+    own = {"vit_b_16": (16, 224)}.get(name)
+    if own and patch is not None and image is not None and (patch, image) != own:
+        return f"{name} (patch {patch}, {image} px)"
+    return name
+
+
 def series_key(record: Mapping[str, Any]) -> SeriesKey:
     return SeriesKey(scaling=_scaling_label(record), layout=_layout_label(record), batch=_batch_label(record),
                      precision=str(record.get("precision") or _cfg(record, "precision", default="?")),
-                     engine=str(record.get("engine") or _cfg(record, "engine", default="?")),
-                     model=str(record.get("model") or _cfg(record, "model", "name", default="?")),
+                     engine=_engine_label(record), model=_model_label(record),
                      dataset=str(record.get("dataset") or _cfg(record, "dataset", "name", default="?")))
 
 
