@@ -177,3 +177,7 @@ def test_zero_stages_and_geometries_are_separate_series():
     assert series_key(base | {"zero_stage": 2}).engine == "deepspeed ZeRO-2"
     assert series_key(base | {"zero_stage": 0}).engine == "deepspeed"          # the default stays unlabelled
     assert series_key(base | {"patch_size": 8}).model == "vit_b_16 (patch 8, 224 px)"
+    assert series_key(base | {"zero_stage": 0}).short_label() == "strong intra, micro-batch 32"
+    assert series_key(base | {"engine": "ddp"}).short_label() == "strong intra, micro-batch 32, ddp"
+    assert series_key(base | {"zero_stage": 2, "patch_size": 8}).short_label() == \
+        "strong intra, micro-batch 32, deepspeed ZeRO-2, vit_b_16 (patch 8, 224 px)"

@@ -145,7 +145,11 @@ class SeriesKey:
         return f"{self.scaling}, {self.layout}, {self.batch}, {self.model}/{self.dataset}, {self.precision}, {self.engine}"
 
     def short_label(self) -> str:
-        return f"{self.scaling} {self.layout}, {self.batch}"
+        """Scaling, layout and batch; the engine and the model geometry only where they are not the defaults
+        (DeepSpeed ZeRO-0, the model's own geometry), so series that differ only there stay apart in legends."""
+        extra = [part for part in (self.engine if self.engine != "deepspeed" else "",
+                                   self.model if "(" in self.model else "") if part]
+        return ", ".join([f"{self.scaling} {self.layout}, {self.batch}", *extra])
 
 
 def _scaling_label(record: Mapping[str, Any]) -> str:
