@@ -151,6 +151,10 @@ def test_precision_sets_deepspeed_modes():
     assert master["communication_data_type"] == "bf16"
     zero2 = _derive(["precision=bf16", "deepspeed.zero_stage=2"], 1)   # auto: autocast where ZeRO owns the masters
     assert zero2["torch_autocast"]["enabled"] and not zero2["bf16"]["enabled"]
+    accumulating = _derive(["precision=bf16", "trainer.grad_accum=4"], 1)   # auto: fp32 gradients to sum into
+    assert accumulating["torch_autocast"]["enabled"]
+    with pytest.raises(ConfigError, match="deepspeed.bf16_mode=master would sum trainer.grad_accum=4"):
+        _derive(["precision=bf16", "trainer.grad_accum=4", "deepspeed.bf16_mode=master"], 1)
     fp16 = _derive(["precision=fp16"], 1)
     assert fp16["fp16"]["enabled"] and not fp16["bf16"]["enabled"]
     fp32 = _derive([], 1)

@@ -262,6 +262,12 @@ def test_bf16_mode_auto_resolves_per_stage_and_engine_and_refuses_impossible_pai
         resolve_bf16_mode("master", 2)
     with pytest.raises(DeepSpeedConfigError, match="with engine=ddp valid: auto, master, autocast"):
         resolve_bf16_mode("native", 0, "ddp")
+    # Gradient accumulation sums micro-batch gradients in .grad: in fp32 (autocast), not in the bf16 module.
+    assert resolve_bf16_mode("auto", 0, grad_accum=4) == "autocast"
+    assert resolve_bf16_mode("auto", 0, "ddp", grad_accum=2) == "autocast"
+    with pytest.raises(DeepSpeedConfigError, match=r"grad_accum=4 micro-batch gradients in bf16; valid with "
+                                                   r"grad_accum > 1: auto, autocast, native"):
+        resolve_bf16_mode("master", 0, grad_accum=4)
 
 
 def test_master_mode_runs_deepspeed_fp32_path_and_leaves_clipping_to_vit_dt_at_zero_0():

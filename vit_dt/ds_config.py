@@ -40,22 +40,37 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BF16_MODES = ("auto", "master", "autocast", "native")
 
 
-def resolve_bf16_mode(mode: str, zero_stage: int, engine: str = "deepspeed") -> str:
-    """The bf16 mode a run uses: `auto` resolved, impossible combinations refused with the valid choices."""
+def resolve_bf16_mode(mode: str, zero_stage: int, engine: str = "deepspeed", grad_accum: int = 1) -> str:
+    """The bf16 mode a run uses: `auto` resolved, impossible combinations refused with the valid choices.
+
+    `master` accumulates micro-batch gradients in the bf16 module's own .grad, so `auto` takes it only without
+    gradient accumulation; with it, autocast's fp32 gradients do the summing."""
     if mode not in BF16_MODES:
         raise DeepSpeedConfigError(f"deepspeed.bf16_mode={mode!r} is invalid; valid: {', '.join(BF16_MODES)}")
+    if mode == "master" and grad_accum > 1:
+        raise DeepSpeedConfigError(f"deepspeed.bf16_mode=master would sum trainer.grad_accum={grad_accum} micro-batch "
+                                   f"gradients in bf16; valid with grad_accum > 1: auto, autocast"
+                                   + ("" if engine == "ddp" else ", native"))
     if engine == "ddp":
         if mode == "native":
             raise DeepSpeedConfigError("deepspeed.bf16_mode=native is DeepSpeed's own bf16 optimizer; with engine=ddp "
                                        "valid: auto, master, autocast")
-        return "master" if mode == "auto" else mode
+        return "master" if mode == "auto" and grad_accum == 1 else "autocast" if mode == "auto" else mode
     if mode == "auto":
-        return "master" if zero_stage == 0 else "autocast"
+        return "master" if zero_stage == 0 and grad_accum == 1 else "autocast"
     if mode == "master" and zero_stage > 0:
         raise DeepSpeedConfigError(f"deepspeed.bf16_mode=master keeps whole fp32 master weights on every rank, but "
                                    f"deepspeed.zero_stage={zero_stage} partitions them itself; valid with ZeRO 1-3: "
                                    f"auto, autocast, native")
     return mode
+
+
+def bf16_mode_for(cfg: Mapping[str, Any]) -> str | None:
+    """The resolved bf16 mode of a composed config; None unless precision=bf16."""
+    if cfg["precision"] != "bf16":
+        return None
+    return resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
+                             cfg.get("engine", "deepspeed"), int(cfg["trainer"].get("grad_accum", 1)))
 
 
 def vit_dt_clips(precision: str, zero_stage: int) -> bool:
@@ -117,7 +132,10 @@ def derive_deepspeed_config(*, batch: Batch, precision: str, zero_stage: int, gr
     if zero_stage not in ZERO_STAGES:
         raise DeepSpeedConfigError(
             f"deepspeed.zero_stage={zero_stage!r} is invalid; valid: {', '.join(map(str, ZERO_STAGES))}")
-    bf16_mode = resolve_bf16_mode(bf16_mode, zero_stage)
+    if precision == "bf16":
+        bf16_mode = resolve_bf16_mode(bf16_mode, zero_stage, grad_accum=batch.grad_accum)
+    elif bf16_mode not in BF16_MODES:
+        raise DeepSpeedConfigError(f"deepspeed.bf16_mode={bf16_mode!r} is invalid; valid: {', '.join(BF16_MODES)}")
     autocast = precision == "bf16" and bf16_mode == "autocast"
     master = precision == "bf16" and bf16_mode == "master"
     overrides = dict(overrides or {})

@@ -66,14 +66,11 @@ def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
 
 def _bf16_mode(cfg: dict) -> str | None:
     """The bf16 mode the run used (`auto` resolved); None unless precision=bf16 (or when the config is invalid)."""
-    from vit_dt.ds_config import DeepSpeedConfigError, resolve_bf16_mode
+    from vit_dt.ds_config import DeepSpeedConfigError, bf16_mode_for
 
-    if cfg["precision"] != "bf16":
-        return None
     try:
-        return resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
-                                 cfg["engine"])
-    except (DeepSpeedConfigError, TypeError, ValueError):
+        return bf16_mode_for(cfg)
+    except (DeepSpeedConfigError, KeyError, TypeError, ValueError):
         return None
 
 

@@ -85,7 +85,7 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.checkpoint import Checkpointer
     from vit_dt.config.batch import resolve_batch
     from vit_dt.data import build_datasets
-    from vit_dt.ds_config import derive_deepspeed_config, resolve_bf16_mode
+    from vit_dt.ds_config import bf16_mode_for, derive_deepspeed_config
     from vit_dt.engines import DDPEngine, DeepSpeedEngine
     from vit_dt.model import build_model
     from vit_dt.optimizers import OptimizerSpec
@@ -115,14 +115,13 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
                 "total_steps": steps_per_epoch * settings.epochs,
                 "schedule": trainer_cfg.get("lr_schedule", "cosine")}
     optimizer = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)  # lr scaled for this global batch
-    bf16_mode = resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
-                                  cfg["engine"])
+    bf16_mode = bf16_mode_for(cfg)
     master_weights = cfg["precision"] == "bf16" and bf16_mode == "master"
     if cfg["engine"] == "deepspeed":
         ds_config = derive_deepspeed_config(
             batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
             grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
-            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=bf16_mode)
+            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=bf16_mode or "auto")
         engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule, optimizer,
                                  master_weights=master_weights)
     else:

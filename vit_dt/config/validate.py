@@ -32,7 +32,7 @@ def _positive_int(key: str, value: Any) -> None:
 
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
-    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, resolve_bf16_mode, validate_overrides
+    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, bf16_mode_for, validate_overrides
     from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
     from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
@@ -63,8 +63,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "auto"), BF16_MODES)
     if cfg["precision"] == "bf16":
         try:
-            resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
-                              cfg.get("engine", "deepspeed"))
+            bf16_mode_for(cfg)
         except DeepSpeedConfigError as exc:
             raise ConfigError(str(exc)) from None
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
