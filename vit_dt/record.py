@@ -114,6 +114,23 @@ def _merge_rank_summaries(per_epoch: list[list[dict]]) -> list[dict]:
     return merged
 
 
+def epoch_row(record: dict) -> dict:
+    """An epoch's W&B history row: its numbers under epoch/, the breakdown under epoch/breakdown_ms/."""
+    flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+    for key, value in (record.get("breakdown_ms") or {}).items():
+        flat[f"epoch/breakdown_ms/{key}"] = value
+    return flat
+
+
+def epoch_rows(epochs: list[dict]) -> list[tuple[int, dict]]:
+    """(global step at the epoch's end, W&B row) of each epoch record, as on_epoch_end logged them."""
+    rows, step = [], 0
+    for record in epochs:
+        step += int(record["steps"])
+        rows.append((step, epoch_row(record)))
+    return rows
+
+
 class RunRecorder:
     def __init__(self, cfg: dict, run_dir: Path, env: DistEnv, device: torch.device, batch: Batch, info, model,
                  started: str, ds_config: dict | None):
@@ -133,8 +150,10 @@ class RunRecorder:
             from vit_dt.wandb_run import WandbRun
 
             run_dir.mkdir(parents=True, exist_ok=True)
+            # resumable: one W&B run per run directory, continued by every restart (docs/wandb.md)
             self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=self._group(), job_type=cfg["scaling"]["mode"],
-                                        tags=self._tags(), name=cfg.get("run_name") or self._default_name())
+                                        tags=self._tags(), name=cfg.get("run_name") or self._default_name(),
+                                        resumable=True)
 
     def _group(self) -> str | None:
         if self.cfg["wandb"].get("group"):
@@ -155,17 +174,25 @@ class RunRecorder:
         """Measure the model states this rank holds over the first optimizer steps (memory_model_gb)."""
         self.memory_probe = memory_model.MemoryProbe.attach(engine, self.device)
 
+    def resumed_from(self, state) -> None:
+        """Training continues from a checkpoint (its TrainState): the W&B run continues after the checkpoint's
+        global step. Epoch rows that the interrupted attempt logged but never got onto disk (W&B buffers its offline
+        log for up to 15 s, and a requeue kills the job) are logged again from the checkpoint's epoch records."""
+        if not self.wandb:
+            return
+        global_step = 0
+        for global_step, row in epoch_rows(state.epochs):
+            self.wandb.log(row, step=global_step)      # skipped when an earlier segment of the run holds it
+        self.wandb.resumed_from(global_step)
+
     def on_step(self, step: int, values: dict) -> None:
         if self.wandb:
             self.wandb.log({f"step/{k}": v for k, v in values.items()}, step=step)
 
     def on_epoch_end(self, state, record: dict) -> None:
         if self.wandb:
-            flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
-            for key, value in (record.get("breakdown_ms") or {}).items():
-                flat[f"epoch/breakdown_ms/{key}"] = value
             # At the epoch's last optimizer step: W&B drops rows whose step goes back, and merges equal steps.
-            self.wandb.log(flat, step=sum(e["steps"] for e in state.epochs))
+            self.wandb.log(epoch_row(record), step=sum(e["steps"] for e in state.epochs))
 
     def finish(self, state, module: torch.nn.Module) -> dict | None:
         from vit_dt.trainer import parameter_checksum

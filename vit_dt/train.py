@@ -139,6 +139,7 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     state = TrainState()
     if checkpointer and (resumed := checkpointer.load_latest(engine, TrainState)):
         state = resumed[0]
+        recorder.resumed_from(state)    # W&B: the same run, its rows after the checkpoint's global step
 
     def on_epoch_end(train_state: TrainState, record: dict) -> None:
         recorder.on_epoch_end(train_state, record)

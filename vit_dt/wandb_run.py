@@ -1,16 +1,21 @@
-"""One W&B run per job: rank 0 only, offline by default, never a secret on disk.
+"""One W&B run per training run: rank 0 only, offline by default, never a secret on disk.
 
 Compute nodes usually have no network, so runs are written offline into the run directory and uploaded later
-from a login node with `vit-dt sync SWEEP_DIR`. The API key is only ever read by wandb itself from the
-environment; vit-dt never passes it, and scrubs it (and anything that looks like a secret) out of the config
-before W&B writes it. A W&B failure never stops training: the run degrades to a no-op with a warning, and the
-results store keeps the numbers. See docs/wandb.md.
+from a login node with `vit-dt sync SWEEP_DIR`. A training run keeps one W&B run id, stored in its run directory
+(`wandb-run-id.txt`), across Slurm requeues and restarts: every attempt writes one more segment of the same run
+(W&B's `resume="allow"`), and its steps continue after the last step the earlier segments logged.
+
+The API key is only ever read by wandb itself from the environment; vit-dt never passes it, and scrubs it (and
+anything that looks like a secret) out of the config before W&B writes it. A W&B failure never stops training:
+the run degrades to a no-op with a warning, and the results store keeps the numbers. See docs/wandb.md.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import secrets as _secrets
 import shutil
 import struct
 import subprocess
@@ -28,6 +33,11 @@ DEFAULT_PROJECT = "vit-dt"
 REDACTED = "<redacted>"
 SECRET_KEY_PARTS = ("key", "token", "secret", "password")
 _MIN_SECRET_LEN = 8     # shorter env values would redact ordinary words and numbers
+RUN_ID_FILE = "wandb-run-id.txt"
+RESUME_MODE = "allow"   # resume the run when W&B knows the id, create it otherwise (offline: always a new segment)
+_RUN_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_RUN_ID_LEN = 12        # W&B's own ids have 8; 12 keep collisions negligible across many sweeps in one project
+_VALID_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 # ---------------------------------------------------------------- configuration and scrubbing
@@ -92,15 +102,106 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(seen)
 
 
+# ---------------------------------------------------------------- the run id kept in the run directory
+
+def new_run_id() -> str:
+    """A fresh W&B run id (base 36, from `secrets`: no global RNG state is touched, so training is unaffected)."""
+    return "".join(_secrets.choice(_RUN_ID_CHARS) for _ in range(_RUN_ID_LEN))
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The W&B run id stored in run_dir, or None when there is none (or it is not a valid id)."""
+    try:
+        text = (Path(run_dir) / RUN_ID_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return text if _VALID_RUN_ID.fullmatch(text) else None
+
+
+def run_id_for(run_dir: Path) -> str:
+    """The run's W&B id: read from `<run_dir>/wandb-run-id.txt`, or created there on the first start.
+
+    Created atomically: the id is written to a temporary file which is then hard-linked to the final name, so
+    the file is never seen half-written and, should two starts race, the first one wins and both use its id.
+    Only rank 0 calls this. An unreadable file is replaced (with a warning): a new W&B run, but training goes on.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_ID_FILE
+    if (found := read_run_id(run_dir)) is not None:
+        return found
+    run_dir.mkdir(parents=True, exist_ok=True)
+    invalid = path.exists()
+    tmp = run_dir / f".{RUN_ID_FILE}.{os.getpid()}.{_secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(new_run_id() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if invalid:
+            log.warning("%s does not hold a valid W&B run id; starting a new W&B run for %s", path, run_dir)
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)                       # fails if the file exists: the first writer wins
+            except FileExistsError:
+                pass
+            except OSError:                              # a file system without hard links
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(fd, "w") as handle:
+                        handle.write(tmp.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
+    found = read_run_id(run_dir)
+    if found is None:
+        raise OSError(f"could not store a W&B run id in {path}")
+    return found
+
+
+def segment_files(run_dir: Path, run_id: str) -> list[Path]:
+    """This W&B run's local logs in run_dir (offline segments and online runs' transaction logs), oldest first."""
+    wandb_dir = Path(run_dir) / "wandb"
+    files = [f for f in wandb_dir.glob(f"*/run-{run_id}.wandb") if f.parent.name.startswith(("offline-run-", "run-"))]
+    return sorted(files, key=lambda f: segment_sort_key(f.parent))
+
+
+def last_logged_step(files: Sequence[Path]) -> int | None:
+    """The largest history step in these .wandb logs (torn tails of killed runs are read up to the last record)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    last = None
+    for file in files:
+        try:
+            payloads = _log_payloads(Path(file).read_bytes())
+            for payload in payloads:
+                record = pb.Record()
+                record.ParseFromString(payload)
+                if record.WhichOneof("record_type") == "history":
+                    step = int(record.history.step.num)
+                    last = step if last is None else max(last, step)
+        except Exception as error:  # noqa: BLE001 - a segment we cannot read must not stop training
+            log.warning("could not read the earlier W&B segment %s (%s); its steps are not known", file, error)
+    return last
+
+
 # ---------------------------------------------------------------- the run
 
 class WandbRun:
     """A W&B run, or a no-op (rank != 0, mode disabled, or after a W&B failure) that writes nothing."""
 
-    def __init__(self, run: Any = None, mode: str = "disabled"):
+    def __init__(self, run: Any = None, mode: str = "disabled", run_id: str | None = None,
+                 logged_through: int | None = None, segment: int = 1):
         self._run, self.mode = run, mode
+        self.run_id = run_id if run is None else getattr(run, "id", run_id)
+        # Steps up to here are already in this W&B run (earlier segments): rows at them are skipped, not re-logged.
+        self.logged_through = logged_through
+        self.segment = segment          # 1 for the first start of a run, n for its (n-1)-th restart
         self._last_step: int | None = None
         self._warned_step = False
+        self._skipped = 0
 
     @property
     def active(self) -> bool:
@@ -113,7 +214,14 @@ class WandbRun:
 
     @classmethod
     def start(cls, cfg: Mapping[str, Any], run_dir: Path, *, rank: int, group: str | None, job_type: str,
-              tags: list[str], name: str | None) -> "WandbRun":
+              tags: list[str], name: str | None, resumable: bool = False) -> "WandbRun":
+        """Rank 0's W&B run (a no-op on other ranks, when disabled, or when W&B fails).
+
+        resumable: the run's id comes from `<run_dir>/wandb-run-id.txt` (created on the first start) and W&B is
+        started with `resume="allow"`, so a restarted training run continues the same W&B run: a new segment
+        (offline: a new offline-run-* folder with the same id) whose rows start after the earlier segments' last
+        step. Training runs use it; one-off runs (the report's) do not.
+        """
         mode = resolve_mode(cfg)           # a bad mode is a config error on every rank, so check it first
         if rank != 0 or mode == "disabled":
             return cls()
@@ -130,11 +238,39 @@ class WandbRun:
             dir=str(run_dir),
         )
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        run_id, logged_through, segment = None, None, 1
+        if resumable:
+            try:
+                run_id = run_id_for(run_dir)
+            except OSError as error:
+                log.warning("cannot keep a W&B run id in %s (%s); this attempt gets a W&B run of its own",
+                            run_dir, error)
+            if run_id is not None:
+                earlier = segment_files(run_dir, run_id)
+                logged_through, segment = last_logged_step(earlier), len(earlier) + 1
+                init_kwargs.update(id=run_id, resume=RESUME_MODE)
         run = cls._init(mode, init_kwargs)
         if run is None and mode == "online":
             log.warning("W&B online init failed; writing the run offline instead (upload it with `vit-dt sync`)")
             mode, run = "offline", cls._init("offline", init_kwargs)
-        return cls(run, mode) if run is not None else cls()
+        if run is None:
+            return cls()
+        if getattr(run, "resumed", False):  # online, the run known to W&B: it reports where its history ends
+            server_step = int(getattr(run, "step", 0) or 0) - 1
+            if server_step >= 0:
+                logged_through = max(server_step, logged_through if logged_through is not None else -1)
+        if segment > 1 or logged_through is not None:
+            log.info("W&B run %s continues (segment %d%s)", run_id, segment,
+                     f"; steps up to {logged_through} are already logged" if logged_through is not None else "")
+        return cls(run, mode, run_id=run_id, logged_through=logged_through, segment=segment)
+
+    def resumed_from(self, step: int | None) -> None:
+        """Training resumed from a checkpoint at global step `step`: rows continue after it (the steps up to it
+        belong to earlier attempts; RunRecorder.resumed_from first logs the epoch rows they left off disk)."""
+        if self._run is None or step is None:
+            return
+        if self.logged_through is None or step > self.logged_through:
+            self.logged_through = step
 
     @staticmethod
     def _init(mode: str, kwargs: dict) -> Any:
@@ -158,6 +294,13 @@ class WandbRun:
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """One history row at `step`; rows with the same step merge. Steps must not go back: W&B drops such rows."""
         if self._run is None:
+            return
+        if self.logged_through is not None and step <= self.logged_through:
+            # Redone work of a restarted run (the partial epoch a requeue interrupted): its rows are in W&B already.
+            if self._skipped == 0:
+                log.info("W&B: not logging steps up to %d again (an earlier attempt of this run logged them)",
+                         self.logged_through)
+            self._skipped += 1
             return
         if self._last_step is not None and step < self._last_step and not self._warned_step:
             log.warning("W&B drops history rows whose step goes back (step %d after %d); log with steps that "
@@ -183,10 +326,32 @@ class WandbRun:
 
 # ---------------------------------------------------------------- finding and reading offline runs
 
+def run_id_of(run_dir: Path) -> str | None:
+    """The W&B run id of an offline-run-*/run-* folder, from its `run-<id>.wandb` file."""
+    for file in sorted(Path(run_dir).glob("run-*.wandb")):
+        return file.name[len("run-"):-len(".wandb")]
+    return None
+
+
+_SEGMENT_NAME = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(.+)")
+
+
+def segment_sort_key(run_dir: Path) -> tuple:
+    """Orders the segments of one W&B run by start: `offline-run-<YYYYmmdd_HHMMSS>-<id>[-<n>]` (W&B adds -1, -2,
+    ... when a second segment starts within the same second)."""
+    run_dir = Path(run_dir)
+    run_id = run_id_of(run_dir) or ""
+    match = _SEGMENT_NAME.fullmatch(run_dir.name)
+    stamp, rest = (match.group(1), match.group(2)) if match else ("", run_dir.name)
+    suffix = rest[len(run_id) + 1:] if run_id and rest.startswith(run_id + "-") else ""
+    return (str(run_dir.parent), run_id, stamp, int(suffix) if suffix.isdigit() else 0, run_dir.name)
+
+
 def find_offline_runs(root: Path) -> list[Path]:
-    """Every offline W&B run directory (offline-run-*/ holding a .wandb file) under root, sorted."""
+    """Every offline W&B run directory (offline-run-*/ holding a .wandb file) under root; the segments of one
+    resumed run (same folder, same id) in the order they started, which is the order they must be uploaded in."""
     root = Path(root)
-    return sorted({p.parent for p in root.rglob("offline-run-*/run-*.wandb")})
+    return sorted({p.parent for p in root.rglob("offline-run-*/run-*.wandb")}, key=segment_sort_key)
 
 
 def is_synced(run_dir: Path) -> bool:
@@ -281,7 +446,7 @@ def _records_via_proto(path: Path) -> Iterator[dict]:
             yield {"type": "run", "run": {"config": {"update": _items(run.config.update)}, "run_group": run.run_group,
                                           "job_type": run.job_type, "tags": list(run.tags),
                                           "display_name": run.display_name, "project": run.project,
-                                          "run_id": run.run_id}}
+                                          "run_id": run.run_id, "resume": run.resume}}
         elif kind == "config":
             yield {"type": "config", "config": {"update": _items(record.config.update)}}
         elif kind == "history":
@@ -306,9 +471,10 @@ def _removed_keys(summary: Mapping[str, Any]) -> list[str]:
 
 def read_offline_run(run_dir: Path, reader: str = "auto") -> dict:
     """An offline W&B run read back from its files: config, summary, history (list of dicts with "_step"),
-    group, job_type, tags, name, exit_code.
+    group, job_type, tags, name, exit_code, run_id and resume (whether it was written to continue a run).
 
-    `run_dir` is our run directory, its wandb/ folder, an offline-run-* folder or the .wandb file itself.
+    `run_dir` is our run directory, its wandb/ folder, an offline-run-* folder or the .wandb file itself; given a
+    run directory of a restarted run it reads the newest segment (read_offline_segments reads them all).
     reader: "leet" (`wandb leet inspect --json`, wandb >= 0.31), "proto" (decode the log here), or "auto"
     (leet, falling back to proto when the CLI cannot do it).
     """
@@ -326,14 +492,16 @@ def read_offline_run(run_dir: Path, reader: str = "auto") -> dict:
         records = list(readers[reader](path))
 
     result: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "group": None, "job_type": None,
-                              "tags": [], "name": None, "exit_code": None, "file": str(path)}
+                              "tags": [], "name": None, "exit_code": None, "run_id": None, "resume": False,
+                              "file": str(path)}
     for record in records:
         kind = record.get("type")
         if kind == "run":
             run = record["run"]
             result["config"].update(_public(run.get("config", {}).get("update", {})))
             result.update(group=run.get("run_group") or None, job_type=run.get("job_type") or None,
-                          tags=list(run.get("tags") or []), name=run.get("display_name") or None)
+                          tags=list(run.get("tags") or []), name=run.get("display_name") or None,
+                          run_id=run.get("run_id") or None, resume=bool(run.get("resume")))
         elif kind == "config":
             result["config"].update(_public(record["config"].get("update", {})))
         elif kind == "history":
@@ -349,3 +517,14 @@ def read_offline_run(run_dir: Path, reader: str = "auto") -> dict:
         elif kind == "exit":
             result["exit_code"] = int((record.get("exit") or {}).get("exit_code", 0))
     return result
+
+
+def read_offline_segments(run_dir: Path, reader: str = "auto") -> list[dict]:
+    """Every offline segment of a run directory's W&B run, oldest first, each as read_offline_run reads it.
+
+    A run restarted n times has n + 1 segments with the same run_id (the id in `wandb-run-id.txt`); a run
+    directory without that file (written before ids were kept) gives all its offline runs.
+    """
+    run_id = read_run_id(run_dir)
+    segments = [s for s in find_offline_runs(Path(run_dir) / "wandb") if run_id is None or run_id_of(s) == run_id]
+    return [read_offline_run(segment, reader=reader) for segment in segments]
