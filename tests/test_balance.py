@@ -179,6 +179,11 @@ ENGINE_WORKER = textwrap.dedent('''
     dist.all_gather_object(timers, e.last_step_timers())
     if rank == 0:
         torch.save({"weighted": states[True], "unweighted": states[False], "timers": timers}, out)
+    # As vit_dt.train does: the DDP wrapper goes before its process group (a reducer outliving the group can abort
+    # the interpreter at exit: "terminate called without an active exception", SIGABRT).
+    del e
+    import gc
+    gc.collect()
     dist.destroy_process_group()
 ''')
 
