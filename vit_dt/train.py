@@ -200,6 +200,7 @@ def main() -> int:
     run_dir = Path(sys.argv[1])
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
     run_rank(cfg, run_dir)
+    distributed.exit_without_teardown_after_success()
     return 0
 
 

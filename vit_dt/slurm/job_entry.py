@@ -67,6 +67,10 @@ class PointTask(Checkpointable):
         try:
             result = load_entry(self.entry)(self.cfg, self.run_dir)
             status = "returned"
+            # submitit pickles the result after this returns; then the task leaves without a teardown abort.
+            from vit_dt.distributed import exit_without_teardown_after_success
+
+            exit_without_teardown_after_success()
             return result
         except SystemExit:
             status = "interrupted"  # submitit's exit after checkpoint + requeue (USR2): the job runs again
