@@ -37,3 +37,13 @@ def write_run_config(run_dir: Path, overrides: list[str]) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
     return cfg
+
+
+def isolate_wandb(tmp_path: Path, monkeypatch) -> None:
+    """Keep W&B's own settings and caches out of $HOME, and start a test without a W&B mode or key in the env."""
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)

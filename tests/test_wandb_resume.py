@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DIGITS_FAST, read_result, write_run_config
+from tests.helpers import DIGITS_FAST, isolate_wandb, read_result, write_run_config
 from vit_dt.commands import sync as sync_cmd
 from vit_dt.wandb_run import (RUN_ID_FILE, find_offline_runs, last_logged_step, read_offline_segments, read_run_id,
                               segment_files)
@@ -26,12 +26,7 @@ OVERRIDES = [*[o for o in DIGITS_FAST if not o.startswith("wandb.")], "wandb.mod
 
 @pytest.fixture(autouse=True)
 def isolated_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    isolate_wandb(tmp_path, monkeypatch)
     # W&B writes its offline log every 15 s by default (rows logged since are lost when the job is killed; the
     # resumed attempt then logs the epoch rows again from its checkpoint): flush often, so that attempt 1 leaves
     # rows behind whatever this machine's speed.

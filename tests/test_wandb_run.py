@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vit_dt.commands import sync as sync_cmd
+from tests.helpers import isolate_wandb
 from vit_dt.wandb_run import (REDACTED, RUN_ID_FILE, WandbRun, find_offline_runs, flat_config, flatten,
                               read_offline_run, read_offline_segments, read_run_id, resolve_mode, run_id_for,
                               run_id_of, scrub_secrets, segment_sort_key)
@@ -19,12 +20,7 @@ BREAKDOWN_KEYS = ("fwd", "bwd", "bwd_inner", "bwd_allreduce", "step")
 @pytest.fixture(autouse=True)
 def isolated_wandb(tmp_path, monkeypatch):
     """Keep W&B's own settings and caches out of $HOME, and start each test without a W&B mode in the env."""
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    isolate_wandb(tmp_path, monkeypatch)
 
 
 def make_cfg(mode: str | None = "offline", **wandb_extra) -> dict:
