@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vit_dt.breakdown import TIMER_KEYS, quiet_engine_timer_log, read_engine_timers, set_engine_timing
+from vit_dt.ds_config import vit_dt_clips
 from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
@@ -98,7 +99,7 @@ class DeepSpeedEngine(TrainEngine):
         self.master_weights = bool(master_weights)
         if self.master_weights:
             model.to(device=device, dtype=torch.bfloat16)
-        if stage == 0 and not ds_config["fp16"]["enabled"]:
+        if vit_dt_clips("fp16" if ds_config["fp16"]["enabled"] else "bf16 or fp32", stage):
             # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
             torch_optimizer = MasterWeightsOptimizer(model.parameters(),
                                                      lambda params: build_optimizer(params, optimizer, device),
