@@ -25,7 +25,8 @@ sys.path.insert(0, str(FsPath(__file__).resolve().parents[1]))      # vit_dt wit
 
 import common  # noqa: E402
 
-PATHS = ("reference", "deepspeed", "ddp")
+PATHS = ("reference", "deepspeed", "ddp", "ceiling")
+DEFAULT_PATHS = ("reference", "deepspeed", "ddp")
 BF16_MODES = ("master", "autocast", "native")
 
 
@@ -38,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
                         help="default: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile every contender (trainer.compile)")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {', '.join(PATHS)}")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                        help=f"comma-separated subset of {', '.join(PATHS)} (ceiling: vit-dt's model and step in a "
+                        "bare loop, what the engines would reach with no overhead of their own)")
     parser.add_argument("--bf16-modes", default="master",
                         help=f"with bf16: DeepSpeed modes to race, comma-separated ({', '.join(BF16_MODES)})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -47,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per path; the median is reported")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a vit-dt config override for every contender (repeatable)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="after timing, profile --profile-steps steps of each path (CUDA only): Chrome traces "
+                        "in DIR, device busy/idle per step and the costliest kernels in the JSON")
+    parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/throughput-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -60,9 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes = set(args.bf16_modes.split(",")) - set(BF16_MODES)
     if modes:
         parser.error(f"--bf16-modes {','.join(sorted(modes))} is unknown; valid: {', '.join(BF16_MODES)}")
-    for key in ("batch", "steps", "repeats", "warmup"):
+    for key in ("batch", "steps", "repeats", "warmup", "profile_steps"):
         if getattr(args, key) < 1:
-            parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     return args
 
 
@@ -120,11 +127,16 @@ def build(name: str, cfg: dict, device, mode: str | None) -> common.Path:
         return common.reference_path(cfg, device)
     if name == "deepspeed":
         return common.deepspeed_path(cfg, device, bf16_mode=mode)
+    if name == "ceiling":
+        return common.ceiling_path(cfg, device)
     return common.ddp_path(cfg, device)
 
 
 def run(args) -> dict:
     device = pick_device(args.device)
+    if args.profile and device.type != "cuda":
+        raise SystemExit(f"--profile {args.profile}: profiling measures device busy time and needs a CUDA device; "
+                         f"this run is on {device.type}")
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported
     import torch
@@ -165,6 +177,13 @@ def run(args) -> dict:
             per_step[path.name].append(common.time_steps(path.step, args.steps, device))
     results = {path.name: summarise(path, warm[path.name], per_step[path.name], args, flops, peak)
                for path in paths}
+    if args.profile:
+        import step_profile
+
+        for path in paths:
+            print(f"profiling {path.name} ...", flush=True)
+            results[path.name]["profile"] = step_profile.profile_step(
+                path.step, args.profile_steps, device, FsPath(args.profile) / f"{path.name}.trace.json")
     for path in paths:
         common.release(path)
     reference = results.get("reference", {}).get("img_per_s")
@@ -214,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
+    profiles = {name: entry["profile"] for name, entry in report["paths"].items() if "profile" in entry}
+    if profiles:
+        import step_profile
+
+        print(step_profile.table(profiles))
     print(f"wrote {out}")
     import torch.distributed as dist
 

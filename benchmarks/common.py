@@ -101,6 +101,42 @@ def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = F
     return Path("reference", step, settings, holds=[model, net, optimizer], compiled=compiled)
 
 
+def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
+    """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
+    could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
+    from vit_dt.ds_config import resolve_bf16_mode
+    from vit_dt.master_weights import MasterWeightsOptimizer
+    from vit_dt.optimizers import OptimizerSpec, build_optimizer
+
+    images, labels = synthetic_batch(cfg, device, seed)
+    model = _fresh_model(cfg, seed).to(device)
+    precision = cfg["precision"]
+    master = precision == "bf16" and resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), 0, "ddp") == "master"
+    if master:
+        model.to(torch.bfloat16)
+        images = images.to(torch.bfloat16)
+    spec = OptimizerSpec.from_config(cfg["optimizer"], images.shape[0])
+    clip = float(cfg["trainer"].get("grad_clip") or 0.0)
+    optimizer = MasterWeightsOptimizer(model.parameters(), lambda params: build_optimizer(params, spec, device),
+                                       clip=clip)
+    compiled = bool(cfg["trainer"]["compile"])
+    net = torch.compile(model) if compiled else model
+    dtype = None if master else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(net(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    settings = {"loop": "plain PyTorch, vit-dt's model and step", "precision": precision,
+                "bf16_mode": "master" if master else None, "compile": compiled,
+                "fast_attention": bool(cfg["model"].get("fast_attention", True)), "grad_clip": clip}
+    return Path("ceiling", step, settings, holds=[model, net, optimizer], compiled=compiled)
+
+
 class _TrainerStep:
     """The per-step work of vit_dt.trainer.Trainer around the engine: the sampled breakdown timers (with their
     device syncs), the engine's micro-step and the on-device metric totals. No data loader: the batch is fixed."""

@@ -57,7 +57,7 @@ def test_throughput_benchmark_rejects_an_unknown_path(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--quick",
                            "--paths=reference,fsdp", f"--out={tmp_path / 'x.json'}"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 2 and "--paths fsdp is unknown; valid: reference, deepspeed, ddp" in proc.stderr
+    assert proc.returncode == 2 and "--paths fsdp is unknown; valid: reference, deepspeed, ddp, ceiling" in proc.stderr
 
 
 def test_ddp_cpu_benchmark_quick_races_three_contenders_on_two_ranks(tmp_path):
