@@ -274,13 +274,29 @@ def test_master_mode_runs_deepspeed_fp32_path_and_leaves_clipping_to_vit_dt_at_z
     master = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=0, grad_clip=1.0,
                                      wall_clock_breakdown=False, bf16_mode="master")
     assert not master["bf16"]["enabled"] and "torch_autocast" not in master
-    assert master["communication_data_type"] == "bf16" and "gradient_clipping" not in master
+    # Explicitly off: DeepSpeed's default (1.0) would clip a second time.
+    assert master["communication_data_type"] == "bf16" and master["gradient_clipping"] == 0.0
     zero1 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="bf16", zero_stage=1, grad_clip=1.0,
                                     wall_clock_breakdown=False)
     assert zero1["torch_autocast"]["enabled"] and zero1["gradient_clipping"] == 1.0   # auto -> autocast at ZeRO-1
     fp16 = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="fp16", zero_stage=0, grad_clip=1.0,
                                    wall_clock_breakdown=False)
     assert fp16["gradient_clipping"] == 1.0                  # loss scaling: DeepSpeed unscales, then clips
+
+
+@pytest.mark.parametrize("precision, bf16_mode", [("bf16", "master"), ("fp32", "native")])
+def test_only_vit_dt_clips_at_zero_0(monkeypatch, precision, bf16_mode):
+    """fp16 (DeepSpeed clips, after unscaling) is covered by the derived-config test: DeepSpeed has no CPU fp16."""
+    import deepspeed.runtime.engine as ds_engine
+
+    calls = []
+    real = ds_engine.clip_grad_norm_
+    monkeypatch.setattr(ds_engine, "clip_grad_norm_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    engine = make_engine("deepspeed", precision=precision, bf16_mode=bf16_mode)
+    vit_dt_clip = getattr(engine.engine.basic_optimizer, "clip", 0.0)
+    assert (engine.engine.gradient_clipping(), vit_dt_clip) == (0.0, 1.0)
+    train_losses(engine, 2)
+    assert calls == []   # DeepSpeed's per-parameter clipping loop never ran
 
 
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
