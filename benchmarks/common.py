@@ -105,6 +105,7 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
     could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
     from vit_dt.ds_config import resolve_bf16_mode
+    from vit_dt.engines import compile_options
     from vit_dt.master_weights import MasterWeightsOptimizer
     from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
@@ -120,10 +121,13 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     optimizer = MasterWeightsOptimizer(model.parameters(), lambda params: build_optimizer(params, spec, device),
                                        clip=clip)
     compiled = bool(cfg["trainer"]["compile"])
-    net = torch.compile(model) if compiled else model
+    options = compile_options(cfg["trainer"])
+    net = torch.compile(model, **options) if compiled else model
     dtype = None if master else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def step() -> torch.Tensor:
+        if options.get("mode") == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = F.cross_entropy(net(images).float(), labels)
         loss.backward()
@@ -133,43 +137,35 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
 
     settings = {"loop": "plain PyTorch, vit-dt's model and step", "precision": precision,
                 "bf16_mode": "master" if master else None, "compile": compiled,
+                "compile_mode": options.get("mode", "default"),
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)), "grad_clip": clip}
     return Path("ceiling", step, settings, holds=[model, net, optimizer], compiled=compiled)
 
 
 class _TrainerStep:
-    """The per-step work of vit_dt.trainer.Trainer around the engine: the sampled breakdown timers (with their
-    device syncs), the engine's micro-step and the on-device metric totals. No data loader: the batch is fixed."""
+    """The per-step work of vit_dt.trainer.Trainer around the engine: the sampled breakdown timers (events, read
+    once a timed step has finished), the engine's micro-step and the on-device metric totals. No data loader: the
+    batch is fixed."""
 
     def __init__(self, engine, cfg: dict, images: torch.Tensor, labels: torch.Tensor):
         from vit_dt.breakdown import StepSampler
+        from vit_dt.step_timing import DeviceClock, SampledStepTimer
 
         trainer = cfg["trainer"]
         self.engine, self.images, self.labels = engine, images, labels
         self.sampler = StepSampler(sample_every=int(trainer["timer_sample_every"]),
                                    warmup_steps=int(trainer["timer_warmup_steps"]))
-        self.device = images.device
-        self.totals = torch.zeros(3, device=self.device, dtype=torch.float64)
-        self.count = torch.tensor(float(labels.numel()), device=self.device, dtype=torch.float64)
+        self.timer = SampledStepTimer(engine, self.sampler, DeviceClock(images.device))
+        self.totals = torch.zeros(3, device=images.device, dtype=torch.float64)
         self.index = 0
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def __call__(self) -> torch.Tensor:
-        sampled = self.sampler.should_sample(self.index)
-        if sampled:
-            self._sync()
-        self.engine.set_timing(sampled)
-        start = time.perf_counter()
+        self.timer.begin(self.index)
         loss, logits = self.engine.micro_step(self.images, self.labels, boundary=True)
-        self.totals += torch.stack([loss.double() * self.labels.numel(),
-                                    (logits.argmax(1) == self.labels).sum().double(), self.count])
-        if sampled:
-            self._sync()
-            self.sampler.add(self.engine.last_step_timers(), data_wait_ms=0.0,
-                             step_ms=(time.perf_counter() - start) * 1e3)
+        self.totals[0] += loss.double() * self.labels.numel()
+        self.totals[1] += (logits.argmax(1) == self.labels).sum()
+        self.totals[2] += self.labels.numel()
+        self.timer.end()
         self.index += 1
         return loss
 
@@ -197,7 +193,8 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: st
     settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"],
                 "bf16_mode": mode if cfg["precision"] == "bf16" else None,
                 "zero_stage": ds_config["zero_optimization"]["stage"],
-                "compile": engine.compiled, "fast_attention": bool(cfg["model"].get("fast_attention", True)),
+                "compile": engine.compiled, "compile_mode": cfg["trainer"].get("compile_mode", "default"),
+                "fast_attention": bool(cfg["model"].get("fast_attention", True)),
                 "optimizer": type(getattr(engine.engine.basic_optimizer, "inner", engine.engine.basic_optimizer)).__name__,
                 "wrapped_optimizer": type(engine.optimizer).__name__,
                 "wall_clock_breakdown": bool(ds_config["wall_clock_breakdown"]),
@@ -223,6 +220,7 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
                        batch.grad_accum, spec, master_weights=cfg["precision"] == "bf16" and mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DDPEngine", "precision": cfg["precision"], "compile": engine.compiled,
+                "compile_mode": cfg["trainer"].get("compile_mode", "default"),
                 "bf16_mode": mode if cfg["precision"] == "bf16" else None,
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)),
                 "optimizer": type(getattr(engine.optimizer, "inner", engine.optimizer)).__name__,

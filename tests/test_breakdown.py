@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -129,19 +130,23 @@ def test_gather_over_a_real_gloo_group(tmp_path):
                                            {"fwd": 30.0, "samples": 2}]
 
 
-class FakeEngine:
-    def __init__(self, snapshot):
-        self.snapshot = snapshot
+def test_read_engine_timers_reads_deepspeeds_timers_resets_them_and_fills_missing(monkeypatch):
+    """DeepSpeed's own timer group (host timers on the CPU accelerator) behind a stand-in engine object."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.timer import SynchronizedWallClockTimer
 
-    def get_wall_clock_timers(self):
-        return self.snapshot
+    class Engine:
+        timers = SynchronizedWallClockTimer()
 
-
-def test_read_engine_timers_keeps_timer_keys_and_fills_missing():
-    snapshot = {"fwd": 1.5, "fwd_microstep": 1.5, "bwd": 2, "step": 0.5}
-    assert breakdown.read_engine_timers(FakeEngine(snapshot)) == {"fwd": 1.5, "bwd": 2.0, "bwd_inner": 0.0,
-                                                                  "bwd_allreduce": 0.0, "step": 0.5}
-    assert breakdown.read_engine_timers(FakeEngine({})) == dict.fromkeys(TIMER_KEYS, 0.0)
+    engine = Engine()
+    for name, seconds in (("fwd", 0.02), ("step", 0.01), ("fwd", 0.02)):   # two micro-steps' forwards add up
+        engine.timers(name).start()
+        time.sleep(seconds)
+        engine.timers(name).stop()
+    first = breakdown.read_engine_timers(engine)
+    assert set(first) == set(TIMER_KEYS)
+    assert first["fwd"] >= 40 and first["step"] >= 10 and first["bwd"] == first["bwd_allreduce"] == 0.0, first
+    assert breakdown.read_engine_timers(engine) == dict.fromkeys(TIMER_KEYS, 0.0)   # reset by the first read
 
 
 # ------------------------------------------------------------------------------------- real DeepSpeed on CPU

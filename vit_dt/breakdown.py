@@ -1,9 +1,8 @@
 """Per-rank wall-clock breakdown of a training step, gathered to rank 0, with straggler detection.
 
-DeepSpeed's `wall_clock_breakdown` timers (fwd, bwd = bwd_inner + bwd_allreduce, step) are read from
-`engine.get_wall_clock_timers()` on sampled steps only: reading them synchronises the device, so timing every
-step would slow training. Each rank keeps running means; once per epoch they are gathered to rank 0 and
-`analyse` turns them into shares of the step time and a straggler verdict. docs/metrics.md explains the numbers.
+DeepSpeed's `wall_clock_breakdown` timers (fwd, bwd = bwd_inner + bwd_allreduce, step) run on sampled steps only
+and are read once those steps have finished on the device (vit_dt.step_timing), so timing never synchronises it.
+Each rank keeps running means; once per epoch they are gathered to rank 0 and `analyse` turns them into shares of the step time and a straggler verdict. docs/metrics.md explains the numbers.
 """
 from __future__ import annotations
 
@@ -16,27 +15,29 @@ EXTRA_KEYS = ("data_wait", "step_time")          # measured by the trainer, not 
 
 
 def read_engine_timers(engine: Any) -> dict[str, float]:
-    """This rank's timers (ms) for the last optimizer step: call right after `engine.step()` of the last micro-step.
+    """This rank's DeepSpeed timers (ms) for the last timed optimizer step, reset for the next timed one.
 
-    The global timers (fwd, bwd, ...) add up all micro-steps of the accumulation window. DeepSpeed resets them
-    when it logs them at the end of `step()`, and only refreshes the snapshot read here when the breakdown is on;
-    a key it did not time reads 0.0.
+    The global timers (fwd, bwd, ...) add up all micro-steps of the accumulation window. On a GPU they are CUDA
+    events: read them once the step's device work is done (vit_dt.step_timing), or reading waits for it. This is
+    what `engine.get_wall_clock_timers()` would report, read later: DeepSpeed fills that snapshot inside `step()`,
+    which synchronises the device on every timed step. A key it did not time reads 0.0.
     """
-    snapshot = engine.get_wall_clock_timers() or {}
-    return {key: float(snapshot.get(key, 0.0)) for key in TIMER_KEYS}
+    timers = engine.timers.timers
+    return {key: float(timers[key].elapsed(reset=True)) if key in timers else 0.0 for key in TIMER_KEYS}
 
 
 def quiet_engine_timer_log(engine: Any) -> None:
-    """DeepSpeed prints every timed step's timers from rank 0 (print_dist, whatever the log level); vit-dt records
-    them itself. Keep the reset the print did, drop the print."""
+    """DeepSpeed prints timed steps' timers from rank 0 (print_dist, whatever the log level) and ZeRO logs its
+    optimizer timers every step; vit-dt records the breakdown itself. Keep the reset the print did, without reading
+    the timers first (a read synchronises the device)."""
     timers = getattr(engine, "timers", None)
     if timers is None or not hasattr(timers, "timers"):
         return
 
     def reset_only(names, normalizer=1.0, reset=True, memory_breakdown=False, ranks=None):
         for name in names:
-            if name in timers.timers:
-                timers.timers[name].elapsed(reset=reset)
+            if reset and name in timers.timers:
+                timers.timers[name].reset()
 
     timers.log = reset_only
 
@@ -44,17 +45,16 @@ def quiet_engine_timer_log(engine: Any) -> None:
 def set_engine_timing(engine: Any, enabled: bool) -> None:
     """Switch DeepSpeed's wall-clock timers on or off for the next optimizer step; call between steps.
 
-    Flipping `engine._config.wall_clock_breakdown` alone is not enough: the engine decides at init which timers
-    it starts and stops (`engine.engine_timers`), and only resets them on steps where the flag is on, so
-    untimed steps would pile up into the next timed one. Swapping the timer set as well gives each timed step
-    its own numbers, and untimed steps no timer work at all.
+    The engine decides at init which timers it starts and stops (`engine.engine_timers`); swapping that set gives
+    timed steps their events and untimed steps no timer work at all. Its `wall_clock_breakdown` flag stays off:
+    with it on, `step()` reads the timers at once (a device synchronisation) and resets them; vit-dt reads them
+    later with `read_engine_timers`, which also resets them, so each timed step reports that step alone.
     """
     from deepspeed.runtime.engine import EngineTimers
 
-    enabled = bool(enabled)
-    engine._config.wall_clock_breakdown = enabled
-    engine.engine_timers = EngineTimers(enable_micro_timers=enabled,
-                                        enable_global_timers=enabled or engine.flops_profiler_enabled())
+    engine._config.wall_clock_breakdown = False
+    engine.engine_timers = EngineTimers(enable_micro_timers=False,
+                                        enable_global_timers=bool(enabled) or engine.flops_profiler_enabled())
 
 
 class StepSampler:

@@ -10,7 +10,6 @@ optimizer comes from `vit_dt.optimizers` (torch's fused AdamW on CUDA, never Dee
 from __future__ import annotations
 
 import math
-import time
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Any, Mapping
@@ -22,6 +21,7 @@ from vit_dt.breakdown import TIMER_KEYS, quiet_engine_timer_log, read_engine_tim
 from vit_dt.ds_config import vit_dt_clips
 from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
+from vit_dt.step_timing import DeviceClock, Mark
 
 ENGINES = ("deepspeed", "ddp")
 
@@ -36,11 +36,13 @@ class TrainEngine(ABC):
 
     @abstractmethod
     def set_timing(self, enabled: bool) -> None:
-        """Switch the per-phase timers on for the next optimizer step only (they synchronise the device)."""
+        """Switch the per-phase timers on (for the coming optimizer step) or off; call between steps. The timers
+        record device events and never synchronise (vit_dt.step_timing reads them later)."""
 
     @abstractmethod
     def last_step_timers(self) -> dict[str, float]:
-        """fwd, bwd, bwd_inner, bwd_allreduce, step in ms for the last timed optimizer step (this rank)."""
+        """fwd, bwd, bwd_inner, bwd_allreduce, step in ms for the last timed optimizer step (this rank). Call once
+        that step's device work is done, before the next timed step begins."""
 
     input_dtype: torch.dtype = torch.float32   # bf16 where the module itself is bf16 (master weights)
 
@@ -61,6 +63,18 @@ def compile_requested(trainer_cfg: Mapping[str, Any]) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"trainer.compile={value!r} is invalid; valid: true, false")
     return value
+
+
+# torch.compile modes; reduce-overhead replays the compiled forward and backward as CUDA graphs (one launch each):
+# worth it where the host cannot keep up with the GPU (small micro-batches, docs/performance.md).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(trainer_cfg: Mapping[str, Any]) -> dict[str, str]:
+    mode = trainer_cfg.get("compile_mode", "default")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"trainer.compile_mode={mode!r} is invalid; valid: {', '.join(COMPILE_MODES)}")
+    return {} if mode == "default" else {"mode": mode}
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -121,21 +135,25 @@ class DeepSpeedEngine(TrainEngine):
         self.compiled = compile_requested(trainer_cfg)
         if self.compiled:
             # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
-            self.engine.compile()
+            self.engine.compile(compile_kwargs=compile_options(trainer_cfg))
+        self._cuda_graphs = self.compiled and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
         self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
-        self._last: dict[str, float] = {}
+        self._timing: bool | None = None
         self.set_timing(False)
 
     def set_timing(self, enabled: bool) -> None:
-        set_engine_timing(self.engine, self._timers_wanted and enabled)
+        enabled = self._timers_wanted and enabled
+        if enabled != self._timing:
+            set_engine_timing(self.engine, enabled)
+            self._timing = enabled
 
     def micro_step(self, images, labels, boundary):
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are no longer needed
         logits = self.engine(images.to(self.input_dtype))
         loss = F.cross_entropy(logits.float(), labels)
         self.engine.backward(loss)
         self.engine.step()
-        if boundary and self.engine.wall_clock_breakdown():
-            self._last = read_engine_timers(self.engine)
         return loss.detach(), logits.detach()
 
     def eval_logits(self, images):
@@ -143,7 +161,7 @@ class DeepSpeedEngine(TrainEngine):
             return self.engine(images.to(self.input_dtype)).float()
 
     def last_step_timers(self):
-        return dict(self._last)
+        return read_engine_timers(self.engine) if self._timers_wanted else {}
 
     def state_dict(self) -> dict:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -176,7 +194,8 @@ class DDPEngine(TrainEngine):
         if self.compiled:
             # The DDP wrapper, not the bare model: dynamo's DDPOptimizer then splits graphs at bucket boundaries
             # so the all-reduce still overlaps backward.
-            self.ddp.compile()
+            self.ddp.compile(**compile_options(trainer_cfg))
+        self._cuda_graphs = self.compiled and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
         self.module = model
         self.device = device
         self.optimizer_spec = optimizer
@@ -194,14 +213,11 @@ class DDPEngine(TrainEngine):
         # Autocast only where the module is fp32: a bf16 module computes in bf16 by itself.
         self.dtype = None if self.master_weights else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.clock = DeviceClock(device)
         self._timing = False
-        self._acc = dict.fromkeys(TIMER_KEYS, 0.0)
-        self._last: dict[str, float] = {}
+        self._spans: list[tuple[str, Mark, Mark]] = []   # (timer, start, end) of the timed step, read later
         self.loss_weight = 1.0           # trainer.balance=speed: b_r x world / B (vit_dt/balance.py)
-        self._grads = _LastGradient(device)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.register_post_accumulate_grad_hook(self._grads)
+        self._grads = _LastGradient(self.clock, [p for p in model.parameters() if p.requires_grad])
 
     def set_loss_weight(self, weight: float) -> None:
         """Scale this rank's mean loss (per-rank micro-batches: see vit_dt.balance.loss_weight)."""
@@ -213,39 +229,35 @@ class DDPEngine(TrainEngine):
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def set_timing(self, enabled):
+        if enabled and not self._timing:
+            self._spans = []
         self._timing = enabled
-        self._acc = dict.fromkeys(TIMER_KEYS, 0.0)
-
-    def _now(self) -> float:
-        if self._timing and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        self._grads.attach(enabled)
 
     def micro_step(self, images, labels, boundary):
         sync = nullcontext() if boundary or not hasattr(self.ddp, "no_sync") else self.ddp.no_sync()
+        timing = self._timing
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with sync:
-            t0 = self._now()
+            t0 = self.clock.mark() if timing else None
             with self.autocast():
                 logits = self.ddp(images.to(self.input_dtype))
                 loss = F.cross_entropy(logits.float(), labels)
-            t1 = self._now()
+            t1 = self.clock.mark() if timing else None
             scaled = loss / self.grad_accum
             if self.loss_weight != 1.0:
                 scaled = scaled * self.loss_weight
-            self._grads.start(self._timing)
+            self._grads.start(timing)
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            t2 = self._now()
-        if self._timing:
-            self._acc["fwd"] += (t1 - t0) * 1e3
+            t2 = self.clock.mark() if timing else None
+        if timing:
             # DDP's all-reduce runs inside backward, overlapped: bwd_allreduce is the part left after this rank's
             # last gradient (the last bucket, and waiting for slower ranks), bwd_inner the rest.
-            bwd = t2 - t1
-            inner = min(bwd, self._grads.seconds(default=bwd))
-            self._acc["bwd"] += bwd * 1e3
-            self._acc["bwd_inner"] += inner * 1e3
-            self._acc["bwd_allreduce"] += (bwd - inner) * 1e3
+            ready = self._grads.ready or t2
+            self._spans += [("fwd", t0, t1), ("bwd", t1, t2), ("bwd_inner", t1, ready), ("bwd_allreduce", ready, t2)]
         if boundary:
-            t3 = self._now()
+            t3 = self.clock.mark() if timing else None
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             if self.grad_clip:
@@ -257,13 +269,17 @@ class DDPEngine(TrainEngine):
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
-            if self._timing:
-                self._acc["step"] += (self._now() - t3) * 1e3
-                self._last = dict(self._acc)
+            if timing:
+                self._spans.append(("step", t3, self.clock.mark()))
         return loss.detach(), logits.detach()
 
     def last_step_timers(self):
-        return dict(self._last)
+        if not self._spans:
+            return {}
+        timers = dict.fromkeys(TIMER_KEYS, 0.0)
+        for key, start, end in self._spans:
+            timers[key] += max(0.0, self.clock.ms(start, end))
+        return timers
 
     def state_dict(self) -> dict:
         state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -281,33 +297,28 @@ class DDPEngine(TrainEngine):
 
 
 class _LastGradient:
-    """A parameter hook (post gradient accumulation) noting when the last gradient of a timed backward was ready:
+    """A parameter hook (post gradient accumulation) marking when the last gradient of a timed backward was ready:
     the end of this rank's own backward compute. What DDP's backward() takes after it is the all-reduce it could
-    not hide, including waiting for slower ranks, which would otherwise count as this rank's compute."""
+    not hide, including waiting for slower ranks, which would otherwise count as this rank's compute. On a GPU the
+    mark is an event on the compute stream: no synchronisation inside backward."""
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.timing, self._start, self._ready = False, None, None
+    def __init__(self, clock: DeviceClock, params: list[torch.nn.Parameter]):
+        self.clock, self.params = clock, params
+        self.timing, self.ready = False, None
+        self._handles: list = []
 
-    def _mark(self):
-        if self.cuda:   # an event on the compute stream: no synchronisation inside backward
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
+    def attach(self, enabled: bool) -> None:
+        """Hooks only while timing: untimed backwards make no Python call per parameter."""
+        if enabled and not self._handles:
+            self._handles = [p.register_post_accumulate_grad_hook(self) for p in self.params]
+        elif not enabled and self._handles:
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
 
     def start(self, timing: bool) -> None:
-        self.timing, self._ready = timing, None
-        self._start = self._mark() if timing else None
+        self.timing, self.ready = timing, None
 
     def __call__(self, _param) -> None:
         if self.timing:
-            self._ready = self._mark()
-
-    def seconds(self, default: float) -> float:
-        """From start() to the last gradient; call after synchronising the device."""
-        if self._start is None or self._ready is None:
-            return default
-        if self.cuda:
-            return self._start.elapsed_time(self._ready) / 1e3
-        return self._ready - self._start
+            self.ready = self.clock.mark()

@@ -1,7 +1,8 @@
 """The training loop of one rank: per-epoch training and held-out validation, engine-agnostic.
 
 Metrics stay on the device during an epoch (no per-step `.item()`, which would stall a GPU); they are reduced
-across ranks once per epoch. The wall-clock breakdown is sampled every `trainer.timer_sample_every` steps.
+across ranks once per epoch. The wall-clock breakdown is sampled every `trainer.timer_sample_every` steps and read
+once a timed step has finished on the device (vit_dt.step_timing): nothing in the loop synchronises the device.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from vit_dt.data import DatasetInfo, make_loader
 from vit_dt.data.augment import DeviceAugment
 from vit_dt.distributed import DistEnv
 from vit_dt.engines import TrainEngine
+from vit_dt.step_timing import DeviceClock, SampledStepTimer
 
 log = logging.getLogger("vit_dt.trainer")
 
@@ -163,36 +165,27 @@ class Trainer:
         s, batch, engine = self.settings, self.settings.batch, self.engine
         self.train_loader.set_epoch(epoch)
         sampler = breakdown.StepSampler(sample_every=s.timer_sample_every, warmup_steps=s.timer_warmup_steps)
+        timer = SampledStepTimer(engine, sampler, DeviceClock(self.device), on_sample=self._report_sample)
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, samples
         batches = iter(self.train_loader)
         _sync(self.device)
         epoch_start = time.perf_counter()
         for step in range(self.steps_per_epoch):
-            sampled = sampler.should_sample(step)
-            if sampled:
-                _sync(self.device)
-            engine.set_timing(sampled)
-            step_start = time.perf_counter()
+            timer.begin(step)
             data_wait = 0.0
             for micro in range(batch.grad_accum):
                 fetch_start = time.perf_counter()
                 images, labels = next(batches)
-                if sampled:
-                    _sync(self.device)
                 data_wait += time.perf_counter() - fetch_start
                 images = self.train_augment(images)
                 loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
                 _accumulate(totals, loss * labels.numel(), logits, labels)
-            if sampled:
-                _sync(self.device)
-                step_ms = (time.perf_counter() - step_start) * 1e3
-                sampler.add(engine.last_step_timers(), data_wait_ms=data_wait * 1e3, step_ms=step_ms)
             self.global_step += 1
+            # The loss stays a device tensor: it is read when the timed step is collected, after it has finished.
+            timer.end(data_wait * 1e3, global_step=self.global_step, loss=loss, lr=engine.lr)
             if self.env.is_main and s.log_every and (step + 1) % s.log_every == 0:
                 log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, engine.lr)
-            if self.on_step and sampled:
-                self.on_step(self.global_step, {"loss": float(loss), "lr": engine.lr,
-                                                **{f"time/{k}_ms": v for k, v in engine.last_step_timers().items()}})
+        timer.finish()
         engine.set_timing(False)
         _sync(self.device)
         elapsed = time.perf_counter() - epoch_start
@@ -202,6 +195,11 @@ class Trainer:
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": engine.lr}
         return record, per_rank
+
+    def _report_sample(self, timers: dict[str, float], info: dict) -> None:
+        if self.on_step:
+            self.on_step(info["global_step"], {"loss": float(info["loss"]), "lr": info["lr"],
+                                               **{f"time/{k}_ms": v for k, v in timers.items()}})
 
     def _validate(self) -> dict:
         self.engine.module.eval()
