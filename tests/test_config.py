@@ -86,6 +86,7 @@ def test_known_deepspeed_override_is_merged():
     ("precision", "fp8", "fp32, bf16, fp16"), ("engine", "fsdp", "deepspeed, ddp"),
     ("scaling.mode", "medium", None), ("deepspeed.zero_stage", 4, "0, 1, 2, 3"),
     ("wandb.mode", "cloud", "offline, online, disabled"), ("model.name", "vit_h_14", "vit_tiny, vit_b_16"),
+    ("trainer.compile_mode", "cudagraphs", "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
 ])
 def test_bad_values_name_the_valid_ones(key, value, valid):
     cfg = to_container(compose([]))

@@ -34,6 +34,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
     from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, bf16_mode_for, validate_overrides
     from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
+    from vit_dt.engines import COMPILE_MODES
     from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
     _one_of("precision", cfg["precision"], PRECISIONS)
@@ -67,6 +68,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
         except DeepSpeedConfigError as exc:
             raise ConfigError(str(exc)) from None
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
+    _one_of("trainer.compile_mode", trainer.get("compile_mode", "default"), COMPILE_MODES)
     try:
         batch = resolve_batch(trainer, scaling, world_size)
         validate_overrides(cfg["deepspeed"].get("overrides") or {})
