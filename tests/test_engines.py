@@ -343,6 +343,28 @@ def test_master_weights_clip_like_torch():
         torch.testing.assert_close(p.detach(), r.detach())
 
 
+@pytest.mark.parametrize("norm_scale", [10.0, 0.01])     # clipped, and left alone (norm below the limit)
+def test_master_weights_clip_through_a_fused_optimizers_grad_scale_like_torch(norm_scale):
+    """A fused AdamW gets the clipping as its grad_scale; the steps match torch's clip_grad_norm_ + AdamW. A large
+    eps makes the update depend on the gradients' scale (Adam is otherwise nearly blind to it)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(64, 48) * norm_scale, torch.randn(96) * norm_scale]
+    params = [torch.nn.Parameter(torch.randn_like(g)) for g in grads]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    wrapped = MasterWeightsOptimizer(params, lambda ps: torch.optim.AdamW(ps, lr=0.1, eps=1.0, fused=True),
+                                     clip=1.0)
+    assert wrapped._fused_inner
+    torch_adamw = torch.optim.AdamW(reference, lr=0.1, eps=1.0)
+    for _ in range(3):
+        for p, r, g in zip(params, reference, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        torch_adamw.step()
+        wrapped.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-5, atol=1e-6)
+
+
 # --- the lean self-attention forward ------------------------------------------------------------------------------
 
 def test_fast_attention_is_torchvisions_function_with_the_same_parameters():
