@@ -1,4 +1,5 @@
-"""Shared fixtures. `slurm_cluster`: the real local Slurm cluster (vit_dt.localcluster), once per session."""
+"""Shared fixtures. `slurm_cluster`: the real local Slurm cluster (vit_dt.localcluster), once per session.
+`one_rank_group`: a real one-rank process group for in-process engines, once per session."""
 
 from __future__ import annotations
 
@@ -36,3 +37,29 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = previous
     if info.started and os.environ.get("VIT_DT_KEEP_CLUSTER") != "1":
         localcluster.down()
+
+
+@pytest.fixture(scope="session")
+def one_rank_group():
+    """DeepSpeed and DDP engines need a process group: a real one-rank gloo group (in-process engines run on the
+    CPU: test modules that build them set DS_ACCELERATOR=cpu on import).
+
+    One for the whole session, not one per module: DeepSpeed caches the groups it first sees, and an engine built
+    after that group was destroyed and another created fails ("Group ... is not registered")."""
+    import torch.distributed as dist
+
+    from vit_dt.distributed import free_port
+
+    if dist.is_initialized():
+        yield
+        return
+    # A tcp:// rendezvous, not RANK/MASTER_PORT variables, which would leak into other tests' subprocesses.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    previous = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"   # DeepSpeed insists on it even with a process group in place
+    yield
+    dist.destroy_process_group()
+    if previous is None:
+        os.environ.pop("LOCAL_RANK", None)
+    else:
+        os.environ["LOCAL_RANK"] = previous

@@ -36,23 +36,9 @@ TEST_LR = {"adamw": 2e-3, "sgd": 0.1, "lamb": 2e-2}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_rank_group():
-    """DeepSpeed and DDP both need a process group: a real one-rank gloo group on a free port."""
-    from vit_dt.distributed import free_port
-
-    if dist.is_initialized():
-        yield
-        return
-    # A tcp:// rendezvous, not RANK/MASTER_PORT variables, which would leak into other tests' subprocesses.
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    previous = os.environ.get("LOCAL_RANK")
-    os.environ["LOCAL_RANK"] = "0"   # DeepSpeed insists on it even with a process group in place
+def _process_group(one_rank_group):
+    """Every test here builds engines in this process (the group is conftest's, shared by the session)."""
     yield
-    dist.destroy_process_group()
-    if previous is None:
-        os.environ.pop("LOCAL_RANK", None)
-    else:
-        os.environ["LOCAL_RANK"] = previous
 
 
 def batch_of(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,12 +329,14 @@ def test_master_weights_clip_like_torch():
         torch.testing.assert_close(p.detach(), r.detach())
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (torch's CUDA fused AdamW kernel)"))])
 @pytest.mark.parametrize("norm_scale", [10.0, 0.01])     # clipped, and left alone (norm below the limit)
-def test_master_weights_clip_through_a_fused_optimizers_grad_scale_like_torch(norm_scale):
+def test_master_weights_clip_through_a_fused_optimizers_grad_scale_like_torch(norm_scale, device):
     """A fused AdamW gets the clipping as its grad_scale; the steps match torch's clip_grad_norm_ + AdamW. A large
     eps makes the update depend on the gradients' scale (Adam is otherwise nearly blind to it)."""
     torch.manual_seed(0)
-    grads = [torch.randn(64, 48) * norm_scale, torch.randn(96) * norm_scale]
+    grads = [(torch.randn(64, 48) * norm_scale).to(device), (torch.randn(96) * norm_scale).to(device)]
     params = [torch.nn.Parameter(torch.randn_like(g)) for g in grads]
     reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
     wrapped = MasterWeightsOptimizer(params, lambda ps: torch.optim.AdamW(ps, lr=0.1, eps=1.0, fused=True),

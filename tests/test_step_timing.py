@@ -2,12 +2,17 @@
 and that a real engine's timers come out right through it."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed: in-process engines run on the CPU
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from vit_dt.breakdown import TIMER_KEYS, StepSampler
 from vit_dt.step_timing import DeviceClock, SampledStepTimer
@@ -68,29 +73,6 @@ def test_finish_without_a_timed_step_reads_nothing():
     assert ("read",) not in engine.calls and timer.sampler.summary()["samples"] == 0
 
 
-# The real engines run on the GPU where there is one (DeepSpeed then drives CUDA), else on the CPU.
-DEVICE = torch.device("cuda", 0) if torch.cuda.is_available() else CPU
-
-
-@pytest.fixture(scope="module")
-def one_rank_group():
-    """One group for the module: DeepSpeed caches its groups, so a second group in this process would confuse it."""
-    from vit_dt.distributed import free_port
-
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("nccl" if DEVICE.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    previous = os.environ.get("LOCAL_RANK")
-    os.environ["LOCAL_RANK"] = "0"
-    yield
-    dist.destroy_process_group()
-    if previous is None:
-        os.environ.pop("LOCAL_RANK", None)
-    else:
-        os.environ["LOCAL_RANK"] = previous
-
-
 def _engine(kind: str, device: torch.device):
     from vit_dt.config.batch import Batch
     from vit_dt.ds_config import derive_deepspeed_config
@@ -124,7 +106,7 @@ def _run(engine, device, steps: int, every: int) -> dict:
 
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
 def test_real_engines_report_each_timed_step_through_the_timer(one_rank_group, kind):
-    summary = _run(_engine(kind, DEVICE), DEVICE, steps=7, every=2)
+    summary = _run(_engine(kind, CPU), CPU, steps=7, every=2)
     assert summary["samples"] == 3                                # steps 1, 3, 5
     assert summary["fwd"] > 0 and summary["bwd"] > 0 and summary["step"] > 0, summary
     assert summary["bwd_inner"] <= summary["bwd"] + 1e-6
@@ -132,16 +114,36 @@ def test_real_engines_report_each_timed_step_through_the_timer(one_rank_group, k
     assert timed <= 1.05 * summary["step_time"], summary           # one step's timers, not several piled up
 
 
+GPU_WORKER = """
+import json, os, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from vit_dt.distributed import free_port
+import test_step_timing as t
+
+os.environ["LOCAL_RANK"] = "0"
+dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+device = torch.device("cuda", 0)
+engine = t._engine(sys.argv[2], device)
+
+def forbidden(*_args, **_kwargs):
+    raise AssertionError("a timed step synchronised the device")
+
+torch.cuda.synchronize = forbidden
+print(json.dumps(t._run(engine, device, steps=6, every=1)))
+dist.destroy_process_group()
+"""
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (device synchronisation)")
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
-def test_timing_every_step_on_a_gpu_never_synchronises_the_whole_device(one_rank_group, monkeypatch, kind):
-    device = DEVICE
-    engine = _engine(kind, device)
-
-    def forbidden(*_args, **_kwargs):
-        raise AssertionError("a timed step synchronised the device")
-
-    monkeypatch.setattr(torch.cuda, "synchronize", forbidden)
-    summary = _run(engine, device, steps=6, every=1)
+def test_timing_every_step_on_a_gpu_never_synchronises_the_whole_device(kind):
+    """In a fresh interpreter, so DeepSpeed drives CUDA (this session's in-process engines run on the CPU)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = os.environ | {"DS_ACCELERATOR": "cuda", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-c", GPU_WORKER, str(repo), kind], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=repo)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["samples"] == 5 and all(summary[key] >= 0 for key in TIMER_KEYS)
     assert summary["fwd"] > 0 and summary["step_time"] >= summary["fwd"]
