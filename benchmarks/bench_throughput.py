@@ -126,7 +126,7 @@ def build(name: str, cfg: dict, device, mode: str | None) -> common.Path:
     if name == "reference":
         return common.reference_path(cfg, device)
     if name == "deepspeed":
-        return common.deepspeed_path(cfg, device, bf16_mode=mode)
+        return common.deepspeed_path(cfg, device, requested=mode)
     if name == "ceiling":
         return common.ceiling_path(cfg, device)
     return common.ddp_path(cfg, device)

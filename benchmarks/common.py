@@ -51,6 +51,14 @@ def _schedule() -> dict:
     return {"warmup_steps": 0, "total_steps": 10**6, "schedule": "constant"}
 
 
+def bf16_mode(cfg: dict, engine: str, requested: str | None = None) -> str | None:
+    """The bf16 mode a real run with this config (and `engine`) would resolve; `requested` overrides the config's."""
+    from vit_dt.ds_config import bf16_mode_for
+
+    deepspeed = dict(cfg["deepspeed"], **({"bf16_mode": requested} if requested else {}))
+    return bf16_mode_for(dict(cfg, engine=engine, deepspeed=deepspeed))
+
+
 @dataclass
 class Path:
     """One contender: a step function plus what it holds (released before the next path is built)."""
@@ -104,7 +112,6 @@ def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = F
 def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
     could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
-    from vit_dt.ds_config import resolve_bf16_mode
     from vit_dt.engines import compile_options
     from vit_dt.master_weights import MasterWeightsOptimizer
     from vit_dt.optimizers import OptimizerSpec, build_optimizer
@@ -112,7 +119,7 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     images, labels = synthetic_batch(cfg, device, seed)
     model = _fresh_model(cfg, seed).to(device)
     precision = cfg["precision"]
-    master = precision == "bf16" and resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), 0, "ddp") == "master"
+    master = bf16_mode(cfg, "ddp") == "master"
     if master:
         model.to(torch.bfloat16)
         images = images.to(torch.bfloat16)
@@ -170,9 +177,10 @@ class _TrainerStep:
         return loss
 
 
-def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: str | None = None) -> Path:
+def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: str | None = None) -> Path:
+    """vit-dt's DeepSpeedEngine in the trainer's per-step work; `requested`: a bf16 mode other than the config's."""
     from vit_dt.config.batch import resolve_batch
-    from vit_dt.ds_config import derive_deepspeed_config, resolve_bf16_mode
+    from vit_dt.ds_config import derive_deepspeed_config
     from vit_dt.engines import DeepSpeedEngine
     from vit_dt.optimizers import OptimizerSpec
 
@@ -180,18 +188,16 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: st
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
-    stage = int(cfg["deepspeed"]["zero_stage"])
-    mode = resolve_bf16_mode(bf16_mode or cfg["deepspeed"].get("bf16_mode", "auto"), stage)
+    mode = bf16_mode(cfg, "deepspeed", requested)
     ds_config = derive_deepspeed_config(
         batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
         grad_clip=cfg["trainer"].get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
-        overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=mode)
+        overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=mode or "auto")
     spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
     engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, cfg["trainer"], device, _schedule(), spec,
-                             master_weights=cfg["precision"] == "bf16" and mode == "master")
+                             master_weights=mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
-    settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"],
-                "bf16_mode": mode if cfg["precision"] == "bf16" else None,
+    settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"], "bf16_mode": mode,
                 "zero_stage": ds_config["zero_optimization"]["stage"],
                 "compile": engine.compiled, "compile_mode": cfg["trainer"].get("compile_mode", "default"),
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)),
@@ -199,14 +205,14 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, bf16_mode: st
                 "wrapped_optimizer": type(engine.optimizer).__name__,
                 "wall_clock_breakdown": bool(ds_config["wall_clock_breakdown"]),
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
-                "grad_clip": ds_config.get("gradient_clipping", 0.0)}
+                "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0),
+                "clipped_by": "deepspeed" if ds_config.get("gradient_clipping") else "vit-dt optimizer step"}
     name = f"deepspeed-{mode}" if cfg["precision"] == "bf16" else "deepspeed"
     return Path(name, _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
 
 
 def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     from vit_dt.config.batch import resolve_batch
-    from vit_dt.ds_config import resolve_bf16_mode
     from vit_dt.engines import DDPEngine
     from vit_dt.optimizers import OptimizerSpec
 
@@ -215,13 +221,13 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
     spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
-    mode = resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), 0, "ddp")
+    mode = bf16_mode(cfg, "ddp")
     engine = DDPEngine(_fresh_model(cfg, seed), cfg["trainer"], device, cfg["precision"], _schedule(),
-                       batch.grad_accum, spec, master_weights=cfg["precision"] == "bf16" and mode == "master")
+                       batch.grad_accum, spec, master_weights=mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DDPEngine", "precision": cfg["precision"], "compile": engine.compiled,
                 "compile_mode": cfg["trainer"].get("compile_mode", "default"),
-                "bf16_mode": mode if cfg["precision"] == "bf16" else None,
+                "bf16_mode": mode,
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)),
                 "optimizer": type(getattr(engine.optimizer, "inner", engine.optimizer)).__name__,
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),

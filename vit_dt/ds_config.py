@@ -75,8 +75,10 @@ def bf16_mode_for(cfg: Mapping[str, Any]) -> str | None:
 
 def vit_dt_clips(precision: str, zero_stage: int) -> bool:
     """At ZeRO-0 (not fp16, whose loss scaling DeepSpeed owns) vit-dt's optimizer clips with one foreach norm
-    instead of DeepSpeed's per-parameter loop (measured ~14 ms per step on ViT-B/16, H100)."""
+    instead of DeepSpeed's per-parameter loop (4.8 ms and ~460 launches per ViT-B/16 step on an H100)."""
     return zero_stage == 0 and precision != "fp16"
+
+
 ZERO_STAGES = (0, 1, 2, 3)
 QUIET_STEPS_PER_PRINT = 10**9  # DeepSpeed prints from rank 0 only; vit-dt records timings itself.
 
