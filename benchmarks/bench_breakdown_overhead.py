@@ -8,17 +8,16 @@ switched on for every N-th step only (what the trainer does), for a tiny ViT on 
 Modes run interleaved in rounds (off, on, sampled, off again, ...) so that drift of a shared machine hits all of
 them alike; each round times a block of steps and divides by the step count (on a GPU the block ends with one
 synchronize, so "off" pays no per-step sync). "off (A/A)" repeats "off": its difference from "off" is the noise
-floor of the measurement. A timed step does what the trainer does on a sampled step: synchronize, timers on,
-read them, add them to the StepSampler. The DeepSpeed timer printout goes to /dev/null as it would go to a log.
+floor of the measurement. A timed step does what the trainer does on a sampled step (vit_dt.step_timing): timers
+on, and once the step has finished on the device, read them and add them to the StepSampler; no synchronisation.
 
 On a busy shared CPU the step-time differences are mostly noise, so the benchmark also measures the cost
-directly: the wall time spent inside the timing machinery (DeepSpeed's timer calls, snapshot and printout, our
-switch, read and add, and the added synchronisations), per step, as a share of the step time ("timing share").
+directly: the wall time spent inside the timing machinery (DeepSpeed's timer calls, our switch, read and add, and
+any wait for a timed step still running on the device), per step, as a share of the step time ("timing share").
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -90,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from vit_dt.breakdown import StepSampler, read_engine_timers, set_engine_timing
+    from vit_dt.step_timing import DeviceClock, SampledStepTimer
 
     device = torch.device(args.device)
     size = MODELS[args.model]["image_size"]
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    # Direct measure: wall time spent inside the timing machinery itself (DeepSpeed's timer start/stop, snapshot
-    # and printout, our switch/read/add and the synchronisations a timed step adds). It is what timing costs on
-    # a CPU, and robust to a busy machine, where step-time differences drown in noise; on a GPU the end-to-end
+    # Direct measure: wall time spent inside the timing machinery itself (DeepSpeed's timer start/stop, our
+    # switch/read/add, and any wait for a timed step the device has not finished). It is what timing costs on a
+    # CPU, and robust to a busy machine, where step-time differences drown in noise; on a GPU the end-to-end
     # difference also shows lost CPU/GPU overlap, which this cannot.
     spent = [0.0]
 
@@ -116,48 +116,51 @@ def main(argv: list[str] | None = None) -> int:
                 spent[0] += time.perf_counter() - tic
         return wrapper
 
-    for name in ("_start_timers", "_stop_timers", "_update_wall_clock_timers"):
+    for name in ("_start_timers", "_stop_timers"):
         setattr(engine, name, instrumented(getattr(engine, name)))
-    engine.timers.log = instrumented(engine.timers.log)
-    timed_sync, timed_set, timed_read = instrumented(sync), instrumented(set_engine_timing), \
-        instrumented(read_engine_timers)
 
-    def train_step(timed: bool, sampler: StepSampler) -> None:
-        if timed:
-            timed_sync()
-            start = time.perf_counter()
-        timed_set(engine, timed)
+    class Timing:
+        """The trainer's engine interface for timing, on the raw DeepSpeed engine."""
+
+        def set_timing(self, enabled: bool) -> None:
+            set_engine_timing(engine, enabled)
+
+        def last_step_timers(self) -> dict:
+            return read_engine_timers(engine)
+
+    means = StepSampler(sample_every=1, warmup_steps=0)    # every timed step of every mode, for the printout
+
+    def step_timer(every: int | None) -> SampledStepTimer:
+        sampler = StepSampler(sample_every=every or 1, warmup_steps=0 if every else 10**9)
+        return SampledStepTimer(Timing(), sampler, DeviceClock(device),
+                                on_sample=lambda timers, _info: means.add(timers, data_wait_ms=0.0, step_ms=0.0))
+
+    def train_step(timer: SampledStepTimer, step: int) -> None:
+        instrumented(timer.begin)(step)
         loss = torch.nn.functional.cross_entropy(engine(images.to(dtype)).float(), labels)
         engine.backward(loss)
         engine.step()
-        if timed:
-            timed_sync()
-            tic = time.perf_counter()
-            sampler.add(timed_read(engine), data_wait_ms=0.0, step_ms=(tic - start) * 1e3)
-            spent[0] += time.perf_counter() - tic
+        instrumented(timer.end)()
 
-    modes = {
-        "off": lambda step: False,
-        "on, every step": lambda step: True,
-        f"sampled 1/{every}": lambda step: step % every == 0,
-        "off (A/A)": lambda step: False,
-    }
+    modes = {"off": None, "on, every step": 1, f"sampled 1/{every}": every, "off (A/A)": None}
     per_mode: dict[str, list[float]] = {mode: [] for mode in modes}
     spent_per_mode: dict[str, float] = dict.fromkeys(modes, 0.0)
-    sampler = StepSampler(sample_every=1, warmup_steps=0)
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        for step in range(3):                                   # warm-up: allocator, first-step setup
-            train_step(step == 2, sampler)
-        for _ in range(rounds):
-            for mode, timed in modes.items():
-                sync()
-                spent[0] = 0.0
-                start = time.perf_counter()
-                for step in range(steps):
-                    train_step(timed(step), sampler)
-                sync()
-                per_mode[mode].append((time.perf_counter() - start) * 1e3 / steps)
-                spent_per_mode[mode] += spent[0] * 1e3 / steps / rounds
+    warm = step_timer(1)
+    for step in range(3):                                   # warm-up: allocator, first-step setup
+        train_step(warm, step)
+    warm.finish()
+    for _ in range(rounds):
+        for mode, mode_every in modes.items():
+            timer = step_timer(mode_every)
+            sync()
+            spent[0] = 0.0
+            start = time.perf_counter()
+            for step in range(steps):
+                train_step(timer, step)
+            instrumented(timer.finish)()
+            sync()
+            per_mode[mode].append((time.perf_counter() - start) * 1e3 / steps)
+            spent_per_mode[mode] += spent[0] * 1e3 / steps / rounds
     torch.distributed.destroy_process_group()
 
     base = statistics.median(per_mode["off"])
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "goal_overhead": GOAL_OVERHEAD, "noise_floor": noise,
         "sampled_timing_share": sampled["timing_share"], "sampled_overhead_median": sampled["overhead_median"],
         "sampled_within_goal": sampled["timing_share"] < GOAL_OVERHEAD,
-        "timer_means_ms": {k: round(v, 3) for k, v in sampler.summary().items()},
+        "timer_means_ms": {k: round(v, 3) for k, v in means.summary().items() if k in ("fwd", "bwd", "step")},
         "modes": rows,
     }
 

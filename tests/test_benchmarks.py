@@ -95,3 +95,18 @@ def test_balance_benchmark_quick_runs_both_modes_and_narrows_the_spread(tmp_path
     # rank 1 sleeps 10 ms per image: a gap no load on a shared CPU closes by chance
     assert report["spread_narrowed"] and speed["spread"] < off["spread"]
     assert "| speed |" in proc.stdout and "| off |" in proc.stdout
+
+
+def test_breakdown_overhead_benchmark_quick_times_each_mode_through_the_step_timer(tmp_path):
+    out = tmp_path / "overhead.json"
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_breakdown_overhead.py"), "--quick",
+                           f"--json={out}"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "breakdown_overhead" and report["sample_every"] == 5
+    assert [row["mode"] for row in report["modes"]] == ["off", "on, every step", "sampled 1/5", "off (A/A)"]
+    for row in report["modes"]:
+        assert positive(row["step_ms_median"]) and len(row["rounds_ms"]) == report["rounds"], row
+    # The timed steps went through SampledStepTimer and DeepSpeed's real timers: every phase took time.
+    assert all(positive(report["timer_means_ms"][key]) for key in ("fwd", "bwd", "step")), report["timer_means_ms"]
