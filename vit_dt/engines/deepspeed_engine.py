@@ -1,0 +1,90 @@
+"""vit-dt's step on DeepSpeed: ZeRO 0-3, bf16 master weights / autocast / native, DeepSpeed's sampled timers."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from vit_dt.breakdown import quiet_engine_timer_log, read_engine_timers, set_engine_timing
+from vit_dt.ds_config import vit_dt_clips
+from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, make_scheduler
+from vit_dt.master_weights import MasterWeightsOptimizer
+from vit_dt.optimizers import OptimizerSpec, build_optimizer
+
+
+class DeepSpeedEngine(TrainEngine):
+    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict,
+                 optimizer: OptimizerSpec, master_weights: bool = False):
+        import deepspeed
+
+        stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        if master_weights and stage > 0:
+            raise ValueError(f"master_weights with deepspeed.zero_stage={stage}: ZeRO partitions its own fp32 masters")
+        if optimizer.name == "lamb" and stage > 0:
+            # ZeRO flattens parameters into partitions: LAMB's per-layer trust ratio would become per-partition.
+            raise ValueError(f"optimizer=lamb with deepspeed.zero_stage={stage} would compute LAMB's trust ratio "
+                             f"over flattened ZeRO partitions instead of per layer; valid: deepspeed.zero_stage=0 or "
+                             f"engine=ddp")
+        self.optimizer_spec = optimizer
+        self.master_weights = bool(master_weights)
+        if self.master_weights:
+            model.to(device=device, dtype=torch.bfloat16)
+        if vit_dt_clips("fp16" if ds_config["fp16"]["enabled"] else "bf16 or fp32", stage):
+            # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
+            torch_optimizer = MasterWeightsOptimizer(model.parameters(),
+                                                     lambda params: build_optimizer(params, optimizer, device),
+                                                     clip=float(trainer_cfg.get("grad_clip") or 0.0))
+        else:
+            torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=torch_optimizer, lr_scheduler=make_scheduler(torch_optimizer, **schedule),
+            config=ds_config)
+        self.module = self.engine.module
+        # DeepSpeed's bf16/fp16 modes hold the model in half precision: inputs must match. Its torch_autocast mode
+        # keeps fp32 weights and casts inside forward, so inputs stay fp32.
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            "bf16" if ds_config["bf16"]["enabled"] or self.master_weights else "fp16" if ds_config["fp16"]["enabled"]
+            else "", torch.float32)
+        # One rank has nothing to reduce: DeepSpeed would still copy every gradient through an all-reduce.
+        self.engine.enable_backward_allreduce = self.engine.dp_world_size > 1 or stage > 0
+        quiet_engine_timer_log(self.engine)
+        self.compiled = compile_requested(trainer_cfg)
+        if self.compiled:
+            # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
+            self.engine.compile(compile_kwargs=compile_options(trainer_cfg))
+        self._cuda_graphs = self.compiled and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
+        self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
+        self._timing: bool | None = None
+        self.set_timing(False)
+
+    def set_timing(self, enabled: bool) -> None:
+        enabled = self._timers_wanted and enabled
+        if enabled != self._timing:
+            set_engine_timing(self.engine, enabled)
+            self._timing = enabled
+
+    def micro_step(self, images, labels, boundary):
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are no longer needed
+        logits = self.engine(images.to(self.input_dtype))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach(), logits.detach()
+
+    def eval_logits(self, images):
+        with torch.no_grad():
+            return self.engine(images.to(self.input_dtype)).float()
+
+    def last_step_timers(self):
+        return read_engine_timers(self.engine) if self._timers_wanted else {}
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
