@@ -20,7 +20,7 @@ import torch.distributed as dist
 from vit_dt.config.batch import Batch
 from vit_dt.attention import SelfAttention, enable_fast_attention
 from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config, resolve_bf16_mode
-from vit_dt.engines import DDPEngine, DeepSpeedEngine
+from vit_dt.engines import DDPEngine, DeepSpeedEngine, compile_options
 from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.model import CheckpointedEncoderBlock, build_model, enable_activation_checkpointing
 from vit_dt.lamb import Lamb
@@ -473,6 +473,14 @@ def test_state_dict_round_trip_gives_identical_next_steps(kind, optimizer, preci
 
 
 # --- compile (slow on a CPU: inductor builds C++ kernels) ---------------------------------------------------------
+
+def test_compile_mode_becomes_torch_compile_options_and_a_bad_one_lists_the_valid_ones():
+    assert compile_options({}) == {} and compile_options({"compile_mode": "default"}) == {}
+    assert compile_options({"compile_mode": "reduce-overhead"}) == {"mode": "reduce-overhead"}
+    with pytest.raises(ValueError, match=r"trainer.compile_mode='graphs' is invalid; valid: default, "
+                                         r"reduce-overhead, max-autotune, max-autotune-no-cudagraphs"):
+        compile_options({"compile_mode": "graphs"})
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])
