@@ -7,7 +7,7 @@ import secrets
 import pytest
 
 from tests.helpers import DIGITS_FAST, read_result, run_cli, run_dir_from_output
-from vit_dt.wandb_run import find_offline_runs, read_offline_run
+from vit_dt.wandb_files import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
 SLOW_RANK_DELAY_S = 0.4

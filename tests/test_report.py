@@ -160,7 +160,7 @@ def test_report_command(tmp_path, capsys) -> None:
 
 
 def test_report_logs_a_wandb_summary_run_offline(tmp_path, monkeypatch) -> None:
-    from vit_dt.wandb_run import read_offline_run
+    from vit_dt.wandb_files import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

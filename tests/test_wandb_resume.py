@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers import DIGITS_FAST, isolate_wandb, read_result, write_run_config
 from vit_dt.commands import sync as sync_cmd
-from vit_dt.wandb_run import (RUN_ID_FILE, find_offline_runs, last_logged_step, read_offline_segments, read_run_id,
-                              segment_files)
+from vit_dt.wandb_files import (RUN_ID_FILE, find_offline_runs, last_logged_step, read_offline_segments,
+                                read_run_id, segment_files)
 
 pytestmark = pytest.mark.slow
 EPOCHS, STEPS = 3, 6

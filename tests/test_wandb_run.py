@@ -1,4 +1,4 @@
-"""vit_dt.wandb_run and `vit-dt sync`: real offline W&B runs written, read back, and checked for secrets."""
+"""vit_dt.wandb_run, vit_dt.wandb_files and `vit-dt sync`: real offline W&B runs written, read back, and checked for secrets."""
 from __future__ import annotations
 
 import secrets as pysecrets
@@ -10,9 +10,9 @@ import pytest
 
 from vit_dt.commands import sync as sync_cmd
 from tests.helpers import isolate_wandb
-from vit_dt.wandb_run import (REDACTED, RUN_ID_FILE, WandbRun, find_offline_runs, flat_config, flatten,
-                              read_offline_run, read_offline_segments, read_run_id, resolve_mode, run_id_for,
-                              run_id_of, scrub_secrets, segment_sort_key)
+from vit_dt.wandb_files import (RUN_ID_FILE, find_offline_runs, read_offline_run, read_offline_segments, read_run_id,
+                                run_id_for, run_id_of, segment_sort_key)
+from vit_dt.wandb_run import REDACTED, WandbRun, flat_config, flatten, resolve_mode, scrub_secrets
 
 BREAKDOWN_KEYS = ("fwd", "bwd", "bwd_inner", "bwd_allreduce", "step")
 
