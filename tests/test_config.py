@@ -9,7 +9,7 @@ import pytest
 
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.config.batch import resolve_batch
-from vit_dt.ds_config import DeepSpeedConfigError, derive_deepspeed_config
+from vit_dt.ds_config import derive_deepspeed_config
 from vit_dt.paths import conf_dir
 
 GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")

@@ -15,7 +15,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepsp
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from vit_dt.config.batch import Batch
 from vit_dt.attention import SelfAttention, enable_fast_attention

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vit_dt.commands import results as results_cmd
-from vit_dt.results import ResultsStore, point_of, read_result, results_table, to_csv, write_result
+from vit_dt.results import ResultsStore, point_of, read_result, results_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 

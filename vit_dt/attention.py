@@ -11,7 +11,6 @@ checkpointing), so parameter names, checkpoints and optimizer state are untouche
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
