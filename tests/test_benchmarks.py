@@ -110,3 +110,37 @@ def test_breakdown_overhead_benchmark_quick_times_each_mode_through_the_step_tim
         assert positive(row["step_ms_median"]) and len(row["rounds_ms"]) == report["rounds"], row
     # The timed steps went through SampledStepTimer and DeepSpeed's real timers: every phase took time.
     assert all(positive(report["timer_means_ms"][key]) for key in ("fwd", "bwd", "step")), report["timer_means_ms"]
+
+
+def test_throughput_profile_on_a_cpu_is_refused_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--quick",
+                           f"--profile={tmp_path / 'prof'}", f"--out={tmp_path / 'x.json'}"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=os.environ | {"DS_ACCELERATOR": "cpu"})
+    assert proc.returncode != 0 and "profiling measures device busy time and needs a CUDA device" in proc.stderr
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "prof").exists()
+
+
+def test_step_profile_summary_counts_device_work_once_and_ranks_kernels():
+    """No GPU here, so no CUDA kernels can be recorded: plain objects stand in for a profiler's events."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import step_profile
+
+    def event(name, us, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(name=name, device_type=device, device_time_total=us, is_user_annotation=annotation)
+
+    events = [event("gemm", 6000), event("gemm", 6000), event("adamw", 1000), event("memset", 500),
+              event("Optimizer.step#AdamW.step", 1500, annotation=True),   # spans adamw: not counted again
+              event("aten::mm", 9999, device=DeviceType.CPU)]               # host side: not device work
+    summary = step_profile.summarise(SimpleNamespace(events=lambda: events), steps=2, wall_s=0.020)
+    assert summary["device_busy_ms_per_step"] == pytest.approx(6.75)      # (6 + 6 + 1 + 0.5) ms / 2 steps
+    assert summary["wall_ms_per_step"] == pytest.approx(10.0)
+    assert summary["device_idle_share"] == pytest.approx(0.325)                 # 1 - 6.75 / 10
+    assert summary["device_launches_per_step"] == 2.0
+    assert [k["name"] for k in summary["costliest"]] == ["gemm", "adamw", "memset"]
+    assert summary["costliest"][0] == {"name": "gemm", "ms_per_step": 6.0, "calls_per_step": 1.0}
+    assert "| x | 10.00 | 6.75 | 32.5% | 2 | gemm (6.00) |" in step_profile.table({"x": summary})
