@@ -112,7 +112,7 @@ def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = F
 def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
     could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
-    from vit_dt.engines import compile_options
+    from vit_dt.engines import compile_options, cuda_graphs_requested
     from vit_dt.master_weights import MasterWeightsOptimizer
     from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
@@ -130,10 +130,11 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     compiled = bool(cfg["trainer"]["compile"])
     options = compile_options(cfg["trainer"])
     net = torch.compile(model, **options) if compiled else model
+    cuda_graphs = cuda_graphs_requested(cfg["trainer"])
     dtype = None if master else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def step() -> torch.Tensor:
-        if options.get("mode") == "reduce-overhead":
+        if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = F.cross_entropy(net(images).float(), labels)
@@ -157,6 +158,7 @@ class _TrainerStep:
     def __init__(self, engine, cfg: dict, images: torch.Tensor, labels: torch.Tensor):
         from vit_dt.breakdown import StepSampler
         from vit_dt.step_timing import DeviceClock, SampledStepTimer
+        from vit_dt.trainer import accumulate_totals
 
         trainer = cfg["trainer"]
         self.engine, self.images, self.labels = engine, images, labels
@@ -164,14 +166,13 @@ class _TrainerStep:
                                    warmup_steps=int(trainer["timer_warmup_steps"]))
         self.timer = SampledStepTimer(engine, self.sampler, DeviceClock(images.device))
         self.totals = torch.zeros(3, device=images.device, dtype=torch.float64)
+        self.accumulate = accumulate_totals
         self.index = 0
 
     def __call__(self) -> torch.Tensor:
         self.timer.begin(self.index)
         loss, logits = self.engine.micro_step(self.images, self.labels, boundary=True)
-        self.totals[0] += loss.double() * self.labels.numel()
-        self.totals[1] += (logits.argmax(1) == self.labels).sum()
-        self.totals[2] += self.labels.numel()
+        self.accumulate(self.totals, loss * self.labels.numel(), logits, self.labels)
         self.timer.end()
         self.index += 1
         return loss

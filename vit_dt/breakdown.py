@@ -2,7 +2,8 @@
 
 DeepSpeed's `wall_clock_breakdown` timers (fwd, bwd = bwd_inner + bwd_allreduce, step) run on sampled steps only
 and are read once those steps have finished on the device (vit_dt.step_timing), so timing never synchronises it.
-Each rank keeps running means; once per epoch they are gathered to rank 0 and `analyse` turns them into shares of the step time and a straggler verdict. docs/metrics.md explains the numbers.
+Each rank keeps running means; once per epoch they are gathered to rank 0 and `analyse` turns them into shares of
+the step time and a straggler verdict. docs/metrics.md explains the numbers.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ finally a single process.
 from __future__ import annotations
 
 import os
-import sys
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 

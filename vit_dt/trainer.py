@@ -67,7 +67,7 @@ def _rounded(value, digits: int = 1):
     return None if value is None else round(value, digits)
 
 
-def _accumulate(totals: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+def accumulate_totals(totals: torch.Tensor, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
     """Adds (loss sum, correct, samples) on the device. The sample count goes in as a Python number: a tensor made
     from it would be a blocking host-to-device copy, a full device sync on every step."""
     totals[0] += loss_sum.double()
@@ -179,14 +179,13 @@ class Trainer:
                 data_wait += time.perf_counter() - fetch_start
                 images = self.train_augment(images)
                 loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
-                _accumulate(totals, loss * labels.numel(), logits, labels)
+                accumulate_totals(totals, loss * labels.numel(), logits, labels)
             self.global_step += 1
             # The loss stays a device tensor: it is read when the timed step is collected, after it has finished.
             timer.end(data_wait * 1e3, global_step=self.global_step, loss=loss, lr=engine.lr)
             if self.env.is_main and s.log_every and (step + 1) % s.log_every == 0:
                 log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, engine.lr)
         timer.finish()
-        engine.set_timing(False)
         _sync(self.device)
         elapsed = time.perf_counter() - epoch_start
         loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
@@ -207,7 +206,7 @@ class Trainer:
         for images, labels in self.val_loader:
             logits = self.engine.eval_logits(self.val_augment(images))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            _accumulate(totals, loss, logits, labels)
+            accumulate_totals(totals, loss, logits, labels)
         self.engine.module.train()
         loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
         return {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1), "val_samples_seen": int(seen)}

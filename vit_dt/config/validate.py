@@ -33,8 +33,8 @@ def _positive_int(key: str, value: Any) -> None:
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
     from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, bf16_mode_for, validate_overrides
-    from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
     from vit_dt.engines import COMPILE_MODES
+    from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
     from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
 
     _one_of("precision", cfg["precision"], PRECISIONS)

@@ -8,9 +8,9 @@ Fast-path switches (docs/performance.md): `trainer.compile` compiles the module 
 optimizer comes from `vit_dt.optimizers` (torch's fused AdamW on CUDA, never DeepSpeed's FusedAdam JIT build).
 """
 from vit_dt.engines.base import (COMPILE_MODES, ENGINES, LR_SCHEDULES, TrainEngine, compile_options,
-                                 compile_requested, make_scheduler)
+                                 compile_requested, cuda_graphs_requested, make_scheduler)
 from vit_dt.engines.ddp_engine import DDPEngine
 from vit_dt.engines.deepspeed_engine import DeepSpeedEngine
 
 __all__ = ["COMPILE_MODES", "ENGINES", "LR_SCHEDULES", "DDPEngine", "DeepSpeedEngine", "TrainEngine",
-           "compile_options", "compile_requested", "make_scheduler"]
+           "compile_options", "compile_requested", "cuda_graphs_requested", "make_scheduler"]

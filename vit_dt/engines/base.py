@@ -63,6 +63,12 @@ def compile_options(trainer_cfg: Mapping[str, Any]) -> dict[str, str]:
     return {} if mode == "default" else {"mode": mode}
 
 
+def cuda_graphs_requested(trainer_cfg: Mapping[str, Any]) -> bool:
+    """Whether the compiled forward and backward replay as CUDA graphs: each step must then say that a new one
+    begins (`torch.compiler.cudagraph_mark_step_begin()`), so the last step's graph outputs may be overwritten."""
+    return compile_requested(trainer_cfg) and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
+
+
 LR_SCHEDULES = ("constant", "cosine")
 
 

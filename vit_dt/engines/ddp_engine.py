@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from vit_dt.breakdown import TIMER_KEYS
-from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, make_scheduler
+from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
+                                 make_scheduler)
 from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 from vit_dt.step_timing import DeviceClock, Mark
@@ -36,7 +37,7 @@ class DDPEngine(TrainEngine):
             # The DDP wrapper, not the bare model: dynamo's DDPOptimizer then splits graphs at bucket boundaries
             # so the all-reduce still overlaps backward.
             self.ddp.compile(**compile_options(trainer_cfg))
-        self._cuda_graphs = self.compiled and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
+        self._cuda_graphs = cuda_graphs_requested(trainer_cfg)
         self.module = model
         self.device = device
         self.optimizer_spec = optimizer

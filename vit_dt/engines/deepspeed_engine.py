@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from vit_dt.breakdown import quiet_engine_timer_log, read_engine_timers, set_engine_timing
 from vit_dt.ds_config import vit_dt_clips
-from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, make_scheduler
+from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
+                                 make_scheduler)
 from vit_dt.master_weights import MasterWeightsOptimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
@@ -53,7 +54,7 @@ class DeepSpeedEngine(TrainEngine):
         if self.compiled:
             # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
             self.engine.compile(compile_kwargs=compile_options(trainer_cfg))
-        self._cuda_graphs = self.compiled and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
+        self._cuda_graphs = cuda_graphs_requested(trainer_cfg)
         self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
         self._timing: bool | None = None
         self.set_timing(False)
