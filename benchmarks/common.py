@@ -113,8 +113,8 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
     could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
     from vit_dt.engines import compile_options, cuda_graphs_requested
-    from vit_dt.master_weights import MasterWeightsOptimizer
-    from vit_dt.optimizers import OptimizerSpec, build_optimizer
+    from vit_dt.master_weights import build_master_weights_optimizer
+    from vit_dt.optimizers import OptimizerSpec
 
     images, labels = synthetic_batch(cfg, device, seed)
     model = _fresh_model(cfg, seed).to(device)
@@ -125,8 +125,7 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
         images = images.to(torch.bfloat16)
     spec = OptimizerSpec.from_config(cfg["optimizer"], images.shape[0])
     clip = float(cfg["trainer"].get("grad_clip") or 0.0)
-    optimizer = MasterWeightsOptimizer(model.parameters(), lambda params: build_optimizer(params, spec, device),
-                                       clip=clip)
+    optimizer = build_master_weights_optimizer(model.parameters(), spec, device, clip=clip)
     compiled = bool(cfg["trainer"]["compile"])
     options = compile_options(cfg["trainer"])
     net = torch.compile(model, **options) if compiled else model
@@ -146,7 +145,8 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     settings = {"loop": "plain PyTorch, vit-dt's model and step", "precision": precision,
                 "bf16_mode": "master" if master else None, "compile": compiled,
                 "compile_mode": options.get("mode", "default"),
-                "fast_attention": bool(cfg["model"].get("fast_attention", True)), "grad_clip": clip}
+                "fast_attention": bool(cfg["model"].get("fast_attention", True)), "grad_clip": clip,
+                "master_update": optimizer.update}
     return Path("ceiling", step, settings, holds=[model, net, optimizer], compiled=compiled)
 
 
@@ -204,6 +204,7 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: st
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)),
                 "optimizer": type(getattr(engine.engine.basic_optimizer, "inner", engine.engine.basic_optimizer)).__name__,
                 "wrapped_optimizer": type(engine.optimizer).__name__,
+                "master_update": getattr(engine.engine.basic_optimizer, "update", None),
                 "wall_clock_breakdown": bool(ds_config["wall_clock_breakdown"]),
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
                 "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0),
@@ -231,6 +232,7 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
                 "bf16_mode": mode,
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)),
                 "optimizer": type(getattr(engine.optimizer, "inner", engine.optimizer)).__name__,
+                "master_update": getattr(engine.optimizer, "update", None),
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
                 "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0)}
     return Path("ddp", _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)

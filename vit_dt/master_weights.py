@@ -5,7 +5,9 @@ traffic of autocast, whose LayerNorms and residual stream stay fp32), while the 
 the weights, so small updates are not rounded away. `MasterWeightsOptimizer` owns those copies: after backward it
 copies the bf16 gradients into fp32, clips them with one foreach norm (no host sync), steps the inner torch
 optimizer and copies the result back into the module. The same class serves an fp32 module (autocast, fp32) with
-no copies at all: then it is only the clipping, done without DeepSpeed's per-parameter loop.
+no copies at all: then it is only the clipping, done without DeepSpeed's per-parameter loop. With
+`optimizer.master_update=fused` (AdamW only) the copy, the clipping and the update become one compiled pass over
+the bf16 gradients (vit_dt/master_adamw.py).
 
 It is a torch Optimizer whose `param_groups` and `state` are the inner optimizer's, so lr schedulers and
 DeepSpeed's client-optimizer path work on it unchanged; its state_dict carries the fp32 masters, so a checkpoint
@@ -16,6 +18,9 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+
+from vit_dt.master_adamw import FusedMasterAdamW
+from vit_dt.optimizers import MASTER_UPDATES, OptimizerSpec, build_optimizer
 
 InnerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -45,13 +50,19 @@ class MasterWeightsOptimizer(torch.optim.Optimizer):
     param_groups = _FromInner()
     state = _FromInner()
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], build_inner: InnerFactory, clip: float = 0.0):
+    def __init__(self, params: Iterable[torch.nn.Parameter], build_inner: InnerFactory, clip: float = 0.0,
+                 update: str = "separate"):
+        if update not in MASTER_UPDATES:
+            raise ValueError(f"optimizer.master_update={update!r} is invalid; valid: {', '.join(MASTER_UPDATES)}")
         self.model_params = [p for p in params if p.requires_grad]
         self.copies = any(p.dtype != torch.float32 for p in self.model_params)
+        # Without copies there is nothing to fuse: the fp32 module's own parameters are the masters.
+        self.update = update if self.copies else "separate"
         if self.copies:
             self.masters = [p.detach().float().clone() for p in self.model_params]
-            for master in self.masters:
-                master.grad = torch.zeros_like(master)
+            if self.update == "separate":
+                for master in self.masters:
+                    master.grad = torch.zeros_like(master)
         else:
             self.masters = self.model_params
         # Optimizer's own init first, into placeholders; from then on param_groups and state are the inner's.
@@ -59,11 +70,15 @@ class MasterWeightsOptimizer(torch.optim.Optimizer):
         self.inner = build_inner(self.masters)
         self.defaults = self.inner.defaults
         self.clip = float(clip or 0.0)
+        self._fused = FusedMasterAdamW(self.inner) if self.update == "fused" else None
 
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("MasterWeightsOptimizer.step does not take a closure")
+        if self._fused is not None:
+            self._fused.step(self.model_params, self.masters, self.clip)
+            return
         if self.copies:
             have = [(m, p.grad) for m, p in zip(self.masters, self.model_params) if p.grad is not None]
             missing = [m.grad for m, p in zip(self.masters, self.model_params) if p.grad is None]
@@ -110,3 +125,10 @@ class MasterWeightsOptimizer(torch.optim.Optimizer):
             with torch.no_grad():
                 torch._foreach_copy_(self.masters, [m.to(self.masters[0].device) for m in masters])
                 torch._foreach_copy_(self.model_params, self.masters)
+
+
+def build_master_weights_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec, device: torch.device,
+                                   clip: float) -> MasterWeightsOptimizer:
+    """vit-dt's optimizer step for the `optimizer` config group: the named torch optimizer on fp32 masters."""
+    return MasterWeightsOptimizer(params, lambda masters: build_optimizer(masters, spec, device), clip=clip,
+                                  update=spec.options.get("master_update", "separate"))

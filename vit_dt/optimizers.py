@@ -18,11 +18,12 @@ if TYPE_CHECKING:  # torch is imported where optimizers are built: validating a 
     import torch
 
 OPTIMIZERS = ("adamw", "sgd", "lamb")
+MASTER_UPDATES = ("separate", "fused")   # optimizer.master_update (vit_dt/master_adamw.py)
 LR_RULES = ("none", "linear", "sqrt")
 # Keys each optimizer reads from its config group; anything else is a typo the run would silently ignore.
 _COMMON_KEYS = frozenset({"name", "lr", "weight_decay", "lr_scaling", "base_batch"})
 _OWN_KEYS = {
-    "adamw": frozenset({"betas", "eps", "fused"}),
+    "adamw": frozenset({"betas", "eps", "fused", "master_update"}),
     "sgd": frozenset({"momentum", "nesterov", "fused"}),
     "lamb": frozenset({"betas", "eps", "max_trust", "min_trust", "fused"}),
 }
@@ -73,6 +74,10 @@ class OptimizerSpec:
         for key in ("lr", "weight_decay"):
             if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool) or cfg[key] < 0:
                 raise OptimizerConfigError(f"optimizer.{key}={cfg.get(key)!r} is invalid: it must be a number >= 0")
+        update = cfg.get("master_update", "separate")
+        if update not in MASTER_UPDATES:
+            raise OptimizerConfigError(
+                f"optimizer.master_update={update!r} is invalid; valid: {', '.join(MASTER_UPDATES)}")
         rule = cfg.get("lr_scaling", "none")
         base_batch = cfg.get("base_batch")
         lr = scale_lr(float(cfg["lr"]), int(global_batch), rule, base_batch)

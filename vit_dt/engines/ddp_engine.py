@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from vit_dt.breakdown import TIMER_KEYS
 from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
                                  make_scheduler)
-from vit_dt.master_weights import MasterWeightsOptimizer
+from vit_dt.master_weights import build_master_weights_optimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 from vit_dt.step_timing import DeviceClock, Mark
 
@@ -46,9 +46,8 @@ class DDPEngine(TrainEngine):
             self.optimizer = build_optimizer(model.parameters(), optimizer, device)
         else:
             # vit-dt's step (fp32 masters for a bf16 module; foreach clipping) also clips: the engine does not.
-            self.optimizer = MasterWeightsOptimizer(model.parameters(),
-                                                    lambda params: build_optimizer(params, optimizer, device),
-                                                    clip=self.grad_clip)
+            self.optimizer = build_master_weights_optimizer(model.parameters(), optimizer, device,
+                                                            clip=self.grad_clip)
             self.grad_clip = 0.0
         self.scheduler = make_scheduler(self.optimizer, **schedule)
         self.grad_accum = grad_accum

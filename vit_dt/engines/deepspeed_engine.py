@@ -10,7 +10,7 @@ from vit_dt.breakdown import quiet_engine_timer_log, read_engine_timers, set_eng
 from vit_dt.ds_config import vit_dt_clips
 from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
                                  make_scheduler)
-from vit_dt.master_weights import MasterWeightsOptimizer
+from vit_dt.master_weights import build_master_weights_optimizer
 from vit_dt.optimizers import OptimizerSpec, build_optimizer
 
 
@@ -33,9 +33,8 @@ class DeepSpeedEngine(TrainEngine):
             model.to(device=device, dtype=torch.bfloat16)
         if vit_dt_clips("fp16" if ds_config["fp16"]["enabled"] else "bf16 or fp32", stage):
             # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
-            torch_optimizer = MasterWeightsOptimizer(model.parameters(),
-                                                     lambda params: build_optimizer(params, optimizer, device),
-                                                     clip=float(trainer_cfg.get("grad_clip") or 0.0))
+            torch_optimizer = build_master_weights_optimizer(model.parameters(), optimizer, device,
+                                                             clip=float(trainer_cfg.get("grad_clip") or 0.0))
         else:
             torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
