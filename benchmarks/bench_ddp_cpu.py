@@ -60,7 +60,7 @@ def worker(args) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu")
-    cfg = common.bench_config("vit_tiny", args.image_size, args.batch, "fp32", False, args.overrides)
+    cfg = common.bench_config("vit_tiny", args.image_size, args.batch, "fp32", False, args.overrides, world_size=world)
     seed = 1000 * rank   # different data per rank, as in training; same weights (the engines broadcast rank 0's)
     paths = {"plain_ddp": common.reference_path(cfg, device, seed=seed, ddp=True),
              "vitdt_ddp": common.ddp_path(cfg, device, seed=seed),

@@ -9,7 +9,10 @@ reported; img/s, MFU, peak memory and the ratio vit-dt / reference. Writes JSON.
 
 The reference is the H100 baseline's "plain PyTorch, bf16 autocast, torch.compile" loop (docs/performance.md);
 on a CPU, fp32 eager. vit-dt's paths use the config a real run composes (grad clipping, sampled breakdown timers,
-bf16 mode); change any of it with --set KEY=VALUE (Hydra overrides), e.g. --set deepspeed.zero_stage=1.
+bf16 mode); change any of it with --set KEY=VALUE (Hydra overrides), e.g. --set deepspeed.zero_stage=1. A variant
+races vit-dt's paths again with more overrides, in the same process and interleaved with the rest:
+
+    ... --paths deepspeed --variant fused:optimizer.master_update=fused     # rows deepspeed-master, +fused
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per path; the median is reported")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a vit-dt config override for every contender (repeatable)")
+    parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=VALUE",
+                        help="race each vit-dt path (not the reference) once more as NAME with this override; "
+                        "repeat a NAME to give it several overrides")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="after timing, profile --profile-steps steps of each path (CUDA only): Chrome traces "
                         "in DIR, device busy/idle per step and the costliest kernels in the JSON")
@@ -67,10 +73,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes = set(args.bf16_modes.split(",")) - set(BF16_MODES)
     if modes:
         parser.error(f"--bf16-modes {','.join(sorted(modes))} is unknown; valid: {', '.join(BF16_MODES)}")
+    args.variants = parse_variants(parser, args.variants)
     for key in ("batch", "steps", "repeats", "warmup", "profile_steps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     return args
+
+
+def parse_variants(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, list[str]]:
+    """`NAME:KEY=VALUE` specs -> {NAME: [KEY=VALUE, ...]} in the order the names first appear."""
+    variants: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, override = spec.partition(":")
+        if not name.isidentifier() or "=" not in override:
+            parser.error(f"--variant {spec!r} is invalid; valid: NAME:KEY=VALUE with NAME a word, e.g. "
+                         f"fused:optimizer.master_update=fused")
+        variants.setdefault(name, []).append(override)
+    return variants
 
 
 def pick_device(choice: str):
@@ -147,7 +166,13 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True       # fp32 runs as a user's would on an H100
         torch.backends.cudnn.allow_tf32 = True
-    cfg = common.bench_config(args.model, args.image_size, args.batch, precision, args.compile, args.overrides)
+    configs = {None: common.bench_config(args.model, args.image_size, args.batch, precision, args.compile,
+                                         args.overrides)}
+    # Every variant's config composes (and is validated) before any model is built.
+    for variant, overrides in args.variants.items():
+        configs[variant] = common.bench_config(args.model, args.image_size, args.batch, precision, args.compile,
+                                               [*args.overrides, *overrides])
+    cfg = configs[None]
     common.init_single_rank_group(device)
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     gpu_model = metrics.gpu_model_from_name(gpu_name) if gpu_name else None
@@ -155,17 +180,23 @@ def run(args) -> dict:
     peak = metrics.peak_tflops(gpu_model, metrics.matmul_precision(precision)) if gpu_model else None
 
     contenders = []
-    for name in args.paths.split(","):
-        modes = args.bf16_modes.split(",") if name == "deepspeed" and precision == "bf16" else [None]
-        contenders += [(name, mode) for mode in modes]
+    for variant in configs:
+        for name in args.paths.split(","):
+            if variant is not None and name == "reference":
+                continue   # plain PyTorch: vit-dt's config does not reach it
+            modes = args.bf16_modes.split(",") if name == "deepspeed" and precision == "bf16" else [None]
+            contenders += [(name, mode, variant) for mode in modes]
     if args.compile:
         import torch._inductor.config
 
         torch._inductor.config.fx_graph_cache = False   # each contender's compile time is its own, not a cache hit
     paths, warm = [], {}
-    for name, mode in contenders:
+    for name, mode, variant in contenders:
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        path = build(name, cfg, device, mode)
+        path = build(name, configs[variant], device, mode)
+        if variant is not None:
+            path.name += f"+{variant}"
+            path.settings["variant"] = {"name": variant, "overrides": args.variants[variant]}
         path.resident_before = resident
         print(f"warming up {path.name} ...", flush=True)
         warm[path.name] = warm_up(path, args, device)
@@ -197,7 +228,7 @@ def run(args) -> dict:
         "device": device.type, "gpu_name": gpu_name, "gpu_model": gpu_model,
         "model": args.model, "image_size": args.image_size, "batch": args.batch, "precision": precision,
         "compile": args.compile, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
-        "overrides": args.overrides, "quick": args.quick,
+        "overrides": args.overrides, "variants": args.variants, "quick": args.quick,
         "flops_per_image": flops, "peak_tflops": peak, "measured_matmul_tflops": matmul,
         "peak_mem_note": "torch.cuda.max_memory_allocated during the path's warm-up minus what was resident before it "
         "was built" if device.type == "cuda" else "process max RSS, cumulative: only the first path's is its own",

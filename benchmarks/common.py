@@ -19,14 +19,21 @@ StepFn = Callable[[], torch.Tensor]
 
 
 def bench_config(model: str, image_size: int, batch: int, precision: str, compile_model: bool,
-                 extra: Sequence[str] = ()) -> dict[str, Any]:
-    """The fully composed vit-dt config a user's run with these settings would get (so defaults are the real ones)."""
+                 extra: Sequence[str] = (), world_size: int = 1) -> dict[str, Any]:
+    """The fully composed vit-dt config a user's run with these settings would get (so defaults are the real ones),
+    validated as a run's is: a bad --set stops the benchmark before it builds anything (SystemExit naming it)."""
     from vit_dt.config.compose import compose, to_container
+    from vit_dt.config.validate import ConfigError, validate
 
     overrides = ["dataset=synthetic", f"dataset.image_size={image_size}", f"model={model}",
                  f"model.image_size={image_size}", f"trainer.micro_batch={batch}", f"precision={precision}",
                  f"trainer.compile={str(compile_model).lower()}", "wandb.mode=disabled", *extra]
-    return to_container(compose(overrides))
+    cfg = to_container(compose(overrides))
+    try:
+        validate(cfg, world_size)
+    except ConfigError as exc:
+        raise SystemExit(f"invalid benchmark config: {exc}") from None
+    return cfg
 
 
 def synthetic_batch(cfg: dict, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,37 @@ def test_throughput_benchmark_quick_writes_every_path(tmp_path):
     assert "| reference |" in proc.stdout and "| deepspeed |" in proc.stdout
 
 
+def test_throughput_benchmark_races_a_variant_beside_the_base_paths(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = run_benchmark("bench_throughput.py", out, "--paths=reference,ddp", "--variant=noclip:trainer.grad_clip=0",
+                         "--variant=noclip:trainer.timer_sample_every=2")
+    report = json.loads(out.read_text())
+    assert report["variants"] == {"noclip": ["trainer.grad_clip=0", "trainer.timer_sample_every=2"]}
+    assert list(report["paths"]) == ["reference", "ddp", "ddp+noclip"]   # the reference is not vit-dt's: no variant
+    base, variant = report["paths"]["ddp"], report["paths"]["ddp+noclip"]
+    assert (base["settings"]["grad_clip"], base["settings"]["timer_sample_every"]) == (1.0, 5)
+    assert (variant["settings"]["grad_clip"], variant["settings"]["timer_sample_every"]) == (0.0, 2)
+    assert variant["settings"]["variant"] == {"name": "noclip", "overrides": report["variants"]["noclip"]}
+    assert positive(variant["img_per_s"]) and positive(variant["ratio_to_reference"])
+    assert "| ddp+noclip |" in proc.stdout
+
+
+def test_throughput_benchmark_refuses_a_bad_variant_before_building_anything(tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--quick",
+                               f"--out={tmp_path / 'x.json'}", *args],
+                              capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env=os.environ | {"DS_ACCELERATOR": "cpu"})
+
+    proc = bench("--variant=optimizer.master_update=fused")
+    assert proc.returncode == 2 and "--variant 'optimizer.master_update=fused' is invalid; valid: NAME:KEY=VALUE" \
+        in proc.stderr
+    proc = bench("--variant=fused:optimizer.master_update=one_pass")
+    assert proc.returncode != 0 and "optimizer.master_update='one_pass' is invalid; valid: separate, fused" in \
+        proc.stderr + proc.stdout
+    assert "warming up" not in proc.stdout and not (tmp_path / "x.json").exists()
+
+
 def test_throughput_benchmark_rejects_an_unknown_path(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_throughput.py"), "--quick",
                            "--paths=reference,fsdp", f"--out={tmp_path / 'x.json'}"],
