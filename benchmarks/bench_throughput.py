@@ -13,6 +13,7 @@ bf16 mode); change any of it with --set KEY=VALUE (Hydra overrides), e.g. --set 
 races vit-dt's paths again with more overrides, in the same process and interleaved with the rest:
 
     ... --paths deepspeed --variant fused:optimizer.master_update=fused     # rows deepspeed-master, +fused
+    ... --batch 64 --paths deepspeed --variant b256:trainer.micro_batch=256  # batch 64 against 256, one run
 """
 from __future__ import annotations
 
@@ -125,12 +126,13 @@ def summarise(path: common.Path, warm: dict, per_step: list[float], args, flops_
     from vit_dt import metrics
 
     step_s = common.median(per_step)
-    img_per_s = args.batch / step_s
+    img_per_s = path.batch / step_s
     tflops = metrics.achieved_tflops(img_per_s, flops_per_image)
     return {
         "settings": path.settings,
         "img_per_s": img_per_s,
-        "img_per_s_repeats": [args.batch / s for s in per_step],
+        "batch": path.batch,
+        "img_per_s_repeats": [path.batch / s for s in per_step],
         "step_ms_median": step_s * 1e3,
         "first_step_s": warm["first_step_s"],
         # The first step minus a steady one: graph capture and code generation (only meaningful when compiled).
@@ -198,6 +200,7 @@ def run(args) -> dict:
             path.name += f"+{variant}"
             path.settings["variant"] = {"name": variant, "overrides": args.variants[variant]}
         path.resident_before = resident
+        path.batch = int(configs[variant]["trainer"]["micro_batch"])
         print(f"warming up {path.name} ...", flush=True)
         warm[path.name] = warm_up(path, args, device)
         paths.append(path)
@@ -243,13 +246,13 @@ def table(report: dict) -> str:
 
     rows = [f"{report['model']} {report['image_size']}px, batch {report['batch']}, {report['precision']}, "
             f"compile={report['compile']}, {report['gpu_name'] or 'CPU'}",
-            "| path | img/s | step ms | MFU | MFU vs measured matmul | peak mem GB | first step s | compile s | "
-            "vs reference |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| path | batch | img/s | step ms | MFU | MFU vs measured matmul | peak mem GB | first step s | "
+            "compile s | vs reference |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in report["paths"].items():
         mfu = None if entry["mfu"] is None else 100 * entry["mfu"]
         measured = None if entry.get("mfu_vs_measured_matmul") is None else 100 * entry["mfu_vs_measured_matmul"]
-        rows.append(f"| {name} | {entry['img_per_s']:,.1f} | {entry['step_ms_median']:.2f} | {fmt(mfu, '.1f')}"
+        rows.append(f"| {name} | {entry['batch']} | {entry['img_per_s']:,.1f} | {entry['step_ms_median']:.2f} | {fmt(mfu, '.1f')}"
                     f"{'%' if mfu is not None else ''} | {fmt(measured, '.1f')}{'%' if measured is not None else ''} | "
                     f"{fmt(entry['peak_mem_gb'], '.2f')} | "
                     f"{entry['first_step_s']:.2f} | {fmt(entry['compile_s'], '.1f')} | "

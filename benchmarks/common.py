@@ -75,6 +75,7 @@ class Path:
     holds: list[Any] = field(default_factory=list)
     compiled: bool = False
     resident_before: int = 0     # device bytes allocated before this path was built (the other contenders')
+    batch: int = 0               # images per step (a --variant may change trainer.micro_batch)
 
 
 def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = False) -> Path:

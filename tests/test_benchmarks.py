@@ -56,16 +56,23 @@ def test_throughput_benchmark_quick_writes_every_path(tmp_path):
 def test_throughput_benchmark_races_a_variant_beside_the_base_paths(tmp_path):
     out = tmp_path / "throughput.json"
     proc = run_benchmark("bench_throughput.py", out, "--paths=reference,ddp", "--variant=noclip:trainer.grad_clip=0",
-                         "--variant=noclip:trainer.timer_sample_every=2")
+                         "--variant=noclip:trainer.timer_sample_every=2", "--variant=b4:trainer.micro_batch=4")
     report = json.loads(out.read_text())
-    assert report["variants"] == {"noclip": ["trainer.grad_clip=0", "trainer.timer_sample_every=2"]}
-    assert list(report["paths"]) == ["reference", "ddp", "ddp+noclip"]   # the reference is not vit-dt's: no variant
+    assert report["variants"] == {"noclip": ["trainer.grad_clip=0", "trainer.timer_sample_every=2"],
+                                  "b4": ["trainer.micro_batch=4"]}
+    # The reference is plain PyTorch (vit-dt's config does not reach it): no variant of it.
+    assert list(report["paths"]) == ["reference", "ddp", "ddp+noclip", "ddp+b4"]
     base, variant = report["paths"]["ddp"], report["paths"]["ddp+noclip"]
     assert (base["settings"]["grad_clip"], base["settings"]["timer_sample_every"]) == (1.0, 5)
     assert (variant["settings"]["grad_clip"], variant["settings"]["timer_sample_every"]) == (0.0, 2)
     assert variant["settings"]["variant"] == {"name": "noclip", "overrides": report["variants"]["noclip"]}
     assert positive(variant["img_per_s"]) and positive(variant["ratio_to_reference"])
-    assert "| ddp+noclip |" in proc.stdout
+    # A variant's own batch counts its images: img/s is its batch over its median step.
+    smaller = report["paths"]["ddp+b4"]
+    assert (report["batch"], base["batch"], smaller["batch"]) == (8, 8, 4)
+    for entry in (base, smaller):
+        assert entry["img_per_s"] == pytest.approx(entry["batch"] / (entry["step_ms_median"] / 1e3))
+    assert "| ddp+noclip | 8 |" in proc.stdout and "| ddp+b4 | 4 |" in proc.stdout
 
 
 def test_throughput_benchmark_refuses_a_bad_variant_before_building_anything(tmp_path):
