@@ -27,15 +27,18 @@ CPU = torch.device("cpu")
 SHAPES = [(64, 48), (96,), (3, 5, 7)]
 
 
-def bf16_params(seed: int = 0) -> list[torch.nn.Parameter]:
+def bf16_params(seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=gen).to(torch.bfloat16)) for shape in SHAPES]
+    return [torch.nn.Parameter(torch.randn(shape, generator=gen).to(device, torch.bfloat16)) for shape in SHAPES]
 
 
 def adamw_step(update: str, params, clip: float = 1.0, compiled: bool = True) -> MasterWeightsOptimizer:
     # A large eps makes the step depend on the gradients' scale, so clipping shows (Adam is otherwise nearly blind).
-    optimizer = MasterWeightsOptimizer(params, lambda m: torch.optim.AdamW(m, lr=0.1, eps=1e-2, weight_decay=0.05),
-                                       clip=clip, update=update)
+    # On CUDA the separate update steps torch's fused AdamW, as build_optimizer gives it there.
+    fused_kernel = params[0].is_cuda
+    optimizer = MasterWeightsOptimizer(
+        params, lambda m: torch.optim.AdamW(m, lr=0.1, eps=1e-2, weight_decay=0.05, fused=fused_kernel),
+        clip=clip, update=update)
     if update == "fused" and not compiled:
         optimizer._fused.kernels = (clip_coefficient, adamw_master_update)
     return optimizer
@@ -44,7 +47,7 @@ def adamw_step(update: str, params, clip: float = 1.0, compiled: bool = True) ->
 def set_gradients(params, step: int, scale: float = 10.0) -> None:
     gen = torch.Generator().manual_seed(1000 + step)
     for param in params:
-        param.grad = (torch.randn(param.shape, generator=gen) * scale).to(torch.bfloat16)
+        param.grad = (torch.randn(param.shape, generator=gen) * scale).to(param.device, torch.bfloat16)
 
 
 def run_steps(optimizer, params, steps: range, scheduler=None) -> None:
@@ -84,6 +87,18 @@ def test_fused_update_matches_the_separate_update_under_a_changing_lr(compiled, 
     assert all(master.grad is None for master in fused.masters)   # no fp32 gradient buffers
     # The lr is a device tensor: four more lr values reuse the kernels compiled in the first steps.
     assert counters["stats"]["unique_graphs"] == graphs_after_two_steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device: the fused update's Triton kernels against torch's CUDA fused AdamW")
+def test_fused_update_on_cuda_matches_torchs_fused_adamw():
+    fused_params, separate_params = bf16_params(device="cuda"), bf16_params(device="cuda")
+    fused, separate = adamw_step("fused", fused_params), adamw_step("separate", separate_params)
+    assert separate._fused_inner        # the clipping rides the fused kernel's grad_scale there
+    for optimizer, params in ((fused, fused_params), (separate, separate_params)):
+        run_steps(optimizer, params, range(6), torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 / (1 + s)))
+    assert_same_training_state(fused, separate)
+    assert all(fused.state[m]["step"].is_cuda for m in fused.masters)
 
 
 def test_checkpoint_of_either_update_resumes_under_the_other():
