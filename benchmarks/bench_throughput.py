@@ -252,11 +252,11 @@ def table(report: dict) -> str:
     for name, entry in report["paths"].items():
         mfu = None if entry["mfu"] is None else 100 * entry["mfu"]
         measured = None if entry.get("mfu_vs_measured_matmul") is None else 100 * entry["mfu_vs_measured_matmul"]
-        rows.append(f"| {name} | {entry['batch']} | {entry['img_per_s']:,.1f} | {entry['step_ms_median']:.2f} | {fmt(mfu, '.1f')}"
-                    f"{'%' if mfu is not None else ''} | {fmt(measured, '.1f')}{'%' if measured is not None else ''} | "
-                    f"{fmt(entry['peak_mem_gb'], '.2f')} | "
-                    f"{entry['first_step_s']:.2f} | {fmt(entry['compile_s'], '.1f')} | "
-                    f"{fmt(entry['ratio_to_reference'], '.3f')} |")
+        rows.append(f"| {name} | {entry['batch']} | {entry['img_per_s']:,.1f} | {entry['step_ms_median']:.2f} | "
+                    f"{fmt(mfu, '.1f')}{'%' if mfu is not None else ''} | "
+                    f"{fmt(measured, '.1f')}{'%' if measured is not None else ''} | "
+                    f"{fmt(entry['peak_mem_gb'], '.2f')} | {entry['first_step_s']:.2f} | "
+                    f"{fmt(entry['compile_s'], '.1f')} | {fmt(entry['ratio_to_reference'], '.3f')} |")
     return "\n".join(rows)
 
 
