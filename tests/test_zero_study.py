@@ -152,3 +152,24 @@ def test_zero_section_appears_only_for_a_zero_study(tmp_path):
     write_store(tmp_path / "scaling", records[:1])
     plain = build_report([tmp_path / "scaling"])
     assert plain.data["zero_study"] == [] and "zero" not in plain.plots and "zero" not in plain.skipped_plots
+
+
+def test_live_tensor_bytes_counts_real_storage_once_and_skips_fake_tensors():
+    import warnings
+
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vit_dt.memory_model import live_tensor_bytes
+
+    before = live_tensor_bytes()
+    real = torch.empty(2**20, dtype=torch.uint8)
+    view = real[: 2**19]                      # a view shares the storage: counted once
+    with FakeTensorMode():
+        fake = torch.empty(2**28, dtype=torch.uint8)   # what torch.compile's tracing leaves behind: no memory
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")       # reading a FakeTensor's data pointer warns (an error in later torch)
+        grown = live_tensor_bytes() - before
+    assert 2**20 <= grown < 2**20 + 2**16, grown
+    assert not [w for w in caught if "FakeTensor" in str(w.message)], [str(w.message) for w in caught]
+    del real, view, fake

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 log = logging.getLogger("vit_dt.memory_model")
 
@@ -190,8 +191,8 @@ def live_tensor_bytes() -> int:
     for obj in gc.get_objects():
         # type(), not isinstance(): isinstance falls back to obj.__class__, which on lazy proxies and deprecated
         # module attributes runs their code (warnings, imports) just by looking.
-        if not issubclass(type(obj), torch.Tensor):
-            continue
+        if not issubclass(type(obj), torch.Tensor) or issubclass(type(obj), FakeTensor):
+            continue   # FakeTensors (torch.compile's tracing leftovers) hold no memory; reading their pointer warns
         try:
             if obj.device.type == "meta":
                 continue
