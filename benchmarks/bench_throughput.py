@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if modes:
         parser.error(f"--bf16-modes {','.join(sorted(modes))} is unknown; valid: {', '.join(BF16_MODES)}")
     args.variants = parse_variants(parser, args.variants)
+    if args.variants and set(args.paths.split(",")) <= {"reference"}:
+        parser.error("--variant races vit-dt's paths again, but --paths has none of them; valid: add deepspeed, ddp "
+                     "or ceiling to --paths")
     for key in ("batch", "steps", "repeats", "warmup", "profile_steps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
@@ -89,6 +92,9 @@ def parse_variants(parser: argparse.ArgumentParser, specs: list[str]) -> dict[st
         if not name.isidentifier() or "=" not in override:
             parser.error(f"--variant {spec!r} is invalid; valid: NAME:KEY=VALUE with NAME a word, e.g. "
                          f"fused:optimizer.master_update=fused")
+        if override.split("=")[0].lstrip("+~") == "precision":
+            parser.error(f"--variant {spec!r}: the precision is the whole race's (its bf16 modes, the peak MFU is "
+                         f"taken against); valid: --precision, one run per precision")
         variants.setdefault(name, []).append(override)
     return variants
 
@@ -121,21 +127,22 @@ def warm_up(path: common.Path, args, device) -> dict:
     return {"first_step_s": first, "peak_mem_gb": peak}
 
 
-def summarise(path: common.Path, warm: dict, per_step: list[float], args, flops_per_image: float,
-              peak_tflops: float | None) -> dict:
+def summarise(path: common.Path, warm: dict, per_step: list[float], peak_tflops: float | None) -> dict:
     from vit_dt import metrics
 
     step_s = common.median(per_step)
     img_per_s = path.batch / step_s
-    tflops = metrics.achieved_tflops(img_per_s, flops_per_image)
+    tflops = metrics.achieved_tflops(img_per_s, path.flops_per_image)
     return {
         "settings": path.settings,
         "img_per_s": img_per_s,
         "batch": path.batch,
+        "flops_per_image": path.flops_per_image,
         "img_per_s_repeats": [path.batch / s for s in per_step],
         "step_ms_median": step_s * 1e3,
         "first_step_s": warm["first_step_s"],
-        # The first step minus a steady one: graph capture and code generation (only meaningful when compiled).
+        # The first step minus a steady one: graph capture and code generation (only meaningful when compiled;
+        # the fused master update's kernels compile once per process: the first path using them pays).
         "compile_s": max(0.0, warm["first_step_s"] - step_s) if path.compiled else None,
         "tflops": tflops,
         "mfu": metrics.mfu(tflops, peak_tflops),
@@ -178,7 +185,10 @@ def run(args) -> dict:
     common.init_single_rank_group(device)
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     gpu_model = metrics.gpu_model_from_name(gpu_name) if gpu_name else None
-    flops = metrics.vit_flops_per_image(cfg["model"], int(cfg["dataset"]["num_classes"]), training=True)
+    # Per config: a variant may change the model's geometry (and so its FLOPs per image).
+    flops_of = {variant: metrics.vit_flops_per_image(c["model"], int(c["dataset"]["num_classes"]), training=True)
+                for variant, c in configs.items()}
+    flops = flops_of[None]
     peak = metrics.peak_tflops(gpu_model, metrics.matmul_precision(precision)) if gpu_model else None
 
     contenders = []
@@ -201,6 +211,7 @@ def run(args) -> dict:
             path.settings["variant"] = {"name": variant, "overrides": args.variants[variant]}
         path.resident_before = resident
         path.batch = int(configs[variant]["trainer"]["micro_batch"])
+        path.flops_per_image = flops_of[variant]
         print(f"warming up {path.name} ...", flush=True)
         warm[path.name] = warm_up(path, args, device)
         paths.append(path)
@@ -209,7 +220,7 @@ def run(args) -> dict:
     for repeat in range(args.repeats):
         for path in (paths if repeat % 2 == 0 else paths[::-1]):
             per_step[path.name].append(common.time_steps(path.step, args.steps, device))
-    results = {path.name: summarise(path, warm[path.name], per_step[path.name], args, flops, peak)
+    results = {path.name: summarise(path, warm[path.name], per_step[path.name], peak)
                for path in paths}
     if args.profile:
         import step_profile
@@ -229,7 +240,8 @@ def run(args) -> dict:
         "benchmark": "throughput",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device.type, "gpu_name": gpu_name, "gpu_model": gpu_model,
-        "model": args.model, "image_size": args.image_size, "batch": args.batch, "precision": precision,
+        "model": args.model, "image_size": args.image_size, "batch": int(cfg["trainer"]["micro_batch"]),
+        "precision": precision,
         "compile": args.compile, "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
         "overrides": args.overrides, "variants": args.variants, "quick": args.quick,
         "flops_per_image": flops, "peak_tflops": peak, "measured_matmul_tflops": matmul,

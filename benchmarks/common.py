@@ -76,6 +76,7 @@ class Path:
     compiled: bool = False
     resident_before: int = 0     # device bytes allocated before this path was built (the other contenders')
     batch: int = 0               # images per step (a --variant may change trainer.micro_batch)
+    flops_per_image: float = 0.0 # training FLOPs per image of this path's model
 
 
 def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = False) -> Path:
@@ -155,7 +156,8 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
                 "compile_mode": options.get("mode", "default"),
                 "fast_attention": bool(cfg["model"].get("fast_attention", True)), "grad_clip": clip,
                 "master_update": optimizer.update}
-    return Path("ceiling", step, settings, holds=[model, net, optimizer], compiled=compiled)
+    return Path("ceiling", step, settings, holds=[model, net, optimizer],
+                compiled=compiled or optimizer.update == "fused")
 
 
 class _TrainerStep:
@@ -218,7 +220,8 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: st
                 "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0),
                 "clipped_by": "deepspeed" if ds_config.get("gradient_clipping") else "vit-dt optimizer step"}
     name = f"deepspeed-{mode}" if cfg["precision"] == "bf16" else "deepspeed"
-    return Path(name, _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
+    return Path(name, _TrainerStep(engine, cfg, images, labels), settings, holds=[engine],
+                compiled=engine.compiled or settings["master_update"] == "fused")
 
 
 def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
@@ -243,7 +246,8 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
                 "master_update": getattr(engine.optimizer, "update", None),
                 "timer_sample_every": int(cfg["trainer"]["timer_sample_every"]),
                 "grad_clip": float(cfg["trainer"].get("grad_clip") or 0.0)}
-    return Path("ddp", _TrainerStep(engine, cfg, images, labels), settings, holds=[engine], compiled=engine.compiled)
+    return Path("ddp", _TrainerStep(engine, cfg, images, labels), settings, holds=[engine],
+                compiled=engine.compiled or settings["master_update"] == "fused")
 
 
 def release(path: Path) -> None:

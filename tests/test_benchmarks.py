@@ -56,12 +56,13 @@ def test_throughput_benchmark_quick_writes_every_path(tmp_path):
 def test_throughput_benchmark_races_a_variant_beside_the_base_paths(tmp_path):
     out = tmp_path / "throughput.json"
     proc = run_benchmark("bench_throughput.py", out, "--paths=reference,ddp", "--variant=noclip:trainer.grad_clip=0",
-                         "--variant=noclip:trainer.timer_sample_every=2", "--variant=b4:trainer.micro_batch=4")
+                         "--variant=noclip:trainer.timer_sample_every=2", "--variant=b4:trainer.micro_batch=4",
+                         "--variant=coarse:model.patch_size=8")
     report = json.loads(out.read_text())
     assert report["variants"] == {"noclip": ["trainer.grad_clip=0", "trainer.timer_sample_every=2"],
-                                  "b4": ["trainer.micro_batch=4"]}
+                                  "b4": ["trainer.micro_batch=4"], "coarse": ["model.patch_size=8"]}
     # The reference is plain PyTorch (vit-dt's config does not reach it): no variant of it.
-    assert list(report["paths"]) == ["reference", "ddp", "ddp+noclip", "ddp+b4"]
+    assert list(report["paths"]) == ["reference", "ddp", "ddp+noclip", "ddp+b4", "ddp+coarse"]
     base, variant = report["paths"]["ddp"], report["paths"]["ddp+noclip"]
     assert (base["settings"]["grad_clip"], base["settings"]["timer_sample_every"]) == (1.0, 5)
     assert (variant["settings"]["grad_clip"], variant["settings"]["timer_sample_every"]) == (0.0, 2)
@@ -70,6 +71,10 @@ def test_throughput_benchmark_races_a_variant_beside_the_base_paths(tmp_path):
     # A variant's own batch counts its images: img/s is its batch over its median step.
     smaller = report["paths"]["ddp+b4"]
     assert (report["batch"], base["batch"], smaller["batch"]) == (8, 8, 4)
+    assert base["flops_per_image"] == smaller["flops_per_image"] == report["flops_per_image"]
+    coarse = report["paths"]["ddp+coarse"]       # 4x fewer tokens: its own FLOPs per image, its own TFLOP/s
+    assert coarse["flops_per_image"] < base["flops_per_image"] / 3
+    assert coarse["tflops"] == pytest.approx(coarse["img_per_s"] * coarse["flops_per_image"] / 1e12)
     for entry in (base, smaller):
         assert entry["img_per_s"] == pytest.approx(entry["batch"] / (entry["step_ms_median"] / 1e3))
     assert "| ddp+noclip | 8 |" in proc.stdout and "| ddp+b4 | 4 |" in proc.stdout
@@ -84,6 +89,11 @@ def test_throughput_benchmark_refuses_a_bad_variant_before_building_anything(tmp
 
     proc = bench("--variant=optimizer.master_update=fused")
     assert proc.returncode == 2 and "--variant 'optimizer.master_update=fused' is invalid; valid: NAME:KEY=VALUE" \
+        in proc.stderr
+    proc = bench("--paths=reference", "--variant=fused:optimizer.master_update=fused")
+    assert proc.returncode == 2 and "--paths has none of them; valid: add deepspeed, ddp or ceiling" in proc.stderr
+    proc = bench("--variant=half:precision=bf16")
+    assert proc.returncode == 2 and "the precision is the whole race's" in proc.stderr and "valid: --precision" \
         in proc.stderr
     proc = bench("--variant=fused:optimizer.master_update=one_pass")
     assert proc.returncode != 0 and "optimizer.master_update='one_pass' is invalid; valid: separate, fused" in \

@@ -32,10 +32,11 @@ def bf16_params(seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(torch.randn(shape, generator=gen).to(device, torch.bfloat16)) for shape in SHAPES]
 
 
-def adamw_step(update: str, params, clip: float = 1.0, compiled: bool = True) -> MasterWeightsOptimizer:
+def adamw_step(update: str, params, clip: float = 1.0, compiled: bool = True,
+               fused_kernel: bool | None = None) -> MasterWeightsOptimizer:
     # A large eps makes the step depend on the gradients' scale, so clipping shows (Adam is otherwise nearly blind).
-    # On CUDA the separate update steps torch's fused AdamW, as build_optimizer gives it there.
-    fused_kernel = params[0].is_cuda
+    # On CUDA the separate update steps torch's fused AdamW by default, as build_optimizer gives it there.
+    fused_kernel = params[0].is_cuda if fused_kernel is None else fused_kernel
     optimizer = MasterWeightsOptimizer(
         params, lambda m: torch.optim.AdamW(m, lr=0.1, eps=1e-2, weight_decay=0.05, fused=fused_kernel),
         clip=clip, update=update)
@@ -101,6 +102,43 @@ def test_fused_update_on_cuda_matches_torchs_fused_adamw():
     assert all(fused.state[m]["step"].is_cuda for m in fused.masters)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device: where a loaded step counter belongs differs by AdamW form there")
+def test_step_counters_follow_the_update_across_checkpoints_on_cuda():
+    """torch's foreach AdamW (optimizer.fused=false) keeps `step` on the CPU, the fused forms on the device; a
+    counter on the wrong side would cost a host sync per parameter per step (foreach) or fail (fused)."""
+    foreach_params = bf16_params(device="cuda")
+    foreach = adamw_step("separate", foreach_params, fused_kernel=False)
+    run_steps(foreach, foreach_params, range(3))
+    assert all(not foreach.state[m]["step"].is_cuda for m in foreach.masters)
+    fused_params = bf16_params(seed=7, device="cuda")
+    fused = adamw_step("fused", fused_params)
+    fused.load_state_dict(copy.deepcopy(foreach.state_dict()))
+    assert all(fused.state[m]["step"].is_cuda for m in fused.masters)
+    run_steps(fused, fused_params, range(3, 5))
+    run_steps(foreach, foreach_params, range(3, 5))
+    assert_same_training_state(fused, foreach)
+    back = adamw_step("separate", bf16_params(seed=11, device="cuda"), fused_kernel=False)
+    back.load_state_dict(copy.deepcopy(fused.state_dict()))
+    assert all(not back.state[m]["step"].is_cuda for m in back.masters)
+
+
+def test_each_kernel_is_one_graph_without_breaks():
+    """Compiled without fullgraph (so dynamo's recompile limit falls back to eager instead of failing): that they
+    are still whole graphs is checked here."""
+    params = bf16_params()
+    masters = [p.detach().float() for p in params]
+    moments = [torch.zeros_like(m) for m in masters]
+    grads = [p.detach().clone() for p in params]
+    with torch.no_grad():   # as MasterWeightsOptimizer.step calls them
+        update = torch._dynamo.explain(adamw_master_update)(
+            grads, masters, moments, [torch.zeros_like(m) for m in masters], params, [torch.zeros(()) for _ in params],
+            torch.tensor(0.1), torch.tensor(0.5), beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05)
+        clip = torch._dynamo.explain(clip_coefficient)(grads, 1.0)
+    assert (update.graph_count, update.graph_break_count) == (1, 0), update.break_reasons
+    assert (clip.graph_count, clip.graph_break_count) == (1, 0), clip.break_reasons
+
+
 def test_checkpoint_of_either_update_resumes_under_the_other():
     straight_params = bf16_params()
     straight = adamw_step("separate", straight_params)
@@ -146,6 +184,20 @@ def test_composed_config_carries_the_update_to_the_spec():
     for overrides, expected in (([], "separate"), (["optimizer.master_update=fused"], "fused")):
         cfg = to_container(compose(overrides))
         assert OptimizerSpec.from_config(cfg["optimizer"], 256).options["master_update"] == expected
+
+
+def test_validation_refuses_the_fused_update_where_there_are_no_bf16_masters():
+    from vit_dt.config.compose import compose, to_container
+    from vit_dt.config.validate import ConfigError, validate
+
+    validate(to_container(compose(["optimizer.master_update=fused", "precision=bf16"])), 1)   # auto -> master
+    with pytest.raises(ConfigError, match=r"optimizer.master_update=fused needs bf16 master weights, but this run "
+                                          r"has precision=fp32; valid: precision=bf16 with deepspeed.bf16_mode="
+                                          r"master .*, or optimizer.master_update=separate"):
+        validate(to_container(compose(["optimizer.master_update=fused"])), 1)
+    with pytest.raises(ConfigError, match=r"precision=bf16 with deepspeed.bf16_mode resolving to autocast"):
+        validate(to_container(compose(["optimizer.master_update=fused", "precision=bf16",
+                                       "deepspeed.zero_stage=1"])), 1)
 
 
 TINY = {"name": "vit_tiny", "image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 32,

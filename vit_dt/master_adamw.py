@@ -56,9 +56,11 @@ def adamw_master_update(grads: Sequence[torch.Tensor], masters: list[torch.Tenso
 
 @functools.cache
 def compiled_kernels():
-    """(clip_coefficient, adamw_master_update) compiled once per process; each distinct model adds one entry."""
-    options = dict(fullgraph=True, dynamic=False)
-    return torch.compile(clip_coefficient, **options), torch.compile(adamw_master_update, **options)
+    """(clip_coefficient, adamw_master_update) compiled once per process; each distinct model (parameter shapes)
+    or hyperparameter set adds one entry. Not `fullgraph`: past dynamo's recompile limit (8 entries: a long
+    notebook, a test session) a fullgraph function fails hard, this one runs eagerly (same numbers, slower; dynamo
+    warns). That each is one graph without breaks is a test (tests/test_master_update.py)."""
+    return torch.compile(clip_coefficient, dynamic=False), torch.compile(adamw_master_update, dynamic=False)
 
 
 class FusedMasterAdamW:
@@ -94,13 +96,11 @@ class FusedMasterAdamW:
                           eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
 
     def _state(self, master: torch.Tensor) -> dict:
-        """AdamW's state for one master, created as torch's fused/capturable AdamW creates it (step on the device);
-        a state loaded from a CPU-stepped checkpoint moves its step counter to the device once."""
+        """AdamW's state for one master, created as torch's fused/capturable AdamW creates it (step on the device;
+        MasterWeightsOptimizer.load_state_dict puts a loaded counter there too)."""
         state = self.inner.state[master]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=master.device)
             state["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
-        elif state["step"].device != master.device:
-            state["step"] = state["step"].to(master.device, torch.float32)
         return state

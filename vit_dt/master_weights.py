@@ -125,6 +125,20 @@ class MasterWeightsOptimizer(torch.optim.Optimizer):
             with torch.no_grad():
                 torch._foreach_copy_(self.masters, [m.to(self.masters[0].device) for m in masters])
                 torch._foreach_copy_(self.model_params, self.masters)
+        self._place_step_counters()
+
+    def _place_step_counters(self) -> None:
+        """Each Adam `step` counter where the code stepping it wants it: on the device for the fused update and
+        torch's fused/capturable kernels, on the CPU for torch's foreach and for-loop forms (a device counter there
+        costs a host sync per parameter per step). A checkpoint may come from any of them."""
+        if not isinstance(self.inner, (torch.optim.Adam, torch.optim.AdamW)):
+            return
+        for group in self.inner.param_groups:
+            on_device = self._fused is not None or group.get("fused") or group.get("capturable")
+            for param in group["params"]:
+                state = self.inner.state.get(param)
+                if state and torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(param.device if on_device else "cpu", torch.float32)
 
 
 def build_master_weights_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec, device: torch.device,

@@ -62,11 +62,19 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     _check_precision_on_partition(cfg)
     _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
     _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "auto"), BF16_MODES)
+    bf16_mode = None
     if cfg["precision"] == "bf16":
         try:
-            bf16_mode_for(cfg)
+            bf16_mode = bf16_mode_for(cfg)
         except DeepSpeedConfigError as exc:
             raise ConfigError(str(exc)) from None
+    if cfg["optimizer"].get("master_update", "separate") == "fused" and bf16_mode != "master":
+        # The fused update steps fp32 masters of a bf16 module; without them it would silently not be used.
+        raise ConfigError(
+            f"optimizer.master_update=fused needs bf16 master weights, but this run has precision={cfg['precision']}"
+            + (f" with deepspeed.bf16_mode resolving to {bf16_mode}" if bf16_mode else "")
+            + "; valid: precision=bf16 with deepspeed.bf16_mode=master (or auto at ZeRO-0, grad_accum 1), or "
+              "optimizer.master_update=separate")
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
     _one_of("trainer.compile_mode", trainer.get("compile_mode", "default"), COMPILE_MODES)
     try:
