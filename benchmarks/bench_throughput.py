@@ -7,6 +7,8 @@ reported; img/s, MFU, peak memory and the ratio vit-dt / reference. Writes JSON.
     python benchmarks/bench_throughput.py --quick                       # CI: tiny ViT on the CPU, seconds
     python benchmarks/bench_throughput.py --model vit_b_16 --batch 256 --precision bf16 --compile   # one H100
 
+With ViT-B/16 at 224 px in bf16 on an H100 the report also checks the throughput goals (benchmarks/goals.py).
+
 The reference is the H100 baseline's "plain PyTorch, bf16 autocast, torch.compile" loop (docs/performance.md);
 on a CPU, fp32 eager. vit-dt's paths use the config a real run composes (grad clipping, sampled breakdown timers,
 bf16 mode); change any of it with --set KEY=VALUE (Hydra overrides), e.g. --set deepspeed.zero_stage=1. A variant
@@ -28,6 +30,7 @@ sys.path.insert(0, str(FsPath(__file__).resolve().parent))          # benchmarks
 sys.path.insert(0, str(FsPath(__file__).resolve().parents[1]))      # vit_dt without an install
 
 import common  # noqa: E402
+import goals  # noqa: E402
 
 PATHS = ("reference", "deepspeed", "ddp", "ceiling")
 DEFAULT_PATHS = ("reference", "deepspeed", "ddp")
@@ -236,7 +239,7 @@ def run(args) -> dict:
     for key, entry in results.items():
         entry["ratio_to_reference"] = entry["img_per_s"] / reference if reference and key != "reference" else None
         entry["mfu_vs_measured_matmul"] = metrics.mfu(entry["tflops"], matmul) if matmul else None
-    return {
+    report = {
         "benchmark": "throughput",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device.type, "gpu_name": gpu_name, "gpu_model": gpu_model,
@@ -250,6 +253,8 @@ def run(args) -> dict:
         "versions": common.versions(),
         "paths": results,
     }
+    report["goals"] = goals.check(report)   # the one-H100 goals, where this run is theirs (else empty)
+    return report
 
 
 def table(report: dict) -> str:
@@ -279,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
+    if report["goals"]:
+        print(goals.table(report["goals"]))
     profiles = {name: entry["profile"] for name, entry in report["paths"].items() if "profile" in entry}
     if profiles:
         import step_profile
