@@ -202,9 +202,16 @@ def run(args) -> dict:
             modes = args.bf16_modes.split(",") if name == "deepspeed" and precision == "bf16" else [None]
             contenders += [(name, mode, variant) for mode in modes]
     if args.compile:
+        import torch._dynamo.config
         import torch._inductor.config
 
         torch._inductor.config.fx_graph_cache = False   # each contender's compile time is its own, not a cache hit
+        # Each contender is compiled as in a run of its own: dynamo keys its caches on the code, which every model
+        # here shares. A second batch size would otherwise turn the batch dimension dynamic for later contenders,
+        # and past the recompile limit (8) a contender would silently run eagerly.
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 4 * len(contenders)))
     paths, warm = [], {}
     for name, mode, variant in contenders:
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
