@@ -181,3 +181,32 @@ def test_zero_stages_and_geometries_are_separate_series():
     assert series_key(base | {"engine": "ddp"}).short_label() == "strong intra, micro-batch 32, ddp"
     assert series_key(base | {"zero_stage": 2, "patch_size": 8}).short_label() == \
         "strong intra, micro-batch 32, deepspeed ZeRO-2, vit_b_16 (patch 8, 224 px)"
+
+
+def test_a_swept_knob_splits_series_and_a_seed_does_not():
+    """A sweep over optimizer.master_update x GPUs gives one series per update, each with its own baseline;
+    repeats that differ only in their seed stay one point (their mean)."""
+    records = []
+    for point, (update, n, seed, t) in enumerate([("separate", 1, 0, 100.0), ("separate", 2, 0, 60.0),
+                                                  ("fused", 1, 0, 90.0), ("fused", 2, 0, 50.0),
+                                                  ("fused", 2, 1, 54.0)]):
+        record = make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=point, first_epoch_factor=1.0)
+        record["config"]["optimizer"] = {"name": "adamw", "lr": 1e-3, "master_update": update}
+        record["config"]["trainer"]["seed"] = seed
+        records.append(record)
+    assert scaling.swept_knobs(records) == ("optimizer.master_update",)
+    analysis = scaling.analyse(records)
+    by_label = {s.key.short_label(): s for s in analysis.series}
+    assert set(by_label) == {"strong intra, micro-batch 32, optimizer.master_update=separate",
+                             "strong intra, micro-batch 32, optimizer.master_update=fused"}
+    fused = by_label["strong intra, micro-batch 32, optimizer.master_update=fused"]
+    separate = by_label["strong intra, micro-batch 32, optimizer.master_update=separate"]
+    assert separate.baseline_epoch_time_s == pytest.approx(100.0)
+    assert fused.baseline_epoch_time_s == pytest.approx(90.0)          # its own 1-GPU run, not the other's
+    two = next(p for p in fused.points if p.world_size == 2)
+    assert two.epoch_time_s == pytest.approx(52.0) and two.speedup == pytest.approx(90.0 / 52.0)
+    assert {row.series for row in analysis.runs} == set(by_label)
+    # Nothing swept: no knob in any label.
+    plain = [make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=n) for n, t in ((1, 10.0), (2, 6.0))]
+    assert scaling.swept_knobs(plain) == ()
+    assert [s.key.short_label() for s in scaling.build_series(plain)] == ["strong intra, micro-batch 32"]

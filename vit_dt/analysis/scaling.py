@@ -17,6 +17,7 @@ docs/report.md explains each number and plot.
 """
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -136,19 +137,21 @@ class SeriesKey:
     engine: str
     model: str
     dataset: str
+    knobs: str = ""     # the swept knobs' values, e.g. "optimizer.master_update=fused" (see swept_knobs)
 
     @property
     def kind(self) -> str:
         return kind_of(self.scaling.split()[0])
 
     def label(self) -> str:
-        return f"{self.scaling}, {self.layout}, {self.batch}, {self.model}/{self.dataset}, {self.precision}, {self.engine}"
+        return ", ".join(part for part in (self.scaling, self.layout, self.batch, f"{self.model}/{self.dataset}",
+                                           self.precision, self.engine, self.knobs) if part)
 
     def short_label(self) -> str:
         """Scaling, layout and batch; the engine and the model geometry only where they are not the defaults
         (DeepSpeed ZeRO-0, the model's own geometry), so series that differ only there stay apart in legends."""
         extra = [part for part in (self.engine if self.engine != "deepspeed" else "",
-                                   self.model if "(" in self.model else "") if part]
+                                   self.model if "(" in self.model else "", self.knobs) if part]
         return ", ".join([f"{self.scaling} {self.layout}, {self.batch}", *extra])
 
 
@@ -199,11 +202,46 @@ def _model_label(record: Mapping[str, Any]) -> str:
     return name
 
 
-def series_key(record: Mapping[str, Any]) -> SeriesKey:
+# Config settings that change a run's speed or what it learns and do not follow from its world size. When the
+# records of a report differ in one, runs that differ in it are separate series (labelled with its value) instead of
+# averaging into one point; a seed is not among them (runs that differ only in it are repeats of one point).
+SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "deepspeed.wall_clock_breakdown",
+                "trainer.compile", "trainer.grad_clip", "trainer.lr_schedule", "trainer.warmup_epochs",
+                "trainer.epochs", "trainer.max_steps_per_epoch", "trainer.timer_sample_every", "trainer.balance",
+                "model.fast_attention", "model.activation_checkpointing", "model.dropout", "dataset.hflip",
+                "dataset.val_fraction")
+
+
+def _knob_values(record: Mapping[str, Any]) -> dict[str, str]:
+    """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif prefix[:-1].startswith(SERIES_KNOBS):
+            out[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node, sort_keys=True)
+
+    walk(record.get("config") or {}, "")
+    return out
+
+
+def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The SERIES_KNOBS whose value is not the same in every record (absent counts as a value)."""
+    per_record = [_knob_values(r) for r in records]
+    keys = set().union(*per_record) if per_record else set()
+    return tuple(sorted(k for k in keys if len({values.get(k) for values in per_record}) > 1))
+
+
+def series_key(record: Mapping[str, Any], knobs: Sequence[str] = ()) -> SeriesKey:
+    """The record's series; `knobs` (swept_knobs of the records analysed together) split it further."""
+    values = _knob_values(record) if knobs else {}
     return SeriesKey(scaling=_scaling_label(record), layout=_layout_label(record), batch=_batch_label(record),
                      precision=str(record.get("precision") or _cfg(record, "precision", default="?")),
                      engine=_engine_label(record), model=_model_label(record),
-                     dataset=str(record.get("dataset") or _cfg(record, "dataset", "name", default="?")))
+                     dataset=str(record.get("dataset") or _cfg(record, "dataset", "name", default="?")),
+                     knobs=", ".join(f"{k}={values.get(k, 'unset')}" for k in knobs))
 
 
 @dataclass(frozen=True)
@@ -264,10 +302,11 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> list[Series]:
     marked `borrowed`. The baseline is then still the series' smallest world size, as everywhere else.
     """
     groups: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
+    knobs = swept_knobs(records)
     for record in records:
         if epoch_time(record) is None or not record.get("world_size"):
             continue
-        groups[series_key(record)].append(record)
+        groups[series_key(record, knobs)].append(record)
     singles: dict[SeriesKey, Mapping[str, Any]] = {}
     for key, members in groups.items():
         for record in members:
@@ -292,7 +331,7 @@ def _batch_number(label: str) -> int:
 
 def _series_order(key: SeriesKey) -> tuple:
     return (key.kind, key.scaling, LAYOUT_ORDER.get(key.layout, 2), key.layout, key.batch.split()[0],
-            _batch_number(key.batch), key.batch, key.model, key.dataset, key.precision, key.engine)
+            _batch_number(key.batch), key.batch, key.model, key.dataset, key.precision, key.engine, key.knobs)
 
 
 def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapping[str, Any] | None) -> Series:
@@ -372,9 +411,10 @@ class RunRow:
 
 def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series]) -> list[RunRow]:
     own: dict[int, tuple[Series, float, float]] = {}
+    knobs = swept_knobs(records)
     for s in series:
         for record in records:
-            if series_key(record) == s.key:
+            if series_key(record, knobs) == s.key:
                 t, n = epoch_time(record), int(record["world_size"])
                 own[id(record)] = (s, speedup(s.kind, s.baseline_epoch_time_s, s.baseline_world_size, t, n),
                                    efficiency(s.kind, s.baseline_epoch_time_s, s.baseline_world_size, t, n))
@@ -382,7 +422,7 @@ def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series]) -> 
     for record in records:
         s, sp, eff = own.get(id(record), (None, None, None))
         rows.append(RunRow(
-            series=s.key.short_label() if s else series_key(record).short_label(),
+            series=s.key.short_label() if s else series_key(record, knobs).short_label(),
             kind=kind_of(record.get("scaling")), layout=_layout_label(record),
             world_size=int(record["world_size"]), nodes=int(record.get("nodes") or 1),
             ranks_per_node=ranks_per_node(record), micro_batch=record.get("micro_batch"),
