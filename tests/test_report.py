@@ -224,3 +224,27 @@ def test_report_from_a_real_sweep(real_sweep_dir: Path, tmp_path) -> None:
     for row in data["runs"]:
         assert row["epoch_time_s"] == pytest.approx(by_dir[row["run_dir"]]["epoch_time_s_mean"])
         assert row["final_val_acc"] == pytest.approx(by_dir[row["run_dir"]]["final_val_acc"])
+
+
+def test_a_swept_knob_gets_its_own_series_rows_and_plot_labels(tmp_path) -> None:
+    """A sweep over optimizer.master_update x GPUs: one series per value in the tables, the value in the per-run
+    tables and plots, and every plot still made."""
+    parts = {"fwd": 700.0, "bwd_inner": 1400.0, "bwd_allreduce": 150.0, "step": 60.0, "data_wait": 50.0}
+    records = []
+    for point, (update, n, t) in enumerate([("separate", 1, 100.0), ("separate", 2, 60.0), ("separate", 4, 35.0),
+                                            ("fused", 1, 90.0), ("fused", 2, 50.0), ("fused", 4, 30.0)]):
+        record = make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=point, step_parts_ms=parts)
+        record["config"]["optimizer"] = {"name": "adamw", "master_update": update}
+        records.append(record)
+    write_store(tmp_path, records)
+    result = build_report([tmp_path], out_dir=tmp_path / "out")
+    assert {"epoch_time", "speedup_efficiency", "breakdown", "comm_share", "accuracy"} <= set(result.plots)
+    for name in result.plots:
+        Image.open(result.plots[name]).verify()
+    markdown = result.markdown.read_text()
+    for update in ("separate", "fused"):
+        assert f"### Series: strong, intra, micro-batch 32, vit_b_16/cifar10, fp32, deepspeed, " \
+               f"optimizer.master_update={update}" in markdown
+    data = json.loads(result.json.read_text())
+    assert {row["knobs"] for row in data["comm_share_by_batch"]} == {"separate", "fused"}
+    assert "| GPUs | layout | swept | micro-batch |" in markdown

@@ -150,7 +150,8 @@ def plot_speedup_efficiency(series: Sequence[Series], path: Path) -> Path | None
 def _run_label(row: dict, show_scaling: bool) -> str:
     layout = row["layout"] if row["layout"] in ("intra", "inter") else row["layout"].replace(" ", "\n")
     text = f"N={row['world_size']}\n{layout}"
-    return text + (f"\n{row['scaling']}" if show_scaling else "")
+    text += f"\n{row['scaling']}" if show_scaling else ""
+    return text + (f"\n{row['knobs']}" if row.get("knobs") else "")
 
 
 def plot_breakdown(rows: Sequence[dict], path: Path) -> Path | None:
@@ -199,20 +200,20 @@ def plot_breakdown(rows: Sequence[dict], path: Path) -> Path | None:
 
 
 def plot_comm_share(rows: Sequence[dict], path: Path) -> Path | None:
-    """All-reduce share of the step vs micro-batch per rank, one line per (world size, layout)."""
+    """All-reduce share of the step vs micro-batch per rank, one line per (world size, layout, swept knobs)."""
     rows = [r for r in rows if r.get("comm_share") is not None and r.get("micro_batch")]
     if not rows:
         return None
     lines: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        lines[(row["layout"], row["world_size"])].append(row)
+        lines[(row["layout"], row["world_size"], row.get("knobs") or "")].append(row)
     fig, axes = _panels(1, width=7.2)
     ax = axes[0]
-    for i, (key, members) in enumerate(sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1]))):
+    for i, (key, members) in enumerate(sorted(lines.items())):
         members = sorted(members, key=lambda r: r["micro_batch"])
         ax.plot([r["micro_batch"] for r in members], [100 * r["comm_share"] for r in members],
                 "o-" if key[0] == "intra" else "s--", color=COLORS[i % len(COLORS)],
-                label=f"N={key[1]} {key[0]}")
+                label=" ".join(part for part in (f"N={key[1]}", key[0], key[2]) if part))
     _count_axis(ax, [r["micro_batch"] for r in rows], label="micro-batch per rank (images)")
     ax.set_ylabel("all-reduce share of step time (%)")
     ax.set_ylim(bottom=0)
@@ -223,21 +224,24 @@ def plot_comm_share(rows: Sequence[dict], path: Path) -> Path | None:
 
 
 def plot_accuracy(rows: Sequence[dict], path: Path) -> Path | None:
-    """Final validation (filled) and train (hollow) accuracy vs global batch, one colour per scaling mode."""
+    """Final validation (filled) and train (hollow) accuracy vs global batch, one colour per scaling mode (and
+    swept knobs' values)."""
     rows = [r for r in rows if r.get("global_batch")]
     if not rows:
         return None
     fig, axes = _panels(1, width=7.2)
     ax = axes[0]
-    for i, scaling in enumerate(sorted({r["scaling"] for r in rows})):
+    for i, (scaling, knobs) in enumerate(sorted({(r["scaling"], r.get("knobs") or "") for r in rows})):
         color = COLORS[i % len(COLORS)]
-        members = sorted((r for r in rows if r["scaling"] == scaling), key=lambda r: r["global_batch"])
+        members = sorted((r for r in rows if (r["scaling"], r.get("knobs") or "") == (scaling, knobs)),
+                         key=lambda r: r["global_batch"])
+        name = f"{scaling} {knobs}" if knobs else scaling
         val = [(r["global_batch"], r["final_val_acc"]) for r in members if r["final_val_acc"] is not None]
         train = [(r["global_batch"], r["final_train_acc"]) for r in members if r["final_train_acc"] is not None]
         if val:
-            ax.plot(*zip(*val), "o", color=color, label=f"{scaling}: validation")
+            ax.plot(*zip(*val), "o", color=color, label=f"{name}: validation")
         if train:
-            ax.plot(*zip(*train), "o", mfc="none", color=color, label=f"{scaling}: train (last epoch)")
+            ax.plot(*zip(*train), "o", mfc="none", color=color, label=f"{name}: train (last epoch)")
     _count_axis(ax, [r["global_batch"] for r in rows], label="global batch (images per optimizer step)")
     ax.set_ylabel("final accuracy")
     ax.set_ylim(0, 1)

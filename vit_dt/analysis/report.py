@@ -167,6 +167,11 @@ def _table(title: str, items: Sequence[Any], columns: Sequence[Column], note: st
                  note)
 
 
+def _swept_column(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """A column of the swept knobs' values (scaling.swept_knobs), where the rows differ in any."""
+    return [("swept", lambda r: r["knobs"], "")] if any(r.get("knobs") for r in rows) else []
+
+
 def _shape(row: Any) -> str:
     return f"{row.nodes}×{row.ranks_per_node}"
 
@@ -248,7 +253,7 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
     if analysis.comm_share:
         out.append(_table("All-reduce share vs batch size", analysis.comm_share, [
             ("GPUs", lambda r: r["world_size"], "int"), ("layout", lambda r: r["layout"], ""),
-            ("micro-batch", lambda r: r["micro_batch"], "int"), ("global batch", lambda r: r["global_batch"], "int"),
+            *_swept_column(analysis.comm_share), ("micro-batch", lambda r: r["micro_batch"], "int"), ("global batch", lambda r: r["global_batch"], "int"),
             ("all-reduce (ms/step)", lambda r: r["allreduce_ms"], ""),
             ("step (ms)", lambda r: r["step_time_ms"], ""), ("share", lambda r: r["comm_share"], "pct")]))
     if analysis.layout_pairs:
@@ -260,8 +265,8 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
             ("inter / intra", lambda r: r["inter_over_intra"], "x")]))
     if analysis.accuracy:
         out.append(_table("Accuracy vs global batch", analysis.accuracy, [
-            ("scaling", lambda r: r["scaling"], ""), ("global batch", lambda r: r["global_batch"], "int"),
-            ("GPUs", lambda r: r["world_size"], "int"), ("epochs", lambda r: r["epochs"], "int"),
+            ("scaling", lambda r: r["scaling"], ""), *_swept_column(analysis.accuracy),
+            ("global batch", lambda r: r["global_batch"], "int"), ("GPUs", lambda r: r["world_size"], "int"), ("epochs", lambda r: r["epochs"], "int"),
             ("steps/epoch", lambda r: r["steps_per_epoch"], "int"), ("val acc", lambda r: r["final_val_acc"], "pct"),
             ("train acc", lambda r: r["final_train_acc"], "pct")]))
     calibration = model["calibration"]

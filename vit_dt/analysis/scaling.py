@@ -234,6 +234,12 @@ def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     return tuple(sorted(k for k in keys if len({values.get(k) for values in per_record}) > 1))
 
 
+def knob_values_text(record: Mapping[str, Any], knobs: Sequence[str]) -> str:
+    """The record's values of the swept knobs, short (for per-run labels): "fused" or "fused, true"."""
+    values = _knob_values(record) if knobs else {}
+    return ", ".join(values.get(k, "unset") for k in knobs)
+
+
 def series_key(record: Mapping[str, Any], knobs: Sequence[str] = ()) -> SeriesKey:
     """The record's series; `knobs` (swept_knobs of the records analysed together) split it further."""
     values = _knob_values(record) if knobs else {}
@@ -443,12 +449,14 @@ def comm_share_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     The all-reduce moves the same gradient bytes whatever the batch while compute grows with it, so the share
     should fall as the micro-batch grows; that is what this table shows."""
     rows = []
+    knobs = swept_knobs(records)
     for record in records:
         parts = time_breakdown(record)
         if int(record.get("world_size") or 1) < 2 or parts is None:
             continue
         rows.append({"world_size": int(record["world_size"]), "nodes": int(record.get("nodes") or 1),
                      "layout": _layout_label(record), "micro_batch": record.get("micro_batch"),
+                     "knobs": knob_values_text(record, knobs),
                      "global_batch": global_batch(record), "allreduce_ms": parts["allreduce"],
                      "step_time_ms": parts["step_time"],
                      "comm_share": record.get("comm_share") if record.get("comm_share") is not None
@@ -458,8 +466,10 @@ def comm_share_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 def accuracy_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Final validation and train accuracy vs global batch (same epochs, so fewer steps at larger batches)."""
+    knobs = swept_knobs(records)
     rows = [{"global_batch": global_batch(r), "world_size": int(r["world_size"]), "scaling": _scaling_label(r),
-             "layout": _layout_label(r), "micro_batch": r.get("micro_batch"), "final_val_acc": r.get("final_val_acc"),
+             "layout": _layout_label(r), "micro_batch": r.get("micro_batch"), "knobs": knob_values_text(r, knobs),
+             "final_val_acc": r.get("final_val_acc"),
              "final_train_acc": final_train_acc(r), "epochs": len(r.get("epochs") or []),
              "steps_per_epoch": (r.get("epochs") or [{}])[-1].get("steps")}
             for r in records if r.get("final_val_acc") is not None or final_train_acc(r) is not None]
@@ -494,11 +504,14 @@ def layout_pairs(series: Sequence[Series]) -> list[dict]:
 def epoch_curves(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per run, its per-epoch train loss/accuracy and validation loss/accuracy (for the learning-curve plot)."""
     curves = []
+    knobs = swept_knobs(records)
     for r in records:
         epochs = r.get("epochs") or []
         if not epochs:
             continue
-        curves.append({"label": f"N={r['world_size']} {_layout_label(r)} {_scaling_label(r)} gb={global_batch(r)}",
+        swept = knob_values_text(r, knobs)
+        curves.append({"label": f"N={r['world_size']} {_layout_label(r)} {_scaling_label(r)} gb={global_batch(r)}"
+                                + (f" {swept}" if swept else ""),
                        "world_size": int(r["world_size"]), "global_batch": global_batch(r),
                        "scaling": _scaling_label(r),
                        **{k: [e.get(k) for e in epochs] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}})
@@ -508,12 +521,14 @@ def epoch_curves(records: Sequence[Mapping[str, Any]]) -> list[dict]:
 def breakdown_rows(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per run with timers: the step split into compute, all-reduce, optimizer, data wait, other (ms)."""
     rows = []
+    knobs = swept_knobs(records)
     for r in records:
         parts = time_breakdown(r)
         if parts is None:
             continue
         rows.append({"world_size": int(r["world_size"]), "nodes": int(r.get("nodes") or 1),
                      "layout": _layout_label(r), "scaling": _scaling_label(r), "micro_batch": r.get("micro_batch"),
+                     "knobs": knob_values_text(r, knobs),
                      "global_batch": global_batch(r), **parts})
     return sorted(rows, key=lambda x: (x["micro_batch"] or 0, x["scaling"], LAYOUT_ORDER.get(x["layout"], 2),
                                        x["layout"], x["world_size"]))
