@@ -155,3 +155,30 @@ def test_to_csv_and_the_results_command(tmp_path, capsys):
 
     assert results_cmd.main([str(tmp_path / "nowhere")]) == 1
     assert "no results store" in capsys.readouterr().err
+
+
+def test_table_and_csv_say_what_each_point_of_a_sweep_was(tmp_path, capsys):
+    """The settings the points differ in (the sweep's axes) become a column of the table and CSV columns;
+    bookkeeping (run names, output dirs, W&B) never does."""
+    epochs = [{"time_s": 20.0, "img_per_s": 100.0, "val_acc": 0.6}, {"time_s": 10.0, "img_per_s": 200.0, "val_acc": 0.9}]
+    store = ResultsStore(tmp_path / "sweep")
+    for point, (gpus, micro) in enumerate([(1, 16), (1, 32), (2, 16), (2, 32)]):
+        rec = record(point, gpus, 1, epochs)
+        rec["config"] = {"resources": {"gpus_per_node": gpus}, "trainer": {"micro_batch": micro, "grad_accum": 1},
+                         "optimizer": {"name": "adamw", "betas": [0.9, 0.999]}, "run_name": f"run{point}",
+                         "out_dir": f"/o/{point}", "wandb": {"group": f"g{point}"}}
+        store.append(rec)
+    assert results_cmd.main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "t.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "settings"
+    assert lines[2].endswith("resources.gpus_per_node=1, trainer.micro_batch=16")
+    assert lines[5].endswith("resources.gpus_per_node=2, trainer.micro_batch=32")
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert list(rows[0])[-2:] == ["resources.gpus_per_node", "trainer.micro_batch"]
+    assert [(r["resources.gpus_per_node"], r["trainer.micro_batch"]) for r in rows] == [
+        ("1", "16"), ("1", "32"), ("2", "16"), ("2", "32")]
+    # One point only: nothing differs, no settings column.
+    single = ResultsStore(tmp_path / "one")
+    single.append(record(0, 1, 1, epochs))
+    assert results_cmd.main([str(tmp_path / "one")]) == 0
+    assert "settings" not in capsys.readouterr().out

@@ -209,21 +209,65 @@ def table_row(record: Mapping[str, Any]) -> dict:
             "final_val_acc": record.get("final_val_acc")}
 
 
+# Config entries that name or place a run rather than describe it: never "what differs" between points.
+_BOOKKEEPING = ("out_dir", "point", "run_name", "sweep_dir", "wandb.")
+
+
+def flat_config(record: Mapping[str, Any]) -> dict[str, str]:
+    """The record's composed config as `dotted.key: value` text (strings as they are, the rest as JSON)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif prefix:
+            out[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node, sort_keys=True, default=str)
+
+    walk(record.get("config") or {}, "")
+    return out
+
+
+def varying_settings(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The config keys whose values differ between the records that carry a config (a sweep's swept settings,
+    plus whatever follows from them), bookkeeping left out."""
+    configs = [flat_config(r) for r in records if r.get("config")]
+    keys = set().union(*configs) if configs else set()
+    return tuple(sorted(k for k in keys if not k.startswith(_BOOKKEEPING)
+                        and len({c.get(k) for c in configs}) > 1))
+
+
+def settings_text(record: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """`key=value, ...` of `keys` for one record ("" without a config)."""
+    values = flat_config(record)
+    return ", ".join(f"{k}={values.get(k, 'unset')}" for k in keys) if values else ""
+
+
 def _sort_key(row: Mapping[str, Any]) -> tuple:
     point = row["point"]
     return (0, point, "") if isinstance(point, int) else (1, 0, str(point))
 
 
+def sorted_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """By point; a point's records (with --all, its superseded ones) keep their store order."""
+    return sorted(records, key=lambda r: _sort_key({"point": point_of(r)}))
+
+
 def results_table(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     """One row per record (TABLE_COLUMNS), sorted by point."""
-    return sorted((table_row(r) for r in records), key=_sort_key)
+    return [table_row(r) for r in sorted_records(records)]
 
 
 def to_csv(records: Iterable[Mapping[str, Any]], path: Path) -> Path:
-    """Write results_table(records) as CSV (empty cells for missing values), atomically."""
+    """Write results_table(records) as CSV (empty cells for missing values), atomically; one more column per
+    setting the records differ in (varying_settings), so a table of a sweep says what each point was."""
+    records = sorted_records(records)
+    varying = varying_settings(records)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*TABLE_COLUMNS, *varying], lineterminator="\n")
     writer.writeheader()
-    for row in results_table(records):
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    for record in records:
+        settings = flat_config(record)
+        writer.writerow({k: ("" if v is None else v) for k, v in table_row(record).items()}
+                        | {k: settings.get(k, "") for k in varying})
     return _atomic_write_text(Path(path), buffer.getvalue())

@@ -17,7 +17,6 @@ docs/report.md explains each number and plot.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -214,17 +213,9 @@ SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "dee
 
 def _knob_values(record: Mapping[str, Any]) -> dict[str, str]:
     """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots)."""
-    out: dict[str, str] = {}
+    from vit_dt.results import flat_config
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        elif prefix[:-1].startswith(SERIES_KNOBS):
-            out[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node, sort_keys=True)
-
-    walk(record.get("config") or {}, "")
-    return out
+    return {k: v for k, v in flat_config(record).items() if k.startswith(SERIES_KNOBS)}
 
 
 def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:

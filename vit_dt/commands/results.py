@@ -5,11 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit_dt.results import STORE_NAME, TABLE_COLUMNS, ResultsStore, results_table, to_csv
+from vit_dt.results import (STORE_NAME, TABLE_COLUMNS, ResultsStore, settings_text, sorted_records, table_row,
+                            to_csv, varying_settings)
 
 HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
            "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",
-           "comm_share": "comm share", "final_val_acc": "val acc"}
+           "comm_share": "comm share", "final_val_acc": "val acc", "settings": "settings"}
 
 
 def _cell(column: str, value) -> str:
@@ -27,12 +28,14 @@ def _cell(column: str, value) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    cells = [[HEADERS[c] for c in TABLE_COLUMNS]] + [[_cell(c, row[c]) for c in TABLE_COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
-    text_columns = {"status"}
+    """Aligned columns; a `settings` column (what the points differ in) where the rows carry one."""
+    columns = [*TABLE_COLUMNS, *(["settings"] if any(row.get("settings") for row in rows) else [])]
+    cells = [[HEADERS[c] for c in columns]] + [[_cell(c, row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    text_columns = {"status", "settings"}
     lines = []
     for line in cells:
-        parts = [cell.ljust(w) if TABLE_COLUMNS[i] in text_columns else cell.rjust(w)
+        parts = [cell.ljust(w) if columns[i] in text_columns else cell.rjust(w)
                  for i, (cell, w) in enumerate(zip(line, widths))]
         lines.append("  ".join(parts).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
               f"or not a sweep directory)", file=sys.stderr)
         return 1
     records = store.records() if args.all else list(store.latest_by_point().values())
-    rows = results_table(records)
+    varying = varying_settings(records)
+    rows = [table_row(r) | {"settings": settings_text(r, varying)} for r in sorted_records(records)]
     print(format_table(rows))
     print(f"\n{len(rows)} record(s) from {store.path}")
     if args.csv:
