@@ -1,6 +1,7 @@
 """The one-H100 throughput goals (issue 6, docs/performance.md), checked against a bench_throughput report.
 
-They apply to ViT-B/16 at 224 px in bf16 on an H100, and each is checked where the report has what it needs:
+They apply to ViT-B/16 at 224 px in bf16 on an H100 (rows whose variant changed the model's geometry and the
+diagnostic `ceiling` path are left out), and each is checked where the report has what it needs:
 - every vit-dt path at batch 256: >= 3,400 img/s, >= 45% of the measured bf16 matmul rate (the convention of the
   baseline figures: torch's own loop there is "41% MFU" at 3,086 img/s), and >= 1.10x the reference loop when the
   reference ran at batch 256 too;
@@ -26,7 +27,9 @@ def check(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per goal and path: {goal, path, measured, target, met}; empty where the goals do not apply."""
     if not applies(report):
         return []
-    paths = report["paths"]
+    paths = {name: entry for name, entry in report["paths"].items()
+             if name.split("+")[0] != "ceiling"
+             and entry.get("flops_per_image", report.get("flops_per_image")) == report.get("flops_per_image")}
     reference = paths.get("reference")
     rows = []
     for name, entry in paths.items():

@@ -247,4 +247,22 @@ def test_a_swept_knob_gets_its_own_series_rows_and_plot_labels(tmp_path) -> None
                f"optimizer.master_update={update}" in markdown
     data = json.loads(result.json.read_text())
     assert {row["knobs"] for row in data["comm_share_by_batch"]} == {"separate", "fused"}
-    assert "| GPUs | layout | swept | micro-batch |" in markdown
+    assert "| GPUs | layout | optimizer.master_update | micro-batch |" in markdown
+
+
+def test_wandb_keeps_every_series_table_when_their_titles_differ_only_past_the_key_length(tmp_path, monkeypatch):
+    from vit_dt.wandb_files import read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    records = []
+    for point, (update, n, t) in enumerate([("separate", 1, 100.0), ("separate", 2, 60.0), ("fused", 1, 90.0),
+                                            ("fused", 2, 50.0)]):
+        record = make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=point)
+        record["config"]["optimizer"] = {"name": "adamw", "master_update": update}
+        records.append(record)
+    write_store(tmp_path, records)
+    result = build_report([tmp_path], wandb=True)
+    [row] = read_offline_run(result.wandb_dir)["history"]
+    series_tables = {key.rsplit(".", 1)[0] for key in row if key.startswith("tables/series_")}
+    assert len(series_tables) == 2, sorted(series_tables)     # the cut title is the same: numbered, not overwritten

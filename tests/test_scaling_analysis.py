@@ -210,3 +210,33 @@ def test_a_swept_knob_splits_series_and_a_seed_does_not():
     plain = [make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=n) for n, t in ((1, 10.0), (2, 6.0))]
     assert scaling.swept_knobs(plain) == ()
     assert [s.key.short_label() for s in scaling.build_series(plain)] == ["strong intra, micro-batch 32"]
+
+
+def test_swept_knobs_are_the_fewest_that_tell_runs_apart_and_ignore_settings_older_records_lack():
+    def rec(point, optimizer, **config):
+        record = make_record(world_size=1 + point % 2, epoch_time_s=10.0, micro_batch=32, point=point)
+        record["config"]["optimizer"] = optimizer
+        record["config"].update(config)
+        return record
+
+    adamw = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "master_update": "separate"}
+    sgd = {"name": "sgd", "lr": 0.03, "momentum": 0.9}
+    lamb = {"name": "lamb", "lr": 2e-3, "betas": [0.9, 0.999], "eps": 1e-6}
+    # A group swap: its name tells the runs apart, the keys that follow from it add nothing.
+    swap = [rec(i, opt) for i, opt in enumerate([adamw, adamw, sgd, sgd, lamb, lamb])]
+    assert scaling.swept_knobs(swap) == ("optimizer.name",)
+    assert {s.key.knobs for s in scaling.build_series(swap)} == {
+        "optimizer.name=adamw", "optimizer.name=sgd", "optimizer.name=lamb"}
+    # A setting vit-dt added later (absent from an older store) does not split a merged report ...
+    older = [rec(i, {k: v for k, v in adamw.items() if k != "master_update"}) for i in range(2)]
+    newer = [rec(10 + i, adamw) for i in range(2)]
+    assert scaling.swept_knobs(older + newer) == ()
+    # ... nor does a record without any config; two settings swept together both show.
+    bare = make_record(world_size=4, epoch_time_s=10.0, micro_batch=32, point=20)
+    bare.pop("config")
+    both = [rec(30 + i, adamw | {"master_update": u}, model={"name": "vit_b_16", "fast_attention": fa})
+            for i, (u, fa) in enumerate([("separate", True), ("fused", False)])]
+    assert scaling.swept_knobs(newer + [bare]) == ()
+    assert scaling.swept_knobs(both) == ("model.fast_attention", "optimizer.master_update")   # both, though together
+    lrs = [rec(40 + i, opt) for i, opt in enumerate([adamw, adamw | {"lr": 1e-2}, sgd, sgd | {"lr": 1e-2}])]
+    assert scaling.swept_knobs(lrs) == ("optimizer.lr", "optimizer.name")   # lr splits runs of one optimizer

@@ -167,9 +167,9 @@ def _table(title: str, items: Sequence[Any], columns: Sequence[Column], note: st
                  note)
 
 
-def _swept_column(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    """A column of the swept knobs' values (scaling.swept_knobs), where the rows differ in any."""
-    return [("swept", lambda r: r["knobs"], "")] if any(r.get("knobs") for r in rows) else []
+def _swept_column(analysis: scaling.SweepAnalysis) -> list[Column]:
+    """A column of the swept settings' values (scaling.swept_knobs), headed by their names; none if none."""
+    return [(", ".join(analysis.knobs), lambda r: r["knobs"], "")] if analysis.knobs else []
 
 
 def _shape(row: Any) -> str:
@@ -253,7 +253,7 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
     if analysis.comm_share:
         out.append(_table("All-reduce share vs batch size", analysis.comm_share, [
             ("GPUs", lambda r: r["world_size"], "int"), ("layout", lambda r: r["layout"], ""),
-            *_swept_column(analysis.comm_share), ("micro-batch", lambda r: r["micro_batch"], "int"), ("global batch", lambda r: r["global_batch"], "int"),
+            *_swept_column(analysis), ("micro-batch", lambda r: r["micro_batch"], "int"), ("global batch", lambda r: r["global_batch"], "int"),
             ("all-reduce (ms/step)", lambda r: r["allreduce_ms"], ""),
             ("step (ms)", lambda r: r["step_time_ms"], ""), ("share", lambda r: r["comm_share"], "pct")]))
     if analysis.layout_pairs:
@@ -265,7 +265,7 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
             ("inter / intra", lambda r: r["inter_over_intra"], "x")]))
     if analysis.accuracy:
         out.append(_table("Accuracy vs global batch", analysis.accuracy, [
-            ("scaling", lambda r: r["scaling"], ""), *_swept_column(analysis.accuracy),
+            ("scaling", lambda r: r["scaling"], ""), *_swept_column(analysis),
             ("global batch", lambda r: r["global_batch"], "int"), ("GPUs", lambda r: r["world_size"], "int"), ("epochs", lambda r: r["epochs"], "int"),
             ("steps/epoch", lambda r: r["steps_per_epoch"], "int"), ("val acc", lambda r: r["final_val_acc"], "pct"),
             ("train acc", lambda r: r["final_train_acc"], "pct")]))
@@ -505,6 +505,8 @@ def log_to_wandb(records: Sequence[dict], tables_: Sequence[Table], made: Mappin
     payload: dict[str, Any] = {}
     for table in tables_:
         key = "tables/" + "".join(c if c.isalnum() else "_" for c in table.title.lower()).strip("_")[:80]
+        # Series titles end in their swept settings, which the cut may drop: number a repeat, never overwrite.
+        key = next(k for k in (key, *(f"{key}_{n}" for n in range(2, len(tables_) + 2))) if k not in payload)
         payload[key] = wb.Table(columns=table.columns, data=table.rows)
     for name, path in made.items():
         payload[f"plots/{name}"] = wb.Image(str(path), caption=PLOT_TITLES[name])

@@ -203,10 +203,11 @@ def _model_label(record: Mapping[str, Any]) -> str:
 
 # Config settings that change a run's speed or what it learns and do not follow from its world size. When the
 # records of a report differ in one, runs that differ in it are separate series (labelled with its value) instead of
-# averaging into one point; a seed is not among them (runs that differ only in it are repeats of one point).
+# averaging into one point. Not among them: a seed (runs that differ only in it are repeats of one point) and the
+# epoch count (the mean epoch time after the first does not depend on it; accuracy is shown per run).
 SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "deepspeed.wall_clock_breakdown",
                 "trainer.compile", "trainer.grad_clip", "trainer.lr_schedule", "trainer.warmup_epochs",
-                "trainer.epochs", "trainer.max_steps_per_epoch", "trainer.timer_sample_every", "trainer.balance",
+                "trainer.max_steps_per_epoch", "trainer.timer_sample_every", "trainer.balance",
                 "model.fast_attention", "model.activation_checkpointing", "model.dropout", "dataset.hflip",
                 "dataset.val_fraction")
 
@@ -219,10 +220,27 @@ def _knob_values(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The SERIES_KNOBS whose value is not the same in every record (absent counts as a value)."""
-    per_record = [_knob_values(r) for r in records]
-    keys = set().union(*per_record) if per_record else set()
-    return tuple(sorted(k for k in keys if len({values.get(k) for values in per_record}) > 1))
+    """The SERIES_KNOBS the records differ in, with a swapped config group named once: `optimizer.name` stands for
+    the lr, betas, ... that came with the other optimizer, unless one of them also splits runs of the same name.
+
+    Only keys every record with a config has count: a setting added to vit-dt later is absent from older records,
+    and merging their store with a newer one must not split every series by it.
+    """
+    per_record = [_knob_values(r) for r in records if r.get("config")]
+    if len(per_record) < 2:
+        return ()
+    common = set.intersection(*(set(values) for values in per_record))
+    varying = sorted(k for k in common if len({values[k] for values in per_record}) > 1)
+    chosen = [k for k in varying if k.endswith(".name")]
+
+    def groups(keys: Sequence[str]) -> int:
+        return len({tuple(values[k] for k in keys) for values in per_record})
+
+    for key in varying:
+        swapped_group = f"{key.split('.')[0]}.name" in chosen
+        if key not in chosen and (not swapped_group or groups([*chosen, key]) > groups(chosen)):
+            chosen.append(key)
+    return tuple(sorted(chosen))
 
 
 def knob_values_text(record: Mapping[str, Any], knobs: Sequence[str]) -> str:
@@ -452,7 +470,7 @@ def comm_share_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
                      "step_time_ms": parts["step_time"],
                      "comm_share": record.get("comm_share") if record.get("comm_share") is not None
                      else (parts["allreduce"] / parts["step_time"] if parts["step_time"] else None)})
-    return sorted(rows, key=lambda r: (r["layout"], r["world_size"], r["micro_batch"] or 0))
+    return sorted(rows, key=lambda r: (r["layout"], r["world_size"], r["micro_batch"] or 0, r["knobs"]))
 
 
 def accuracy_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -464,7 +482,7 @@ def accuracy_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
              "final_train_acc": final_train_acc(r), "epochs": len(r.get("epochs") or []),
              "steps_per_epoch": (r.get("epochs") or [{}])[-1].get("steps")}
             for r in records if r.get("final_val_acc") is not None or final_train_acc(r) is not None]
-    return sorted(rows, key=lambda r: (r["scaling"], r["global_batch"] or 0, r["world_size"]))
+    return sorted(rows, key=lambda r: (r["scaling"], r["knobs"], r["global_batch"] or 0, r["world_size"]))
 
 
 def layout_pairs(series: Sequence[Series]) -> list[dict]:
@@ -522,7 +540,7 @@ def breakdown_rows(records: Sequence[Mapping[str, Any]]) -> list[dict]:
                      "knobs": knob_values_text(r, knobs),
                      "global_batch": global_batch(r), **parts})
     return sorted(rows, key=lambda x: (x["micro_batch"] or 0, x["scaling"], LAYOUT_ORDER.get(x["layout"], 2),
-                                       x["layout"], x["world_size"]))
+                                       x["layout"], x["world_size"], x["knobs"]))
 
 
 # ---------------------------------------------------------------- everything at once
@@ -538,6 +556,7 @@ class SweepAnalysis:
     breakdown: list[dict]
     epoch_curves: list[dict]
     notes: list[str] = field(default_factory=list)
+    knobs: tuple[str, ...] = ()     # the swept settings that split series (swept_knobs)
 
     def to_dict(self) -> dict:
         return {"series": [s.to_dict() for s in self.series], "runs": [asdict(r) for r in self.runs],
@@ -575,4 +594,4 @@ def analyse(records: Iterable[Mapping[str, Any]]) -> SweepAnalysis:
     return SweepAnalysis(selection=selection, series=series, runs=run_rows(used, series),
                          comm_share=comm_share_by_batch(used), accuracy=accuracy_by_batch(used),
                          layout_pairs=layout_pairs(series), breakdown=breakdown_rows(used),
-                         epoch_curves=epoch_curves(used), notes=notes)
+                         epoch_curves=epoch_curves(used), notes=notes, knobs=swept_knobs(used))
