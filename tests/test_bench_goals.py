@@ -64,3 +64,11 @@ def test_no_ratio_to_a_reference_of_another_batch_and_no_share_without_a_batch_2
     assert ("x reference loop at batch 256", "deepspeed-master") not in rows
     assert not any(goal == "batch 64 / batch 256 img/s" for goal, _ in rows)
     assert ("MFU vs measured bf16 matmul", "deepspeed-master") not in rows        # no measured matmul rate
+
+
+def test_the_ceiling_and_rows_of_another_geometry_are_not_judged():
+    report = h100_report(**{"deepspeed-master": row(256, 3500.0) | {"flops_per_image": 105.9e9},
+                            "ceiling": row(256, 3500.0) | {"flops_per_image": 105.9e9},
+                            "deepspeed-master+p8": row(256, 900.0) | {"flops_per_image": 450e9}})
+    report["flops_per_image"] = 105.9e9
+    assert {r["path"] for r in goals.check(report)} == {"deepspeed-master"}
