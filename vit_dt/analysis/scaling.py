@@ -309,7 +309,7 @@ def _sibling_key(key: SeriesKey) -> SeriesKey:
     return replace(key, layout="*")
 
 
-def build_series(records: Sequence[Mapping[str, Any]]) -> list[Series]:
+def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[Series]:
     """Group completed records into series and compute each point's speed-up and efficiency.
 
     A 1-rank run is the same job whatever the layout (its label is "intra": one node), so a series with no
@@ -317,7 +317,7 @@ def build_series(records: Sequence[Mapping[str, Any]]) -> list[Series]:
     marked `borrowed`. The baseline is then still the series' smallest world size, as everywhere else.
     """
     groups: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
     for record in records:
         if epoch_time(record) is None or not record.get("world_size"):
             continue
@@ -424,12 +424,14 @@ class RunRow:
     run_dir: str
 
 
-def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series]) -> list[RunRow]:
+def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series],
+             knobs: Sequence[str] | None = None) -> list[RunRow]:
     own: dict[int, tuple[Series, float, float]] = {}
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
+    keys = {id(record): series_key(record, knobs) for record in records}
     for s in series:
         for record in records:
-            if series_key(record, knobs) == s.key:
+            if keys[id(record)] == s.key:
                 t, n = epoch_time(record), int(record["world_size"])
                 own[id(record)] = (s, speedup(s.kind, s.baseline_epoch_time_s, s.baseline_world_size, t, n),
                                    efficiency(s.kind, s.baseline_epoch_time_s, s.baseline_world_size, t, n))
@@ -437,7 +439,7 @@ def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series]) -> 
     for record in records:
         s, sp, eff = own.get(id(record), (None, None, None))
         rows.append(RunRow(
-            series=s.key.short_label() if s else series_key(record, knobs).short_label(),
+            series=(s.key if s else keys[id(record)]).short_label(),
             kind=kind_of(record.get("scaling")), layout=_layout_label(record),
             world_size=int(record["world_size"]), nodes=int(record.get("nodes") or 1),
             ranks_per_node=ranks_per_node(record), micro_batch=record.get("micro_batch"),
@@ -452,13 +454,13 @@ def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series]) -> 
                                        r.micro_batch or 0, r.series, r.world_size))
 
 
-def comm_share_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+def comm_share_by_batch(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[dict]:
     """Multi-rank runs: all-reduce share of the step vs the per-rank (micro) and global batch.
 
     The all-reduce moves the same gradient bytes whatever the batch while compute grows with it, so the share
     should fall as the micro-batch grows; that is what this table shows."""
     rows = []
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
     for record in records:
         parts = time_breakdown(record)
         if int(record.get("world_size") or 1) < 2 or parts is None:
@@ -473,9 +475,9 @@ def comm_share_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["layout"], r["world_size"], r["micro_batch"] or 0, r["knobs"]))
 
 
-def accuracy_by_batch(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+def accuracy_by_batch(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[dict]:
     """Final validation and train accuracy vs global batch (same epochs, so fewer steps at larger batches)."""
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
     rows = [{"global_batch": global_batch(r), "world_size": int(r["world_size"]), "scaling": _scaling_label(r),
              "layout": _layout_label(r), "micro_batch": r.get("micro_batch"), "knobs": knob_values_text(r, knobs),
              "final_val_acc": r.get("final_val_acc"),
@@ -510,10 +512,10 @@ def layout_pairs(series: Sequence[Series]) -> list[dict]:
     return pairs
 
 
-def epoch_curves(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+def epoch_curves(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[dict]:
     """Per run, its per-epoch train loss/accuracy and validation loss/accuracy (for the learning-curve plot)."""
     curves = []
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
     for r in records:
         epochs = r.get("epochs") or []
         if not epochs:
@@ -527,10 +529,10 @@ def epoch_curves(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     return sorted(curves, key=lambda c: (c["scaling"], c["global_batch"] or 0, c["world_size"]))
 
 
-def breakdown_rows(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+def breakdown_rows(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[dict]:
     """Per run with timers: the step split into compute, all-reduce, optimizer, data wait, other (ms)."""
     rows = []
-    knobs = swept_knobs(records)
+    knobs = swept_knobs(records) if knobs is None else knobs
     for r in records:
         parts = time_breakdown(r)
         if parts is None:
@@ -580,7 +582,8 @@ def _capped(record: Mapping[str, Any]) -> bool:
 def analyse(records: Iterable[Mapping[str, Any]]) -> SweepAnalysis:
     selection = select(records)
     used = selection.used
-    series = build_series(used)
+    knobs = swept_knobs(used)      # once: each view below splits or labels its rows by the same settings
+    series = build_series(used, knobs)
     notes = []
     capped = [r for r in used if _capped(r)]
     if capped:
@@ -591,7 +594,7 @@ def analyse(records: Iterable[Mapping[str, Any]]) -> SweepAnalysis:
         if len(s.points) < 2:
             notes.append(f"series '{s.key.short_label()}' has one world size only ({s.baseline_world_size}): "
                          "no speed-up to compute")
-    return SweepAnalysis(selection=selection, series=series, runs=run_rows(used, series),
-                         comm_share=comm_share_by_batch(used), accuracy=accuracy_by_batch(used),
-                         layout_pairs=layout_pairs(series), breakdown=breakdown_rows(used),
-                         epoch_curves=epoch_curves(used), notes=notes, knobs=swept_knobs(used))
+    return SweepAnalysis(selection=selection, series=series, runs=run_rows(used, series, knobs),
+                         comm_share=comm_share_by_batch(used, knobs), accuracy=accuracy_by_batch(used, knobs),
+                         layout_pairs=layout_pairs(series), breakdown=breakdown_rows(used, knobs),
+                         epoch_curves=epoch_curves(used, knobs), notes=notes, knobs=knobs)
