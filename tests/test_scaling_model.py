@@ -230,3 +230,47 @@ def test_predict_command_errors(tmp_path, capsys, paper: dict) -> None:
     assert predict_cmd.main(["--from", str(tmp_path / "missing")]) == 2
     assert predict_cmd.main(["--from", str(tmp_path), "--cluster", "local", "--gpus", "1,2"]) == 0
     assert "interconnect (local)" in capsys.readouterr().out
+
+
+def _with_update(record: dict, update: str) -> dict:
+    record = json.loads(json.dumps(record))
+    record["config"]["optimizer"] = {"name": "adamw", "master_update": update}
+    record["run_dir"] += f"-{update}"
+    record["point"] = f"{record['point']}-{update}"      # another point of the sweep, not a resubmission
+    return record
+
+
+def test_predict_refuses_a_profile_among_unlike_runs_and_where_picks_one(tmp_path, capsys, paper: dict) -> None:
+    """A sweep over a setting has several smallest-N runs: the profile must not be whichever came last."""
+    slow_one = paper_record(1, 2 * 1815.0, allreduce_ms=7.0)
+    slow_eight = paper_record(8, 2 * 245.0, allreduce_ms=457.0)
+    write_store(tmp_path, [_with_update(paper["one"], "fused"), _with_update(slow_one, "separate"),
+                           _with_update(paper["intra8"], "fused"), _with_update(slow_eight, "separate")])
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.master_update: fused, separate" in err and "--where optimizer.master_update=fused" in err
+
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8", "--json",
+                             "--where", "optimizer.master_update=separate"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["profile_run"].endswith("-separate")
+    assert result["predictions"][0]["epoch_s"] == pytest.approx(2 * 1815.0, rel=0.01)   # the slow run's epoch
+    assert [p["run_dir"] for p in result["calibration"]["points"]] == [slow_eight["run_dir"] + "-separate"]
+
+    assert predict_cmd.main(["--from", str(tmp_path), "--where", "optimizer.master_update=fusd"]) == 2
+    assert "valid: fused, separate" in capsys.readouterr().err
+    assert predict_cmd.main(["--from", str(tmp_path), "--where", "optimizer.master_updat=fused"]) == 2
+    assert "no run has a setting 'optimizer.master_updat'" in capsys.readouterr().err
+    assert predict_cmd.main(["--from", str(tmp_path), "--where", "fused"]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_predict_micro_batch_chooses_among_profile_runs(tmp_path, capsys, paper: dict) -> None:
+    small = make_record(world_size=1, epoch_time_s=2000.0, micro_batch=32, epochs=5, step_parts_ms=PAPER_STEP,
+                        drop_last=False, point=101)
+    write_store(tmp_path, [paper["one"], small, paper["intra8"]])
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8"]) == 2
+    assert "micro_batch: 32, 64" in capsys.readouterr().err
+    for chosen in (["--micro-batch", "32"], ["--where", "trainer.micro_batch=32"], ["--where", "micro_batch=32"]):
+        assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8", "--json", *chosen]) == 0, chosen
+        assert json.loads(capsys.readouterr().out)["profile"]["micro_batch"] == 32

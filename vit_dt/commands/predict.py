@@ -9,11 +9,13 @@ from pathlib import Path
 
 from vit_dt.analysis import scaling_model as sm
 
-EPILOG = """The compute profile comes from the completed run with the fewest ranks in --from (best: a 1-GPU run).
-The interconnect is --cluster's (conf/cluster/<PROFILE>.yaml), else the runs' own cluster profile; it is
+EPILOG = """The compute profile comes from the completed run with the fewest ranks in --from (best: a 1-GPU run);
+when several such runs differ in their settings (a sweep over batch sizes, optimizers, ...), --where picks one,
+and --micro-batch prefers the runs of that micro-batch. Repeats of one setting give the latest. The interconnect is --cluster's (conf/cluster/<PROFILE>.yaml), else the runs' own cluster profile; it is
 calibrated on the multi-rank runs of that same cluster unless --no-calibrate. Examples:
   vit-dt predict --from outputs/sweeps/20260101-120000 --gpus 1,2,4,8,16
   vit-dt predict --from run/result.json --cluster vaughan --layout inter --gpus 8,16,32 --json
+  vit-dt predict --from outputs/sweeps/latest --where optimizer.master_update=fused --micro-batch 64
 The model and its assumptions: docs/scaling-model.md."""
 
 
@@ -27,9 +29,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="intra", choices=sm.LAYOUTS, help="intra: 1 node x N, inter: N nodes x 1, "
                    "grid: N/G nodes x G (--gpus-per-node)")
     p.add_argument("--gpus-per-node", type=int, help="ranks per node for --layout grid")
-    p.add_argument("--micro-batch", type=int, help="micro-batch per rank (default: the profile run's)")
+    p.add_argument("--micro-batch", type=int, help="micro-batch per rank (default: the profile run's); the profile "
+                   "comes from a run of this micro-batch where there is one")
     p.add_argument("--global-batch", type=int, help="fixed global batch (strong scaling, micro = global / N)")
     p.add_argument("--scaling", choices=sm.SCALINGS, help="strong or weak (default: the profile run's)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="use only runs whose config has KEY=VALUE (dotted, as `vit-dt results` shows); repeatable")
     p.add_argument("--no-calibrate", action="store_true", help="use the cluster profile's interconnect as is")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -58,26 +63,87 @@ def cluster_interconnect(name: str) -> sm.Interconnect:
     return sm.Interconnect.from_config(cluster.get("interconnect"))
 
 
-def _pick_profile_record(records: list[dict]) -> dict:
+# Record fields that shape the compute profile besides the swept config knobs (scaling.SERIES_KNOBS).
+PROFILE_FIELDS = ("cluster", "gpu_model", "model", "dataset", "precision", "engine", "zero_stage", "micro_batch",
+                  "grad_accum")
+
+
+def _setting(record: dict, key: str) -> str | None:
+    from vit_dt.results import flat_config
+
+    value = flat_config(record).get(key)
+    if value is None and record.get(key) is not None:
+        value = str(record[key])
+    return value
+
+
+def _choices(values) -> str:
+    return ", ".join(sorted({str(v) for v in values}))
+
+
+def filter_where(records: list[dict], clauses: list[str]) -> list[dict]:
+    """The records whose config (or record field) has every KEY=VALUE of `clauses`."""
+    for clause in clauses:
+        key, sep, value = clause.partition("=")
+        if not sep or not key.strip():
+            raise sm.ModelError(f"--where {clause!r} is not KEY=VALUE, e.g. --where trainer.micro_batch=64")
+        key, value = key.strip(), value.strip()
+        present = [v for v in (_setting(r, key) for r in records) if v is not None]
+        if not present:
+            raise sm.ModelError(f"--where {clause!r}: no run has a setting {key!r}; the runs differ in: "
+                                f"{', '.join(_differences(records)) or 'nothing'}")
+        matching = [r for r in records if _setting(r, key) == value]
+        if not matching:
+            raise sm.ModelError(f"--where {clause!r}: no run has {key}={value}; valid: {_choices(present)}")
+        records = matching
+    return records
+
+
+def _differences(records: list[dict]) -> dict[str, list[str]]:
+    """The profile-shaping settings the records differ in, with their values."""
+    from vit_dt.analysis.scaling import swept_knobs
+
+    keys = [*(k for k in PROFILE_FIELDS if len({str(r.get(k)) for r in records}) > 1), *swept_knobs(records)]
+    return {k: sorted({str(_setting(r, k)) for r in records}) for k in keys}
+
+
+def pick_profile_record(records: list[dict], micro_batch: int | None = None) -> dict:
+    """The completed run with the fewest ranks; refused when those runs differ in what shapes the profile."""
     if not records:
         raise sm.ModelError("no completed run to take a profile from")
     smallest = min(int(r["world_size"]) for r in records)
-    return [r for r in records if int(r["world_size"]) == smallest][-1]
+    candidates = [r for r in records if int(r["world_size"]) == smallest]
+    if micro_batch is not None and any(r.get("micro_batch") == micro_batch for r in candidates):
+        candidates = [r for r in candidates if r.get("micro_batch") == micro_batch]
+    differences = _differences(candidates)
+    if differences:
+        listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in differences.items())
+        key, values = next(iter(differences.items()))
+        raise sm.ModelError(f"{len(candidates)} completed {smallest}-rank runs could give the profile and they differ "
+                            f"({listed}); pick one with --where KEY=VALUE, e.g. --where {key}={values[0]}")
+    return candidates[-1]
+
+
+def _alike(record: dict, base: dict, knobs: tuple[str, ...]) -> bool:
+    """Whether `record` has `base`'s values of the swept `knobs`: a calibration run timed under other settings
+    (another optimizer, no compile, ...) would fit its all-reduce against the wrong compute step."""
+    return all(_setting(record, k) == _setting(base, k) for k in knobs)
 
 
 def run(args: argparse.Namespace) -> dict:
     from vit_dt.analysis.report import load_records
-    from vit_dt.analysis.scaling import select
+    from vit_dt.analysis.scaling import select, swept_knobs
 
-    records = select(load_records([Path(args.source)])).used
-    base = _pick_profile_record(records)
+    records = filter_where(select(load_records([Path(args.source)])).used, args.where)
+    base = pick_profile_record(records, args.micro_batch)
     profile = sm.profile_from_record(base)
     target = args.cluster or base.get("cluster")
     if args.cluster:
         prior = cluster_interconnect(args.cluster)
     else:
         prior = sm.interconnect_of(base) or sm.Interconnect()
-    same_cluster = [r for r in records if r.get("cluster") == target]
+    knobs = swept_knobs(records)
+    same_cluster = [r for r in records if r.get("cluster") == target and _alike(r, base, knobs)]
     calibration = (sm.Calibration(prior, (), (), notes=("--no-calibrate",)) if args.no_calibrate
                    else sm.calibrate(same_cluster, prior=prior, profile=profile))
     kwargs = dict(layout=args.layout, gpus_per_node=args.gpus_per_node, micro_batch=args.micro_batch,
