@@ -87,6 +87,13 @@ def test_known_deepspeed_override_is_merged():
     ("scaling.mode", "medium", None), ("deepspeed.zero_stage", 4, "0, 1, 2, 3"),
     ("wandb.mode", "cloud", "offline, online, disabled"), ("model.name", "vit_h_14", "vit_tiny, vit_b_16"),
     ("trainer.compile_mode", "cudagraphs", "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    # read only once a run has started: refused here instead of on a compute node
+    ("trainer.lr_schedule", "linear", "constant, cosine"), ("dataset.hflip", "maybe", "False, True"),
+    ("trainer.checkpoint", "yes", "False, True"),
+    ("trainer.warmup_epochs", -1, "a number >= 0"), ("trainer.grad_clip", "high", "a number >= 0 or null"),
+    ("trainer.seed", 1.5, "an integer >= 0"), ("trainer.log_every", -10, "an integer >= 0"),
+    ("trainer.dist_timeout_s", 0, "a number > 0"), ("trainer.max_steps_per_epoch", 0, "an integer >= 1 or null"),
+    ("trainer.num_workers", -1, "an integer >= 0 or null"), ("dataset.val_fraction", 1.0, "strictly between 0 and 1"),
 ])
 def test_bad_values_name_the_valid_ones(key, value, valid):
     cfg = to_container(compose([]))
@@ -100,6 +107,13 @@ def test_bad_values_name_the_valid_ones(key, value, valid):
     assert f"{key}={value!r} is invalid" in str(err.value)
     if valid:
         assert valid in str(err.value)
+
+
+def test_lamb_under_zero_is_refused_before_queueing():
+    with pytest.raises(ConfigError, match=r"optimizer=lamb with deepspeed.zero_stage=2 .*valid: deepspeed.zero_stage=0"):
+        _check(["optimizer=lamb", "deepspeed.zero_stage=2"])
+    _check(["optimizer=lamb", "deepspeed.zero_stage=2", "engine=ddp"])      # DDP never partitions the parameters
+    _check(["optimizer=lamb"])
 
 
 def _derive(overrides, world_size):

@@ -212,6 +212,19 @@ def test_a_swept_knob_splits_series_and_a_seed_does_not():
     assert [s.key.short_label() for s in scaling.build_series(plain)] == ["strong intra, micro-batch 32"]
 
 
+def test_a_geometry_sweep_of_a_model_without_a_fixed_geometry_splits_series():
+    """vit_tiny has no geometry of its own (no patch in its label): patch sizes x GPUs must not average together."""
+    records = []
+    for point, (patch, n, t) in enumerate([(4, 1, 10.0), (4, 2, 6.0), (2, 1, 40.0), (2, 2, 22.0)]):
+        record = make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=point, model="vit_tiny",
+                             first_epoch_factor=1.0)
+        record["config"]["model"] |= {"patch_size": patch, "image_size": 32}
+        records.append(record)
+    assert scaling.swept_knobs(records) == ("model.patch_size",)
+    baselines = {s.key.knobs: s.baseline_epoch_time_s for s in scaling.analyse(records).series}
+    assert baselines == {"model.patch_size=4": pytest.approx(10.0), "model.patch_size=2": pytest.approx(40.0)}
+
+
 def test_swept_knobs_are_the_fewest_that_tell_runs_apart_and_ignore_settings_older_records_lack():
     def rec(point, optimizer, **config):
         record = make_record(world_size=1 + point % 2, epoch_time_s=10.0, micro_batch=32, point=point)

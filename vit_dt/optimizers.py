@@ -33,6 +33,15 @@ class OptimizerConfigError(ValueError):
     pass
 
 
+def zero_stage_error(name: str, stage: int) -> str | None:
+    """Why optimizer `name` cannot step under DeepSpeed ZeRO `stage`, or None when it can."""
+    if name == "lamb" and stage > 0:
+        # ZeRO flattens parameters into partitions: LAMB's per-layer trust ratio would become per-partition.
+        return (f"optimizer=lamb with deepspeed.zero_stage={stage} would compute LAMB's trust ratio over flattened "
+                f"ZeRO partitions instead of per layer; valid: deepspeed.zero_stage=0 or engine=ddp")
+    return None
+
+
 def scale_lr(base_lr: float, global_batch: int, rule: str, base_batch: int | None) -> float:
     """The lr for `global_batch`: unchanged (`none`), x global/base (`linear`) or x sqrt(global/base) (`sqrt`)."""
     if rule not in LR_RULES:

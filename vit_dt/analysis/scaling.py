@@ -208,7 +208,8 @@ def _model_label(record: Mapping[str, Any]) -> str:
 SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "deepspeed.wall_clock_breakdown",
                 "trainer.compile", "trainer.grad_clip", "trainer.lr_schedule", "trainer.warmup_epochs",
                 "trainer.max_steps_per_epoch", "trainer.timer_sample_every", "trainer.balance",
-                "model.fast_attention", "model.activation_checkpointing", "model.dropout", "dataset.hflip",
+                "model.fast_attention", "model.activation_checkpointing", "model.dropout", "model.patch_size",
+                "model.image_size", "dataset.hflip",
                 "dataset.val_fraction")
 
 

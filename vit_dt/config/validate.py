@@ -30,12 +30,24 @@ def _positive_int(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: it must be an integer >= 1")
 
 
+def _number(key: str, value: Any, minimum: float, *, integer: bool = False, optional: bool = False,
+            above: bool = False) -> None:
+    """`value` is a number (an integer when `integer`) >= `minimum` (> when `above`), or None when `optional`."""
+    if value is None and optional:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum or (above and value == minimum):
+        bound = f"{'>' if above else '>='} {minimum:g}"
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{key}={value!r} is invalid: it must be {what} {bound}" + (" or null" if optional else ""))
+
+
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
     from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, bf16_mode_for, validate_overrides
     from vit_dt.engines import COMPILE_MODES
     from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
-    from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec
+    from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec, zero_stage_error
 
     _one_of("precision", cfg["precision"], PRECISIONS)
     _one_of("engine", cfg["engine"], ENGINES)
@@ -53,6 +65,8 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     trainer = cfg["trainer"]
     for key in ("epochs", "nproc", "grad_accum", "micro_batch", "timer_sample_every"):
         _positive_int(f"trainer.{key}", trainer[key])
+    _check_trainer_settings(trainer)
+    _check_dataset_settings(cfg["dataset"])
     _check_balance(cfg)
     model_errors = geometry_errors(cfg["model"])
     if model_errors:
@@ -75,6 +89,9 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
             + (f" with deepspeed.bf16_mode resolving to {bf16_mode}" if bf16_mode else "")
             + "; valid: precision=bf16 with deepspeed.bf16_mode=master (or auto at ZeRO-0, grad_accum 1), or "
               "optimizer.master_update=separate")
+    zero_error = zero_stage_error(cfg["optimizer"].get("name"), cfg["deepspeed"]["zero_stage"])
+    if cfg["engine"] == "deepspeed" and zero_error:
+        raise ConfigError(zero_error)
     _one_of("trainer.compile", trainer.get("compile", False), (False, True))
     _one_of("trainer.compile_mode", trainer.get("compile_mode", "default"), COMPILE_MODES)
     try:
@@ -83,6 +100,30 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
         OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
     except (BatchError, DeepSpeedConfigError, OptimizerConfigError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_trainer_settings(trainer: Mapping[str, Any]) -> None:
+    """The trainer keys a run reads only once it has started: refused here instead of on a compute node."""
+    from vit_dt.engines import LR_SCHEDULES
+
+    _one_of("trainer.lr_schedule", trainer.get("lr_schedule", "cosine"), LR_SCHEDULES)
+    _number("trainer.warmup_epochs", trainer.get("warmup_epochs", 0), 0)
+    _number("trainer.grad_clip", trainer.get("grad_clip"), 0, optional=True)
+    _number("trainer.seed", trainer.get("seed", 0), 0, integer=True)
+    _number("trainer.timer_warmup_steps", trainer.get("timer_warmup_steps", 0), 0, integer=True)
+    _number("trainer.log_every", trainer.get("log_every", 0), 0, integer=True)
+    _number("trainer.dist_timeout_s", trainer.get("dist_timeout_s", 120), 0, above=True)
+    _number("trainer.max_steps_per_epoch", trainer.get("max_steps_per_epoch"), 1, integer=True, optional=True)
+    _number("trainer.num_workers", trainer.get("num_workers"), 0, integer=True, optional=True)
+    _one_of("trainer.checkpoint", trainer.get("checkpoint", True), (False, True))
+
+
+def _check_dataset_settings(dataset: Mapping[str, Any]) -> None:
+    _one_of("dataset.hflip", dataset.get("hflip", True), (False, True))
+    fraction = dataset.get("val_fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction < 1):
+        raise ConfigError(f"dataset.val_fraction={fraction!r} is invalid: it must lie strictly between 0 and 1")
 
 
 def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:

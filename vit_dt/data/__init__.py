@@ -3,7 +3,7 @@
     train, val, info = build_datasets(cfg.dataset, scaling_cfg=cfg.scaling, world_size=W, seed=cfg.trainer.seed)
     loader = make_loader(train, rank=r, world_size=W, batch_size=cfg.trainer.micro_batch, seed=seed,
                          train=True, device=device, num_workers=workers)
-    augment = info.device_augment(train=True)
+    augment = info.device_augment(cfg.model.image_size, train=True)
     for epoch in ...: loader.set_epoch(epoch); for images, labels in loader: x = augment(images) ...
 """
 from __future__ import annotations
@@ -44,15 +44,17 @@ class DatasetInfo:
     mean: tuple[float, ...]      # per stored channel, for DeviceAugment
     std: tuple[float, ...]
     native_image_size: int       # side of the uint8 images the dataset yields
-    image_size: int              # side the model sees (dataset.image_size), DeviceAugment resizes to it
+    image_size: int              # dataset.image_size: what folder workers crop to, synthetic generates
     train_samples: int           # after the weak-scaling subset
     val_samples: int
     train_samples_full: int      # the whole training split
     in_memory: bool              # TensorImages (kept whole on the device) or lazily decoded files
     classes: list[str] = field(repr=False)
 
-    def device_augment(self, train: bool) -> DeviceAugment:
-        return DeviceAugment(self.image_size, self.mean, self.std, train=train)
+    def device_augment(self, model_image_size: int, train: bool) -> DeviceAugment:
+        """The batched augmentation that resizes to the side the model sees (model.image_size: vit_b_16 is fixed
+        at 224 whatever the dataset; vit_tiny follows dataset.image_size)."""
+        return DeviceAugment(model_image_size, self.mean, self.std, train=train)
 
 
 def _plain(cfg: Any) -> dict[str, Any]:

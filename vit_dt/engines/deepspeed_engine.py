@@ -11,7 +11,7 @@ from vit_dt.ds_config import vit_dt_clips
 from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
                                  make_scheduler)
 from vit_dt.master_weights import build_master_weights_optimizer
-from vit_dt.optimizers import OptimizerSpec, build_optimizer
+from vit_dt.optimizers import OptimizerSpec, build_optimizer, zero_stage_error
 
 
 class DeepSpeedEngine(TrainEngine):
@@ -22,11 +22,9 @@ class DeepSpeedEngine(TrainEngine):
         stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
         if master_weights and stage > 0:
             raise ValueError(f"master_weights with deepspeed.zero_stage={stage}: ZeRO partitions its own fp32 masters")
-        if optimizer.name == "lamb" and stage > 0:
-            # ZeRO flattens parameters into partitions: LAMB's per-layer trust ratio would become per-partition.
-            raise ValueError(f"optimizer=lamb with deepspeed.zero_stage={stage} would compute LAMB's trust ratio "
-                             f"over flattened ZeRO partitions instead of per layer; valid: deepspeed.zero_stage=0 or "
-                             f"engine=ddp")
+        refused = zero_stage_error(optimizer.name, stage)
+        if refused:
+            raise ValueError(refused)
         self.optimizer_spec = optimizer
         self.master_weights = bool(master_weights)
         if self.master_weights:
