@@ -264,3 +264,71 @@ def test_a_sweep_dir_holds_one_sweep(tmp_path, capsys):
     assert sweep.main(["cluster=nebula", "trainer.seed=3", f"hydra.sweep.dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "made with other overrides" in err and "trainer.seed=3" in err and f"--resume {tmp_path}" in err
+
+
+def test_a_refused_sweep_leaves_no_directory_and_a_split_one_is_refused_before_its_first_batch(tmp_path, capsys):
+    """Hydra makes the sweep directory for its multirun.yaml before the launcher validates: a refused sweep must
+    not leave one behind per attempt. hydra.sweeper.max_batch_size would queue the first batch and fail on the
+    second, so it is refused at the first."""
+    from vit_dt.commands import sweep
+
+    bad = tmp_path / "bad"
+    assert sweep.main(["cluster=nebula", "resources.layout=foo", f"hydra.sweep.dir={bad}", "--dry-run"]) == 2
+    assert "resources.layout" in capsys.readouterr().err and not bad.exists()
+    split = tmp_path / "split"
+    assert sweep.main(["cluster=nebula", "hydra.sweeper.max_batch_size=1", "trainer.seed=0,1",
+                       f"hydra.sweep.dir={split}", "--dry-run"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err and not split.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert sweep.main(["cluster=nebula", "resources.layout=foo", f"hydra.sweep.dir={kept}", "--dry-run"]) == 2
+    assert (kept / "notes.txt").read_text() == "mine"                  # a directory with other files stays
+
+
+def _fake_sbatch(tmp_path: Path, monkeypatch, accepted: int) -> None:
+    """An `sbatch` on PATH that queues `accepted` jobs and then fails as a real one does when Slurm refuses."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    counter = tmp_path / "sbatch-calls"
+    script = bin_dir / "sbatch"
+    script.write_text(f"""#!/bin/sh
+n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}
+if [ $n -le {accepted} ]; then echo "Submitted batch job $((1000 + n))"; exit 0; fi
+echo "sbatch: error: Batch job submission failed: Invalid account or account/partition combination" >&2; exit 1
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("accepted", [0, 1])
+def test_sbatch_failing_part_way_keeps_the_queued_jobs_tracked(tmp_path, monkeypatch, capsys, accepted):
+    """No cluster needed: a stand-in sbatch on PATH takes `accepted` job arrays, then refuses. What was queued is
+    in sweep.json (exit 3, resumable); when nothing was queued, nothing is recorded (exit 2)."""
+    from vit_dt.commands import sweep
+    from vit_dt.slurm.manifest import manifest_path
+
+    _fake_sbatch(tmp_path, monkeypatch, accepted)
+    sweep_dir = tmp_path / "sweeps" / "s"
+    rc = sweep.main(["cluster=localslurm", "resources.nodes=1,2", f"hydra.sweep.dir={sweep_dir}"])
+    err = capsys.readouterr().err
+    assert "Invalid account" in err and "Traceback" not in err
+    if accepted == 0:
+        assert rc == 2 and "nothing was submitted" in err and not manifest_path(sweep_dir).exists()
+        return
+    assert rc == 3 and f"vit-dt sweep --resume {sweep_dir}" in err
+    manifest = read_manifest(sweep_dir)
+    assert [p["job_id"] for p in manifest["points"]] == ["1001", None]
+    assert (sweep_dir.parent / "latest").resolve() == sweep_dir.resolve()
+
+
+def test_a_file_named_latest_is_never_replaced(tmp_path, monkeypatch, capsys):
+    from vit_dt.commands import sweep
+
+    _fake_sbatch(tmp_path, monkeypatch, accepted=5)
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "latest").write_text("my notes")
+    assert sweep.main(["cluster=localslurm", f"hydra.sweep.dir={sweeps / 's'}"]) == 0
+    assert (sweeps / "latest").read_text() == "my notes"
+    assert "not a link vit-dt made" in capsys.readouterr().out

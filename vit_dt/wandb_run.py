@@ -78,6 +78,20 @@ def scrub_secrets(value: Any, secrets: list[str] | None = None) -> Any:
     return value
 
 
+def holds_secret(text: Any) -> bool:
+    """Whether `text` contains $WANDB_API_KEY's value (however it got there: typed, or an interpolation)."""
+    return any(secret in str(text) for secret in _secret_values())
+
+
+def scrub_override(override: str) -> str:
+    """A command-line override `key=value` fit to write down: the value redacted under a secret-looking key, and
+    $WANDB_API_KEY's value redacted anywhere."""
+    key, sep, _ = override.partition("=")
+    if sep and looks_secret(key):
+        return f"{key}={REDACTED}"
+    return scrub_secrets(override)
+
+
 def flat_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The config W&B records at init: flattened, then scrubbed (key names are checked at every level)."""
     return scrub_secrets(flatten(scrub_secrets(cfg)))

@@ -10,7 +10,8 @@ command returns once they are queued (see docs/sweeps.md). Running the same comm
 hydra.sweep.dir is the same as --resume: completed points are skipped, queued/running ones left alone, the
 rest (failed, timed out, cancelled, never submitted) resubmitted into their run directories (docs/reliability.md).
 File datasets are verified on this node before anything is queued; --no-verify-data skips that for roots only
-compute nodes see. Exit status 2: nothing was submitted.
+compute nodes see. Exit status 2: nothing was submitted; 3: sbatch failed part-way (the jobs queued
+before are in sweep.json; --resume submits the rest); 1: a point of a cluster=local sweep failed.
 """
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "-h", "--help")
 
 
 def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True) -> list[str]:
-    """Hydra overrides for the multirun: our launcher unless the user picked another one."""
+    """Hydra overrides for the multirun: vit-dt's launcher (points are validated together and submitted as one
+    array per shape; no other launcher knows how) and its sweeper, unless another sweeper was picked."""
     overrides = list(args)
-    chosen = {a.split("=", 1)[0].lstrip("+~") for a in overrides}
+    chosen = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[-1] for a in overrides}
+    if chosen.get("hydra/launcher", "vitdt") != "vitdt":
+        raise ValueError(f"hydra/launcher={chosen['hydra/launcher']} is invalid for vit-dt sweep; valid: vitdt (the "
+                         f"default: it validates every point, then submits one Slurm array per resource shape)")
     # The vitdt sweeper skips Hydra's duplicate up-front composition of every point (the launcher does it).
     for group in ("hydra/sweeper", "hydra/launcher"):
         if group not in chosen:
@@ -79,12 +84,17 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from vit_dt.slurm.submit import PartialSubmissionError
+
     try:
         returns = run_sweep(build_overrides(args, dry_run, verify_data))
+    except PartialSubmissionError as exc:
+        print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, HydraException, OmegaConfBaseException) as exc:
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 2
-    return _local_failures([r.return_value for r in returns])
+    return 0 if dry_run else _local_failures([r.return_value for r in returns])
 
 
 def _resume(sweep_dir: str, overrides: list[str], dry_run: bool, verify_data: bool) -> int:
@@ -95,12 +105,17 @@ def _resume(sweep_dir: str, overrides: list[str], dry_run: bool, verify_data: bo
         print(f"vit-dt sweep: --resume takes every point's config from {sweep_dir}; drop the overrides "
               f"{overrides} (a changed sweep belongs in a new directory)", file=sys.stderr)
         return 2
+    from vit_dt.slurm.submit import PartialSubmissionError
+
     try:
         manifest = resume_sweep(sweep_dir, dry_run=dry_run, verify_data=verify_data)
+    except PartialSubmissionError as exc:
+        print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, ManifestError, OSError) as exc:  # SweepError, ProfileError, ... are ValueErrors
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 2
-    return _local_failures(manifest["points"])
+    return 0 if dry_run else _local_failures(manifest["points"])   # a dry run's manifest keeps the old states
 
 
 def _local_failures(points: list) -> int:

@@ -50,7 +50,11 @@ class PointTask(Checkpointable):
     """One sweep point: `entry(cfg, run_dir)` in every rank of its job."""
 
     def __init__(self, cfg: dict[str, Any], run_dir: str, entry: str = DEFAULT_ENTRY) -> None:
-        self.cfg = cfg
+        from vit_dt.wandb_run import scrub_secrets
+
+        # submitit pickles the task into the sweep folder: no secret goes with it. The job reads the W&B key from
+        # the environment sbatch passes on, as W&B itself does.
+        self.cfg = scrub_secrets(cfg)
         self.run_dir = str(run_dir)
         self.entry = entry
 

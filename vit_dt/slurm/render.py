@@ -62,7 +62,7 @@ class SbatchSpec:
     array_size: int | None = None        # a job array of this many tasks (0..n-1), one per sweep point
     array_parallelism: int | None = None
     setup: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str | None], ...] = ()   # a None value holds a secret: named, never written
     srun_args: tuple[str, ...] = ()
     mpirun: str = "mpirun"
     mpirun_args: tuple[str, ...] = ()
@@ -93,6 +93,8 @@ def build_spec(
     description: str = "",
 ) -> SbatchSpec:
     """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
+    from vit_dt.wandb_run import holds_secret
+
     folder = str(folder)
     job_part = "%A_%a" if array_size is not None else "%j"
     log = f"{folder.replace('%j', job_part)}/{job_part}_%t_log"
@@ -112,7 +114,7 @@ def build_spec(
         requeue=profile.requeue,
         array_size=array_size,
         setup=tuple(profile.setup),
-        env=tuple(sorted(profile.env.items())),
+        env=tuple(sorted((name, None if holds_secret(value) else value) for name, value in profile.env.items())),
         srun_args=tuple(profile.srun_args),
         mpirun=profile.mpirun,
         mpirun_args=tuple(profile.mpirun_args),
@@ -180,11 +182,13 @@ def _directives(spec: SbatchSpec) -> list[str]:
     return out
 
 
-def _env_lines(env: tuple[tuple[str, str], ...]) -> list[str]:
+def _env_lines(env: tuple[tuple[str, str | None], ...]) -> list[str]:
     lines = []
     for name, value in env:
         if is_secret_name(name):
             lines.append(f"# {name}: not written (looks like a secret); inherited from the submitting shell")
+        elif value is None:
+            lines.append(f"# {name}: not written (its value holds a secret)")
         else:
             lines.append(f'export {name}="{_dq(value)}"')
     return lines

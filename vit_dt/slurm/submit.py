@@ -33,6 +33,11 @@ class SweepError(ValueError):
     """The sweep cannot be submitted as asked; nothing was queued."""
 
 
+class PartialSubmissionError(RuntimeError):
+    """sbatch failed after some job (array)s of the sweep were queued: those are recorded in sweep.json, so
+    `vit-dt status` follows them and `vit-dt sweep --resume` submits the rest."""
+
+
 @dataclass
 class SweepPoint:
     index: int
@@ -115,16 +120,19 @@ def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, A
     reason: str | Mapping[int, str] = "submitted" if reasons is None else reasons
     slurm_groups = [g for g in groups if g.profile.scheduler == "slurm"]
     local_groups = [g for g in groups if g.profile.scheduler == "local"]
-    for group in slurm_groups:
-        record = (_render_group(sweep_dir, group, echo) if dry_run
-                  else _submit_group(sweep_dir, group, entry, max_num_timeout))
+    for queued, group in enumerate(slurm_groups):
+        try:
+            record = (_render_group(sweep_dir, group, echo) if dry_run
+                      else _submit_group(sweep_dir, group, entry, max_num_timeout))
+        except Exception as exc:    # sbatch refused, or Slurm cannot be reached
+            _refuse_after_submission_failure(sweep_dir, manifest, group, queued, exc, resumed=reasons is not None)
         _attach(manifest, group, record, reason)
     if reasons is None:  # a resume records its own timing
         manifest["submit_seconds"] = round(time.perf_counter() - started, 4)
         manifest["sbatch_seconds"] = round(sum(j.get("sbatch_seconds", 0.0) for j in manifest["jobs"]), 4)
     write_manifest(sweep_dir, manifest)  # before local runs: `vit-dt status` can watch them
     if not dry_run and reasons is None:
-        point_latest_at(sweep_dir)
+        point_latest_at(sweep_dir, echo)
     if local_groups:
         for group in local_groups:
             if dry_run:
@@ -132,6 +140,21 @@ def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, A
             else:
                 _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
         write_manifest(sweep_dir, manifest)
+
+
+def _refuse_after_submission_failure(sweep_dir: Path, manifest: dict[str, Any], group: JobGroup, queued: int,
+                                     exc: Exception, *, resumed: bool) -> None:
+    """Raise the error for a job group sbatch did not take. Groups queued before it stay tracked: the manifest is
+    written with them (a new sweep's with none is not, so the same command can simply run again)."""
+    points = ",".join(str(p.index) for p in group.points)
+    what = f"sbatch failed for point(s) {points} ({group.shape.describe()}): {_error_line(exc)}"
+    if queued == 0 and not resumed:
+        raise SweepError(f"nothing was submitted; {what}") from None
+    write_manifest(sweep_dir, manifest)
+    if not resumed:
+        point_latest_at(sweep_dir)
+    raise PartialSubmissionError(f"{what}\nthe job(s) queued before it are recorded in {manifest_path(sweep_dir)}; "
+                                 f"once sbatch works again, `vit-dt sweep --resume {sweep_dir}` submits the rest") from None
 
 
 def write_point_config(point: SweepPoint) -> Path:
@@ -167,9 +190,13 @@ def read_point_config(run_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def point_latest_at(sweep_dir: Path) -> None:
-    """<sweeps>/latest -> this sweep, replaced atomically, so `vit-dt report outputs/sweeps/latest` just works."""
+def point_latest_at(sweep_dir: Path, echo: Callable[[str], None] = print) -> None:
+    """<sweeps>/latest -> this sweep, replaced atomically, so `vit-dt report outputs/sweeps/latest` just works.
+    Only a link is replaced: a file or directory of that name is someone's own and stays as it is."""
     link = sweep_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        echo(f"note: {link} is not a link vit-dt made; left as it is (it does not point at this sweep)")
+        return
     tmp = sweep_dir.parent / f".latest-{sweep_dir.name}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(sweep_dir.name)
@@ -291,7 +318,10 @@ def _error_line(exc: BaseException) -> str:
 
 # --- manifest records --------------------------------------------------------------------------------
 def _point_record(point: SweepPoint) -> dict[str, Any]:
-    return {"index": point.index, "overrides": list(point.overrides), "run_dir": str(point.run_dir),
+    from vit_dt.wandb_run import scrub_override
+
+    return {"index": point.index, "overrides": [scrub_override(o) for o in point.overrides],
+            "run_dir": str(point.run_dir),
             "cluster": point.profile.name, "scheduler": point.profile.scheduler,
             "launcher": point.profile.launcher, "shape": point.shape.to_dict(), "job": None, "job_id": None,
             "attempts": []}

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hydra_plugins.vit_dt_launcher.compose import PointComposer
 
 POINTS_SUBDIR = "points"
+HYDRA_DUMP = "multirun.yaml"
 
 
 class VitDtLauncher(Launcher):
@@ -39,24 +40,42 @@ class VitDtLauncher(Launcher):
         self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from vit_dt.slurm.job_entry import load_entry
         from vit_dt.slurm.manifest import manifest_path
+
+        assert self.config is not None and self.hydra_context is not None
+        tic = time.perf_counter()
+        setup_globals()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        _scrub_hydra_dump(sweep_dir, self._typed_overrides())
+        if manifest_path(sweep_dir).exists():  # the same sweep again: idempotent, only what did not complete
+            self._refuse_batches(job_overrides, initial_job_idx)
+            return self._resume(sweep_dir, job_overrides)
+        try:
+            self._refuse_batches(job_overrides, initial_job_idx)
+            return self._launch_new(sweep_dir, job_overrides, tic)
+        except Exception:
+            _remove_hydra_leftover(sweep_dir)
+            raise
+
+    def _refuse_batches(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
+        """Refused at the first batch, before anything is queued: a later batch would find part of the sweep queued."""
+        from vit_dt.slurm.submit import SweepError
+
+        assert self.config is not None
+        batch_size = (self.config.hydra.get("sweeper") or {}).get("max_batch_size")
+        if initial_job_idx != 0 or (batch_size and len(job_overrides) >= int(batch_size)):
+            raise SweepError("hydra.sweeper.max_batch_size split this sweep into batches; vit-dt validates and "
+                             "submits all points at once (one manifest, one array per shape): leave it null")
+
+    def _launch_new(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], tic: float) -> Sequence[JobReturn]:
+        from vit_dt.slurm.job_entry import load_entry
         from vit_dt.slurm.submit import SweepError, submit_sweep
 
         assert self.config is not None and self.hydra_context is not None
-        if initial_job_idx != 0:
-            raise SweepError("hydra.sweeper.max_batch_size split this sweep into batches; vit-dt validates and "
-                             "submits all points at once (one manifest, one array per shape): leave it null")
-        tic = time.perf_counter()
-        setup_globals()
         load_entry(self.entry)  # a typo in the entry fails here, not in every job
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        if manifest_path(sweep_dir).exists():  # the same sweep again: idempotent, only what did not complete
-            return self._resume(sweep_dir, job_overrides)
         composer = PointComposer(self.hydra_context.config_loader, self.config)
         points, errors = [], []
-        for offset, overrides in enumerate(job_overrides):
-            index = initial_job_idx + offset
+        for index, overrides in enumerate(job_overrides):
             try:
                 points.append(self._point(composer, index, list(overrides), sweep_dir))
             except (ValueError, HydraException, OmegaConfBaseException) as exc:  # bad shape, profile, config
@@ -73,7 +92,7 @@ class VitDtLauncher(Launcher):
                                  + "\n  ".join(problems)
                                  + "\n(if the root exists only on compute nodes, pass --no-verify-data)")
         manifest = submit_sweep(sweep_dir, points, entry=self.entry, dry_run=self.dry_run,
-                                max_num_timeout=self.max_num_timeout, argv=list(self.config.hydra.overrides.task),
+                                max_num_timeout=self.max_num_timeout, argv=self._argv(),
                                 prepare_seconds=time.perf_counter() - tic)
         _print_summary(manifest)
         by_index = {p["index"]: p for p in manifest["points"]}
@@ -92,7 +111,7 @@ class VitDtLauncher(Launcher):
 
         assert self.config is not None
         manifest = read_manifest(sweep_dir)
-        argv = list(self.config.hydra.overrides.task)
+        argv = self._argv()
         if manifest.get("dry_run") or self.entry != manifest.get("entry", self.entry):
             raise SweepError(f"{manifest_path(sweep_dir)} exists: {sweep_dir} already holds a "
                              f"{'dry run' if manifest.get('dry_run') else 'sweep with another entry'}; "
@@ -112,6 +131,17 @@ class VitDtLauncher(Launcher):
             returns.append(ret)
         return returns
 
+    def _typed_overrides(self) -> list[str]:
+        """The command line's overrides as typed: `${oc.env:...}` not resolved."""
+        assert self.config is not None
+        return [str(o) for o in OmegaConf.to_container(self.config.hydra.overrides.task, resolve=False)]
+
+    def _argv(self) -> list[str]:
+        """The typed overrides with secrets redacted: what sweep.json keeps to recognise the same sweep again."""
+        from vit_dt.wandb_run import scrub_override
+
+        return [scrub_override(o) for o in self._typed_overrides()]
+
     def _point(self, composer: PointComposer, index: int, overrides: list[str], sweep_dir: Path) -> Any:
         from vit_dt.config import validate
         from vit_dt.config.shape import resolve_shape
@@ -127,6 +157,35 @@ class VitDtLauncher(Launcher):
         validate_request(profile, shape)
         validate(cfg, shape.world_size)
         return SweepPoint(index=index, overrides=overrides, cfg=cfg, run_dir=run_dir, profile=profile, shape=shape)
+
+
+def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
+    """Hydra saves the multirun's config, command line included, as <sweep>/multirun.yaml before any launcher runs:
+    redact what the command line typed under a secret-looking key, and $WANDB_API_KEY's value."""
+    from vit_dt.wandb_run import REDACTED, _secret_values, looks_secret
+
+    dump = sweep_dir / HYDRA_DUMP
+    if not dump.is_file():
+        return
+    typed = [o.partition("=") for o in typed_overrides]
+    secrets = [value for key, sep, value in typed if sep and value and looks_secret(key)] + _secret_values()
+    text = original = dump.read_text()
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    if text != original:
+        tmp = dump.with_name(f".{HYDRA_DUMP}.tmp")
+        tmp.write_text(text)
+        tmp.replace(dump)
+
+
+def _remove_hydra_leftover(sweep_dir: Path) -> None:
+    """A sweep refused before submission leaves no directory behind: Hydra made it for its multirun.yaml alone."""
+    try:
+        if [p.name for p in sweep_dir.iterdir()] == [HYDRA_DUMP]:
+            (sweep_dir / HYDRA_DUMP).unlink()
+            sweep_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
