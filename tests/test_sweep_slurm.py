@@ -332,3 +332,12 @@ def test_a_file_named_latest_is_never_replaced(tmp_path, monkeypatch, capsys):
     assert sweep.main(["cluster=localslurm", f"hydra.sweep.dir={sweeps / 's'}"]) == 0
     assert (sweeps / "latest").read_text() == "my notes"
     assert "not a link vit-dt made" in capsys.readouterr().out
+
+
+def test_a_dry_run_verifies_the_data_as_the_real_sweep_would(tmp_path, capsys):
+    from vit_dt.commands import sweep
+
+    args = ["cluster=nebula", "dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}", "--dry-run"]
+    assert sweep.main([*args, f"hydra.sweep.dir={tmp_path / 'a'}"]) == 2
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert sweep.main([*args, "--no-verify-data", f"hydra.sweep.dir={tmp_path / 'b'}"]) == 0

@@ -83,7 +83,7 @@ class VitDtLauncher(Launcher):
                 errors.append(f"  point {index} [{shown}]: {exc}")
         if errors:
             raise SweepError("nothing was submitted; fix these point(s) first:\n" + "\n".join(errors))
-        if self.verify_data and not self.dry_run:
+        if self.verify_data:   # a dry run too: it should fail where the real sweep would
             from vit_dt.preflight import dataset_problems
 
             problems = dataset_problems(p.cfg["dataset"] for p in points)
