@@ -140,6 +140,13 @@ def test_state_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert ClusterSpec().state_dir == tmp_path / "elsewhere"
 
 
+def test_cli_env_without_a_cluster_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`eval "$(vit-dt cluster env)"` must not point Slurm clients at a slurm.conf that does not exist."""
+    assert cluster_cmd.main(["--state-dir", str(tmp_path), "env"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "vit-dt cluster up" in captured.err
+
+
 def test_profile_matches_the_cluster() -> None:
     """conf/cluster/localslurm.yaml must describe what slurm.conf declares."""
     profile = yaml.safe_load((REPO / "conf/cluster/localslurm.yaml").read_text())

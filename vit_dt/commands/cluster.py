@@ -93,7 +93,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    for key, value in localcluster.env(_saved_or_given_spec(args)).items():
+    spec = _saved_or_given_spec(args)
+    if not spec.slurm_conf.is_file():
+        # `eval "$(vit-dt cluster env)"` would point every Slurm client at a file that is not there.
+        raise ClusterError(f"no local cluster config at {spec.slurm_conf}; start one with `vit-dt cluster up`")
+    for key, value in localcluster.env(spec).items():
         print(f"export {key}={value}")
     return 0
 
