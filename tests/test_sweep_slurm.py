@@ -341,3 +341,10 @@ def test_a_dry_run_verifies_the_data_as_the_real_sweep_would(tmp_path, capsys):
     assert sweep.main([*args, f"hydra.sweep.dir={tmp_path / 'a'}"]) == 2
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert sweep.main([*args, "--no-verify-data", f"hydra.sweep.dir={tmp_path / 'b'}"]) == 0
+
+
+def test_a_local_dry_run_says_what_would_run(tmp_path, capsys):
+    from vit_dt.commands import sweep
+
+    assert sweep.main(["cluster=local", "trainer.micro_batch=16,32", f"hydra.sweep.dir={tmp_path}", "--dry-run"]) == 0
+    assert "would run here, one after another: point(s) 0,1" in capsys.readouterr().out

@@ -302,6 +302,12 @@ def summary_lines(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None = 
         lines.append(f"  {ident} ({kind}): {shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s), "
                      f"partition {shape['partition']}, {shape['time_min']} min, points "
                      f"{','.join(map(str, job['points']))}  script {job['script']}")
+    local_jobs = [j for j in jobs if j["scheduler"] == "local"]
+    if local_jobs and manifest["dry_run"]:    # a real local sweep prints each point as it runs
+        for job in local_jobs:
+            shape = job["shape"]
+            lines.append(f"  would run here, one after another: point(s) {','.join(map(str, job['points']))} "
+                         f"({shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s))")
     lines.append(f"sweep dir: {sweep_dir}")
     lines.append(f"status:    vit-dt status {sweep_dir}")
     return lines
