@@ -1,9 +1,12 @@
 """Real DeepSpeed data-parallel training on CPU (gloo), started the way a user starts it: `vit-dt train`."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import DIGITS_FAST, read_result, run_cli, run_dir_from_output
+from tests.helpers import DIGITS_FAST, read_result, run_cli, run_dir_from_output, write_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +81,52 @@ def test_ddp_engine_trains_and_records_same_schema(tmp_path):
 
 
 def test_a_failing_run_writes_a_failed_result(tmp_path):
-    proc = run_cli("train", *DIGITS_FAST, "dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}",
-                   f"out_dir={tmp_path}")
+    """A rank whose data is missing (`vit-dt train` refuses that up front; a rank started on its run directory,
+    as a sweep point with --no-verify-data is, finds out itself) records why in result.json."""
+    run_dir = tmp_path / "run"
+    write_run_config(run_dir, [*DIGITS_FAST, "dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}",
+                               f"out_dir={tmp_path}"])
+    proc = subprocess.run([sys.executable, "-m", "vit_dt.train", str(run_dir)], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode != 0
-    result = read_result(run_dir_from_output(proc.stdout))
+    result = read_result(run_dir)
     assert result["status"] == "failed"
     assert "cifar-10-batches-py" in result["error"] and "vit-dt data prepare cifar10" in result["error"]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_missing_data_is_refused_in_one_line_before_a_run_dir_or_rank_exists(tmp_path, nproc):
+    """`vit-dt sweep`'s data check: no run directory, no ranks each printing a traceback of the same error."""
+    root = tmp_path / "nowhere"
+    proc = run_cli("train", *DIGITS_FAST, "dataset=cifar10", f"dataset.root={root}", f"trainer.nproc={nproc}",
+                   f"out_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{root}/cifar-10-batches-py" in proc.stderr and "vit-dt data prepare cifar10" in proc.stderr
+    assert "run directory" not in proc.stdout and not (tmp_path / "out").exists()
+
+
+def test_cpus_per_task_sizes_the_rank_threads_and_its_loader_workers(monkeypatch):
+    """The profile's cpus_per_task becomes sbatch's --cpus-per-task (the golden scripts pin that), Slurm hands it
+    to each task as SLURM_CPUS_PER_TASK, and the rank sizes its torch threads and DataLoader workers from it."""
+    import os
+
+    from vit_dt.distributed import DistEnv
+    from vit_dt.train import _threads_per_rank, loader_workers
+
+    assert loader_workers(None, {"SLURM_CPUS_PER_TASK": "8"}) == 7       # one CPU for the training loop
+    assert loader_workers(None, {}) == 0                                  # no Slurm: load in the main process
+    assert loader_workers(3, {"SLURM_CPUS_PER_TASK": "8"}) == 3           # trainer.num_workers wins
+    env = DistEnv(rank=0, world_size=4, local_rank=0, node_rank=0, nodes=1, master_addr="127.0.0.1",
+                  master_port=29500, source="slurm")
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+        assert _threads_per_rank(env) == 3 and torch.get_num_threads() == 3
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert _threads_per_rank(env) == max(1, len(os.sched_getaffinity(0)) // 4)   # the cores shared by 4 ranks
+    finally:
+        torch.set_num_threads(before)

@@ -9,7 +9,7 @@ import random
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from vit_dt import distributed
 from vit_dt.distributed import DistEnv
@@ -49,6 +49,14 @@ def _threads_per_rank(env: DistEnv) -> int:
     threads = int(given) if given else max(1, len(os.sched_getaffinity(0)) // ranks_here)
     torch.set_num_threads(max(1, threads))
     return threads
+
+
+def loader_workers(configured: int | None, environ: Mapping[str, str]) -> int:
+    """DataLoader workers per rank: `trainer.num_workers`, else the task's Slurm CPUs (the profile's
+    cpus_per_task, sbatch's --cpus-per-task) less the one the training loop runs on."""
+    if configured is not None:
+        return int(configured)
+    return max(0, int(environ.get("SLURM_CPUS_PER_TASK") or 1) - 1)
 
 
 def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
@@ -132,9 +140,7 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
 
     recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
     recorder.watch_memory(engine)
-    num_workers = trainer_cfg.get("num_workers")
-    if num_workers is None:
-        num_workers = max(0, int(os.environ.get("SLURM_CPUS_PER_TASK", 1)) - 1)
+    num_workers = loader_workers(trainer_cfg.get("num_workers"), os.environ)
     checkpointer = Checkpointer(run_dir) if trainer_cfg.get("checkpoint", True) else None
     state = TrainState()
     if checkpointer and (resumed := checkpointer.load_latest(engine, TrainState)):
