@@ -374,3 +374,11 @@ def test_epoch_rows_an_attempt_left_off_disk_are_logged_again_from_the_checkpoin
     _, back = read_offline_segments(run_dir)
     assert [(row["_step"], row.get("epoch/val_acc")) for row in back["history"]] == [(6, 0.5), (12, 0.625), (13, None)]
     assert back["history"][0]["epoch/breakdown_ms/fwd"] == 2.0
+
+
+def test_a_sweeps_points_share_one_group_named_after_the_sweep():
+    from vit_dt.record import wandb_group
+
+    assert wandb_group({"wandb": {"group": None}, "sweep_dir": "/o/sweeps/20260101-120000"}) == "20260101-120000"
+    assert wandb_group({"wandb": {"group": "mine"}, "sweep_dir": "/o/sweeps/x"}) == "mine"
+    assert wandb_group({"wandb": {"group": None}}) is None               # a lone `vit-dt train` run

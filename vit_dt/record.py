@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -131,6 +131,15 @@ def epoch_rows(epochs: list[dict]) -> list[tuple[int, dict]]:
     return rows
 
 
+def wandb_group(cfg: Mapping[str, Any]) -> str | None:
+    """The W&B group of a run: `wandb.group`, else its sweep directory's name, so a sweep's points compare side by
+    side in W&B (one run per point, not per rank); a lone `vit-dt train` run has none."""
+    if cfg["wandb"].get("group"):
+        return cfg["wandb"]["group"]
+    sweep = cfg.get("sweep_dir")
+    return Path(sweep).name if sweep else None
+
+
 class RunRecorder:
     def __init__(self, cfg: dict, run_dir: Path, env: DistEnv, device: torch.device, batch: Batch, info, model,
                  started: str, ds_config: dict | None):
@@ -151,15 +160,9 @@ class RunRecorder:
 
             run_dir.mkdir(parents=True, exist_ok=True)
             # resumable: one W&B run per run directory, continued by every restart (docs/wandb.md)
-            self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=self._group(), job_type=cfg["scaling"]["mode"],
+            self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=wandb_group(cfg), job_type=cfg["scaling"]["mode"],
                                         tags=self._tags(), name=cfg.get("run_name") or self._default_name(),
                                         resumable=True)
-
-    def _group(self) -> str | None:
-        if self.cfg["wandb"].get("group"):
-            return self.cfg["wandb"]["group"]
-        sweep = self.cfg.get("sweep_dir")
-        return Path(sweep).name if sweep else None
 
     def _tags(self) -> list[str]:
         tags = [f"cluster:{self.cfg['cluster']['name']}", f"layout:{self.cfg.get('resources', {}).get('layout')}",
