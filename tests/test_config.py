@@ -56,6 +56,12 @@ def test_global_batch_not_divisible_names_values():
     assert "trainer.global_batch=100" in message and "3 x 1 = 3" in message and "[1, 2, 4, 5," in message
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-64", "1.5"])
+def test_global_batch_must_be_a_positive_integer_or_null(value):
+    with pytest.raises(ConfigError, match=r"trainer.global_batch=.* is invalid: it must be an integer >= 1 or null"):
+        _check([f"trainer.global_batch={value}"])
+
+
 def test_paper_typo_in_deepspeed_overrides_is_rejected():
     with pytest.raises(ConfigError) as err:
         _check(["+deepspeed.overrides.micro_batch_per_gpu=64"])
@@ -182,6 +188,22 @@ def test_train_cli_rejects_bad_input_before_running(tmp_path):
     assert proc.returncode == 2
     assert "precision='fp8' is invalid; valid: fp32, bf16, fp16" in proc.stderr
     assert not (Path(tmp_path) / "runs").exists()
+
+
+def test_train_refuses_unknown_options_naming_the_valid_ones(tmp_path, capsys):
+    from vit_dt.commands import train
+
+    assert train.main(["--epochs", "1", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "vit-dt train: unknown option(s) ['--epochs']; valid: -h, --help" in err and "trainer.epochs=1" in err
+    assert "Exception" not in err and not (Path(tmp_path) / "runs").exists()
+
+
+def test_unknown_options_leave_hydra_overrides_alone():
+    from vit_dt.commands.options import unknown_options
+
+    args = ["trainer.seed=-1", "+x=1", "++y=2", "~z", "--dry-run", "--epochs=3", "-n"]
+    assert unknown_options(args, ("--dry-run", "-h", "--help")) == ["--epochs=3", "-n"]
 
 
 def test_bf16_on_a_t4_partition_is_refused_before_queueing():

@@ -94,6 +94,30 @@ def test_bad_request_submits_nothing(tmp_path, capsys):
     assert not (tmp_path / "pf").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_time_min_below_one_is_refused_as_such(tmp_path, capsys, value):
+    from vit_dt.commands import preflight
+
+    assert preflight.main(["cluster=vaughan", "--time-min", value, "--dir", str(tmp_path / "pf")]) == 2
+    err = capsys.readouterr().err
+    assert f"--time-min {value} is invalid: it must be an integer >= 1" in err and "resources.time_min" not in err
+    assert not (tmp_path / "pf").exists()
+
+
+def test_a_time_min_within_the_requeue_warning_names_the_option(tmp_path, capsys):
+    """--time-min caps the job's limit: when that cap is too short, the message blames --time-min, not
+    resources.time_min (which the user did not set); options may come before or after the overrides."""
+    from vit_dt.commands import preflight
+
+    assert preflight.main(["--time-min", "1", "cluster=vaughan", "--dir", str(tmp_path / "pf")]) == 2
+    err = capsys.readouterr().err
+    assert "--time-min 1 is not longer than cluster.signal_delay_s=120 s" in err and "--time-min 3 or more" in err
+    assert "resources.time_min" not in err and not (tmp_path / "pf").exists()
+    # resources.time_min shorter than --time-min is the request's own: that one is named.
+    assert preflight.main(["cluster=vaughan", "resources.time_min=1", "--dir", str(tmp_path / "pf")]) == 2
+    assert "raise resources.time_min above 2 min" in capsys.readouterr().err
+
+
 def test_comma_lists_expand_to_combinations():
     from vit_dt.commands.preflight import expand_overrides
 

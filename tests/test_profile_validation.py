@@ -70,6 +70,14 @@ def test_partition_counts_must_be_integers():
         ClusterProfile.from_config(data)
 
 
+@pytest.mark.parametrize("value", ["abc", -1, 0, float("inf")])
+def test_partition_memory_must_be_a_positive_number(value):
+    data = copy.deepcopy(raw_profile("vaughan"))
+    data["partitions"]["a40"]["mem_gb"] = value
+    with pytest.raises(ProfileError, match=r"cluster.partitions.a40.mem_gb must be a number > 0"):
+        ClusterProfile.from_config(data)
+
+
 def shape(**kw) -> JobShape:
     base = dict(nodes=1, tasks_per_node=1, gpus_per_node=1, partition="t4v2", time_min=30, cpus_per_task=4,
                 mem_gb=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,85 @@ def test_cancelled_point_is_shown_and_resume_runs_only_it(slurm_cluster, tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "nothing to run again" in proc.stdout, proc.stdout + proc.stderr
     assert len(read_manifest(sweep_dir)["jobs"]) == len(manifest["jobs"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_copied_sweep_resumes_into_the_copy_and_leaves_the_original_as_it_was(tmp_path):
+    """sweep.json and each point's config.yaml name the directory the sweep was made in: `--resume COPY` must run
+    the point again in the copy (its results store included), not in the original. cluster=local: no Slurm."""
+    from tests.test_data import write_cifar10
+
+    root = tmp_path / "data"
+    original = tmp_path / "sweeps" / "s"
+    sub = run_sweep_cli(original, "cluster=local", "dataset=cifar10", f"dataset.root={root}", "--no-verify-data",
+                        "model=vit_tiny", "trainer.micro_batch=16", "wandb.mode=disabled", "trainer.epochs=1",
+                        "trainer.max_steps_per_epoch=2")
+    assert sub.proc.returncode == 1 and "local point(s) failed: [0]" in sub.proc.stderr, sub.proc.stderr
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, symlinks=True)
+    write_cifar10(root)  # the data is there now: the point can complete
+
+    proc = subprocess.run([sys.executable, "-m", "vit_dt.cli", "sweep", "--resume", str(copy)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"made in {original}" in proc.stdout and f"sweep dir: {copy}" in proc.stdout
+    run_dir = copy / "points" / "0"
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+    assert json.loads((run_dir / "attempts" / "1" / "result.json").read_text())["status"] == "failed"
+    completed = [r for r in store_records(copy) if r["status"] == "completed"]
+    assert [(r["sweep_dir"], r["run_dir"]) for r in completed] == [(str(copy), str(run_dir))]
+    manifest = read_manifest(copy)
+    assert manifest["sweep_dir"] == str(copy) and manifest["resumes"][-1]["moved_from"] == str(original)
+    assert manifest["points"][0]["run_dir"] == str(run_dir) and str(copy) in manifest["points"][0]["logs"]["stdout"]
+    assert f"sweep_dir: {copy}\n" in (run_dir / "config.yaml").read_text()
+    # the original: not one file added, changed or moved
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+
+
+def test_status_of_a_copied_or_moved_sweep_reads_the_directory_given(tmp_path, capsys):
+    """`vit-dt status` only reads: a copy's (or a moved sweep's) points are its own <sweep>/points/<i>, whatever
+    directory its sweep.json was written in; the same sweep through a link (<sweeps>/latest) is not a copy."""
+    from vit_dt.commands import status
+    from vit_dt.slurm.manifest import write_manifest
+
+    original = tmp_path / "sweeps" / "s"
+    points = []
+    for i in range(2):
+        run_dir = original / "points" / str(i)
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({"status": "failed"}))
+        logs = {"stdout": str(original / "local" / f"{10 + i}_0_log.out"),
+                "stderr": str(original / "local" / f"{10 + i}_0_log.err")}
+        points.append({"index": i, "overrides": [f"trainer.seed={i}"], "run_dir": str(run_dir), "scheduler": "local",
+                       "job_id": str(10 + i), "local_state": "failed", "logs": logs,
+                       "attempts": [{"attempt": 1, "job_id": str(10 + i), "reason": "submitted"}]})
+    write_manifest(original, {"schema_version": 1, "sweep_dir": str(original), "dry_run": False, "jobs": [],
+                              "points": points})
+    link = tmp_path / "sweeps" / "latest"
+    link.symlink_to("s")
+    manifest, rows = sweep_status(link)
+    assert "moved_from" not in manifest and rows[0].run_dir == str(original / "points" / "0")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    (copy / "points" / "1" / "result.json").write_text(json.dumps({"status": "completed"}))  # the copy's own
+    manifest, rows = sweep_status(copy)
+    assert [r.result for r in rows] == ["failed", "completed"]
+    assert [r.run_dir for r in rows] == [str(copy / "points" / "0"), str(copy / "points" / "1")]
+    assert rows[0].stderr == str(copy / "local" / "10_0_log.err")
+    assert (manifest["sweep_dir"], manifest["moved_from"]) == (str(copy), str(original))
+    assert status.main([str(copy)]) == 0
+    table = capsys.readouterr().out
+    assert f"sweep {copy}:" in table and f"copied or moved from {original}" in table
+    assert f"vit-dt sweep --resume {copy}" in table
+    assert read_manifest(copy)["sweep_dir"] == str(original)  # status writes nothing
+
+    moved = tmp_path / "moved"
+    original.rename(moved)
+    _, rows = sweep_status(moved)
+    assert [(r.result, r.run_dir) for r in rows] == [("failed", str(moved / "points" / str(i))) for i in range(2)]
 
 
 # --- fail fast -----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_dt.analysis.report import build_report, load_records
+from vit_dt.analysis.report import ReportError, build_report, load_records
 from vit_dt.analysis.sample_records import make_record, simulated_sweep, write_store
 from vit_dt.commands import report as report_cmd
 
@@ -157,6 +157,28 @@ def test_report_command(tmp_path, capsys) -> None:
     assert [p["world_size"] for p in inter["points"]] == [1, 4, 8] and inter["points"][0]["borrowed"]
     assert report_cmd.main([str(tmp_path / "nothing-here")]) == 2
     assert "nothing-here" in capsys.readouterr().err
+
+
+def test_report_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys) -> None:
+    write_store(tmp_path / "a", simulated_sweep(gpus=[1, 2], sweep_dir="/sweeps/a"))
+    (tmp_path / "notes.txt").write_text("mine")
+    assert report_cmd.main([str(tmp_path / "a"), "--out", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert f"output directory {tmp_path / 'notes.txt'} is an existing file, not a directory" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert report_cmd.main([str(tmp_path / "a"), "--out", str(tmp_path / "notes.txt" / "report")]) == 2
+    assert "cannot create the output directory" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "report").exists()
+
+
+def test_a_result_json_that_is_not_one_is_named(tmp_path) -> None:
+    (tmp_path / "result.json").write_text("{truncated")
+    with pytest.raises(ReportError, match="result.json is not a result.json: not valid JSON"):
+        load_records([tmp_path / "result.json"])
+    with pytest.raises(ReportError, match="result.json is not a result.json: not valid JSON"):
+        load_records([tmp_path])                                        # the run directory holding it
+    with pytest.raises(ReportError, match="no results store at .*nowhere"):
+        load_records([tmp_path / "nowhere"])
 
 
 def test_report_logs_a_wandb_summary_run_offline(tmp_path, monkeypatch) -> None:

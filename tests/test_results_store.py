@@ -93,6 +93,20 @@ def test_torn_last_line_is_skipped_with_a_warning_and_the_next_append_is_whole(t
         assert [r["point"] for r in store.records()] == [0, 2]
 
 
+def test_an_empty_object_line_is_skipped_like_a_corrupt_one(tmp_path, capsys):
+    store = ResultsStore(tmp_path)
+    store.append({"point": 0, "status": "completed"})
+    with open(store.path, "ab") as handle:
+        handle.write(b"{}\n")
+    store.append({"point": 1, "status": "completed"})
+    with pytest.warns(RuntimeWarning, match="skipping unreadable line 2: an empty JSON object"):
+        assert [r["point"] for r in store.records()] == [0, 1]
+    with pytest.warns(RuntimeWarning, match="line 2"):
+        assert results_cmd.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 record(s)" in printed and not any(set(line.split()) == {"-"} for line in printed.splitlines())
+
+
 def test_latest_by_point_keeps_the_last_record_of_a_rerun(tmp_path):
     store = ResultsStore(tmp_path)
     store.append({"point": 0, "status": "failed"})
@@ -155,6 +169,37 @@ def test_to_csv_and_the_results_command(tmp_path, capsys):
 
     assert results_cmd.main([str(tmp_path / "nowhere")]) == 1
     assert "no results store" in capsys.readouterr().err
+
+
+def test_results_command_reads_a_result_json_or_its_run_directory(tmp_path, capsys):
+    """Like `vit-dt report` and `vit-dt predict`: one run's result.json is a source too."""
+    epochs = [{"time_s": 20.0, "img_per_s": 100.0, "val_acc": 0.6}, {"time_s": 10.0, "img_per_s": 200.0, "val_acc": 0.9}]
+    write_result(tmp_path / "run", record(None, 1, 1, epochs, run_dir=str(tmp_path / "run")))
+    for source in (tmp_path / "run" / "result.json", tmp_path / "run"):
+        assert results_cmd.main([str(source)]) == 0
+        printed = capsys.readouterr().out
+        assert "completed" in printed and "0.9000" in printed
+        assert f"1 record(s) from {tmp_path / 'run' / 'result.json'}" in printed
+    (tmp_path / "bad.json").write_text("{not json")
+    assert results_cmd.main([str(tmp_path / "bad.json")]) == 1
+    assert "bad.json is not a result.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("[1, 2]")
+    assert results_cmd.main([str(tmp_path / "other.json")]) == 1
+    assert "other.json is not a result.json (no `status` key)" in capsys.readouterr().err
+
+
+def test_results_csv_that_cannot_be_a_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "sweep")
+    store.append(record(0, 1, 1, [{"time_s": 1.0, "img_per_s": 1.0, "val_acc": 0.5}]))
+    (tmp_path / "out").mkdir()
+    assert results_cmd.main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert f"--csv {tmp_path / 'out'} is a directory; pass a file path" in captured.err and captured.out == ""
+    assert list((tmp_path / "out").iterdir()) == []
+    (tmp_path / "notes.txt").write_text("mine")
+    assert results_cmd.main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "notes.txt" / "t.csv")]) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_table_and_csv_say_what_each_point_of_a_sweep_was(tmp_path, capsys):

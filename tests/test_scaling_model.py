@@ -232,6 +232,36 @@ def test_predict_command_errors(tmp_path, capsys, paper: dict) -> None:
     assert "interconnect (local)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option", ["--micro-batch", "--global-batch", "--gpus-per-node"])
+@pytest.mark.parametrize("value", ["0", "-4"])
+def test_predict_refuses_counts_below_one_zero_included(tmp_path, capsys, paper: dict, option, value) -> None:
+    write_store(tmp_path, [paper["one"]])
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,2", option, value]) == 2
+    assert f"{option} {value} is invalid: it must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(sm.ModelError, match="micro_batch=0 is invalid"):
+        sm.predict(_paper_profile(paper["one"]), sm.Interconnect(), [1, 2], micro_batch=0)
+
+
+def test_predict_from_a_capped_profile_run_predicts_full_epochs(tmp_path, capsys) -> None:
+    """A profile run with trainer.max_steps_per_epoch set timed `cap` steps per epoch; carrying the cap over
+    would give every N the same `cap` steps (a strong-scaling speed-up of about 1)."""
+    capped = make_record(world_size=1, epoch_time_s=100 * 2.0, micro_batch=64, epochs=3, step_parts_ms=PAPER_STEP,
+                         point=1)
+    capped["config"]["trainer"]["max_steps_per_epoch"] = 100
+    for epoch in capped["epochs"]:
+        epoch["steps"] = 100
+    write_store(tmp_path, [capped])
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,2,4", "--json", "--no-calibrate"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    full = 50_000 // 64                                                # the dataset's steps at one rank
+    assert [p["steps_per_epoch"] for p in result["predictions"]] == [full, 50_000 // 2 // 64, 50_000 // 4 // 64]
+    assert result["predictions"][0]["epoch_s"] == pytest.approx(full * 2.0, rel=1e-6)   # 2 s per measured step
+    assert result["predictions"][2]["speedup"] > 3
+    assert "trainer.max_steps_per_epoch=100" in result["notes"][0] and "full epochs" in result["notes"][0]
+    assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,2", "--no-calibrate"]) == 0
+    assert "note: the profile run stopped its epochs at trainer.max_steps_per_epoch=100" in capsys.readouterr().out
+
+
 def _with_update(record: dict, update: str) -> dict:
     record = json.loads(json.dumps(record))
     record["config"]["optimizer"] = {"name": "adamw", "master_update": update}

@@ -61,6 +61,23 @@ def test_non_positive_counts_are_refused(override):
         resolve_shape(cfg_for(override))
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "abc", "nan"])
+def test_mem_gb_must_be_a_positive_number_or_null(value):
+    with pytest.raises(ShapeError, match=r"resources.mem_gb=.* is invalid: it must be a number > 0 .*or null"):
+        resolve_shape(cfg_for("cluster=vaughan", f"resources.mem_gb={value}"))
+    assert resolve_shape(cfg_for("cluster=vaughan", "resources.mem_gb=0.5")).mem_gb == 0.5
+    assert resolve_shape(cfg_for("cluster=local")).mem_gb is None     # null: Slurm's (or no) default
+
+
+def test_sweep_with_a_bad_mem_gb_renders_no_script(tmp_path, capsys):
+    from vit_dt.commands import sweep
+
+    code = sweep.main(["cluster=vaughan", "resources.mem_gb=-5", f"hydra.sweep.dir={tmp_path / 's'}", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 2 and "resources.mem_gb=-5 is invalid" in captured.err
+    assert "--mem=" not in captured.out and not (tmp_path / "s").exists()
+
+
 def test_unknown_partition_names_the_valid_ones():
     with pytest.raises(RequestError, match="unknown partition 'v100'.*a40, t4v2"):
         resolve_shape(cfg_for("cluster=vaughan", "resources.partition=v100"))

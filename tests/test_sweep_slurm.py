@@ -246,6 +246,21 @@ def test_manifest_is_written_atomically_and_checked(tmp_path):
         read_manifest(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]", "it holds a JSON array, not an object"),
+    ('{"schema_version": 1}', "`points` is missing"),
+    ('{"schema_version": 1, "points": [3]}', "`points` entries must be objects; entry 0 is a number"),
+    ('{"schema_version": 1, "points": [{"index": 0}]}', "points[0] has no run_dir"),
+])
+def test_status_of_a_manifest_that_is_not_one_names_the_file(tmp_path, capsys, content, problem):
+    from vit_dt.commands import status
+
+    (tmp_path / "sweep.json").write_text(content)
+    assert status.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"vit-dt status: error: {tmp_path / 'sweep.json'} is not a" in err and problem in err
+
+
 def test_a_sweep_dir_holds_one_sweep(tmp_path, capsys):
     """The same command again resumes (tests/test_reliability_slurm.py); a dry run's directory or other overrides
     are refused, naming the difference."""

@@ -139,6 +139,8 @@ class ResultsStore:
                 record = json.loads(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
+                if not record:
+                    raise ValueError("an empty JSON object, not a record")
             except ValueError as error:
                 where = "last line (a writer stopped mid-append?)" if number == len(lines) else f"line {number}"
                 warnings.warn(f"{self.path}: skipping unreadable {where}: {error}", RuntimeWarning, stacklevel=2)
@@ -148,10 +150,56 @@ class ResultsStore:
 
     def latest_by_point(self) -> dict[Any, dict]:
         """The last record of each sweep point (a requeued or re-run point appends again), in first-seen order."""
-        latest: dict[Any, dict] = {}
-        for record in self.records():
-            latest[point_of(record)] = record
-        return latest
+        return latest_by_point(self.records())
+
+
+def latest_by_point(records: Iterable[Mapping[str, Any]]) -> dict[Any, dict]:
+    """The last of `records` for each sweep point, in first-seen order."""
+    latest: dict[Any, dict] = {}
+    for record in records:
+        latest[point_of(record)] = record
+    return latest
+
+
+class SourceError(ValueError):
+    """A path that is neither a sweep directory, a results store, a result.json nor a run directory holding one."""
+
+
+SOURCES = f"a sweep directory (holding {STORE_NAME}), a {STORE_NAME} or a {RESULT_NAME} (or the run directory holding it)"
+
+
+def read_source(source: Path | str) -> tuple[list[dict], Path]:
+    """The records of one source and the file they were read from: a sweep directory (its results.jsonl), a
+    .jsonl store, a result.json, or a run directory holding a result.json and no store. Unreadable store lines
+    are skipped with a warning (ResultsStore.records); anything else that is not records raises SourceError."""
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(f"no results store at {source}: it does not exist; pass {SOURCES}")
+    if source.is_dir():
+        if (source / STORE_NAME).is_file():
+            store = ResultsStore(source / STORE_NAME)
+            return store.records(), store.path
+        if not (source / RESULT_NAME).is_file():
+            raise SourceError(f"no results store at {source / STORE_NAME} (no run of this sweep has finished yet, or "
+                              f"not a sweep directory) and no {RESULT_NAME}; pass {SOURCES}")
+        source = source / RESULT_NAME
+    if source.suffix == ".jsonl":
+        return ResultsStore(source).records(), source
+    if source.suffix == ".json":
+        return [_read_result_file(source)], source
+    raise SourceError(f"{source} is not a results store: pass {SOURCES}")
+
+
+def _read_result_file(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SourceError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:          # JSONDecodeError, UnicodeDecodeError
+        raise SourceError(f"{path} is not a {RESULT_NAME}: not valid JSON ({error})") from None
+    if not isinstance(record, dict) or "status" not in record:
+        raise SourceError(f"{path} is not a {RESULT_NAME} (no `status` key)")
+    return record
 
 
 _POINT_IN_PATH = re.compile(r"(?:^|/)points/(\d+)(?:/|$)")

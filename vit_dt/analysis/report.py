@@ -28,36 +28,19 @@ class ReportError(ValueError):
 
 # ---------------------------------------------------------------- reading
 
-def _read_jsonl(path: Path) -> list[dict]:
-    from vit_dt.results import ResultsStore
-
-    return ResultsStore(path).records()
-
-
 def load_records(sources: Sequence[Path | str]) -> list[dict]:
     """Records of every source, in order: a sweep directory (its results.jsonl), a .jsonl store, a result.json
-    or a run directory holding one."""
+    or a run directory holding one (vit_dt.results.read_source)."""
+    from vit_dt.results import SourceError, read_source
+
     if not sources:
         raise ReportError("no source given: pass a sweep directory, a results.jsonl or a result.json")
     records: list[dict] = []
-    for source in map(Path, sources):
-        if source.is_dir() and not (source / "results.jsonl").exists() and (source / "result.json").exists():
-            records.append(json.loads((source / "result.json").read_text(encoding="utf-8")))   # one run's dir
-        elif source.is_dir():
-            store = source / "results.jsonl"
-            if not store.exists():
-                raise ReportError(f"{source} has no results.jsonl: is it a sweep directory (outputs/sweeps/...)? "
-                                  "A sweep writes the store as its runs finish")
-            records += _read_jsonl(store)
-        elif source.suffix == ".jsonl" and source.exists():
-            records += _read_jsonl(source)
-        elif source.suffix == ".json" and source.exists():
-            record = json.loads(source.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "status" not in record:
-                raise ReportError(f"{source} is not a result.json (no `status` key)")
-            records.append(record)
-        else:
-            raise ReportError(f"{source} does not exist or is not a sweep directory, .jsonl store or result.json")
+    for source in sources:
+        try:
+            records += read_source(source)[0]
+        except SourceError as error:
+            raise ReportError(str(error)) from None
     return records
 
 
@@ -453,7 +436,7 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
     analysis = scaling.analyse(records)
     first = sources[0]
     out = Path(out_dir) if out_dir else (first if first.is_dir() else first.parent) / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out)
     model = model_section(analysis.selection.used, analysis.series)
     study = study_section(analysis.selection.used)
     made, skipped = make_plots(analysis, model, out / "plots", study)
@@ -480,6 +463,18 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
     if wandb:
         result.wandb_dir = log_to_wandb(records, tables_, made, meta, out)
     return result
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create the output directory, or refuse (before anything is written) a path that cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output directory {out} is an existing file, not a directory; pass --out a directory "
+                          "(an existing one, or a new path: it is created)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:     # a file where a parent directory should be, no permission, ...
+        raise ReportError(f"cannot create the output directory {out}: {error.strerror or error}; "
+                          "pass --out a directory you can write") from None
 
 
 def log_to_wandb(records: Sequence[dict], tables_: Sequence[Table], made: Mapping[str, Path], meta: dict,

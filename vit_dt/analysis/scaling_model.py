@@ -188,11 +188,11 @@ def predict(profile: Profile, interconnect: Interconnect, gpus: Sequence[int], l
     scaling = scaling or profile.scaling
     if scaling not in SCALINGS:
         raise ModelError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
-    accum = int(grad_accum or profile.grad_accum)
+    accum = int(profile.grad_accum if grad_accum is None else grad_accum)
     workload = replace(profile, scaling=scaling)
     rows = []
     for n in sorted(set(int(g) for g in gpus)):
-        micro = _micro_batch(n, accum, micro_batch or profile.micro_batch, global_batch)
+        micro = _micro_batch(n, accum, profile.micro_batch if micro_batch is None else micro_batch, global_batch)
         nodes, per_node = shape(n, layout, gpus_per_node)
         times = step_time_ms(profile, interconnect, n, nodes, micro, accum, overlap)
         steps = steps_per_epoch(workload.samples(n), n, micro, accum, profile.drop_last, profile.max_steps_per_epoch)
@@ -297,6 +297,19 @@ def profile_from_record(record: Mapping[str, Any], bytes_per_elem: int | None = 
                    grad_accum=accum, train_samples=record.get("train_samples"), world_size=world, scaling=scaling,
                    max_steps_per_epoch=(config.get("trainer") or {}).get("max_steps_per_epoch"),
                    source=str(record.get("run_dir") or ""))
+
+
+def full_epochs(profile: Profile) -> tuple[Profile, str | None]:
+    """`profile` without the measured run's trainer.max_steps_per_epoch, and a note saying so (None when it had no
+    cap). A capped epoch is `cap` steps at every N, so strong scaling would predict a speed-up of about 1: a
+    prediction is for whole epochs of the dataset (train_samples), which only the per-step times carry over to."""
+    cap = profile.max_steps_per_epoch
+    if not cap:
+        return profile, None
+    samples = f"{profile.train_samples} samples" if profile.train_samples is not None else "the whole dataset"
+    return replace(profile, max_steps_per_epoch=None), (
+        f"the profile run stopped its epochs at trainer.max_steps_per_epoch={cap}; predictions are for full epochs "
+        f"({samples}), from its per-step times")
 
 
 def interconnect_of(record: Mapping[str, Any]) -> Interconnect | None:

@@ -130,13 +130,23 @@ def _alike(record: dict, base: dict, knobs: tuple[str, ...]) -> bool:
     return all(_setting(record, k) == _setting(base, k) for k in knobs)
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """--micro-batch, --global-batch and --gpus-per-node, when given, are integers >= 1 (0 is not "unset")."""
+    for option, value, default in (("--micro-batch", args.micro_batch, "the profile run's"),
+                                   ("--global-batch", args.global_batch, "none: the micro-batch is kept"),
+                                   ("--gpus-per-node", args.gpus_per_node, "none; needed by --layout grid")):
+        if value is not None and value < 1:
+            raise sm.ModelError(f"{option} {value} is invalid: it must be an integer >= 1 (default: {default})")
+
+
 def run(args: argparse.Namespace) -> dict:
     from vit_dt.analysis.report import load_records
     from vit_dt.analysis.scaling import select, swept_knobs
 
+    check_counts(args)
     records = filter_where(select(load_records([Path(args.source)])).used, args.where)
     base = pick_profile_record(records, args.micro_batch)
-    profile = sm.profile_from_record(base)
+    profile, capped = sm.full_epochs(sm.profile_from_record(base))
     target = args.cluster or base.get("cluster")
     if args.cluster:
         prior = cluster_interconnect(args.cluster)
@@ -153,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     overlapped = sm.predict(profile, calibration.interconnect, gpus, overlap=True, **kwargs)
     return {"profile": asdict(profile), "profile_run": base.get("run_dir"), "cluster": target,
             "calibration": calibration.to_dict(), "predictions": [asdict(p) for p in plain],
-            "predictions_overlap": [asdict(p) for p in overlapped]}
+            "predictions_overlap": [asdict(p) for p in overlapped], "notes": [capped] if capped else []}
 
 
 def format_table(result: dict) -> str:
@@ -175,6 +185,7 @@ def format_table(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    lines += [f"note: {note}" for note in result.get("notes") or []]
     return "\n".join(lines)
 
 

@@ -90,7 +90,9 @@ def plan_jobs(args: list[str], time_min: int, out_dir: Path | None) -> tuple[Pat
             cfg = to_container(compose(combo))
             profile = ClusterProfile.from_config(cfg["cluster"])
             shape = resolve_shape(cfg, profile)
-            shape = dataclasses.replace(shape, time_min=min(shape.time_min, time_min))
+            if time_min < shape.time_min:      # --time-min shortens the job: its limit is the one to name
+                _check_time_min(profile, time_min)
+                shape = dataclasses.replace(shape, time_min=time_min)
             validate_request(profile, shape)
         except (ValueError, HydraException, OmegaConfBaseException) as exc:
             errors.append(f"  [{' '.join(combo) or '(no overrides)'}]: {exc}")
@@ -116,6 +118,16 @@ def plan_jobs(args: list[str], time_min: int, out_dir: Path | None) -> tuple[Pat
     for job in jobs.values():
         job.run_dir = base_dir / f"shape-{job.index}"
     return base_dir, list(jobs.values())
+
+
+def _check_time_min(profile: Any, time_min: int) -> None:
+    """--time-min against the profile's USR2 warning (validate_request's check, which would blame
+    resources.time_min for a limit --time-min set)."""
+    if profile.requeue and profile.signal_delay_s >= time_min * 60:
+        shortest = int(profile.signal_delay_s // 60) + 1
+        raise PreflightError(f"--time-min {time_min} is not longer than cluster.signal_delay_s={profile.signal_delay_s} s "
+                             f"(the warning USR2 sent before the limit); valid on cluster {profile.name!r}: "
+                             f"--time-min {shortest} or more (default {DEFAULT_TIME_MIN})")
 
 
 def _wandb_mode(cfg: dict[str, Any]) -> str:
@@ -286,15 +298,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the reports go; default <out_dir>/preflight/<timestamp>")
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)   # options before or after the overrides
     except SystemExit as exit_:
         return int(exit_.code or 0)
     bad = [a for a in args.overrides if "=" not in a]
     if bad:
         print(f"vit-dt preflight: {bad} are not overrides (key=value)", file=sys.stderr)
         return 2
+    if args.time_min < 1:
+        print(f"vit-dt preflight: --time-min {args.time_min} is invalid: it must be an integer >= 1 (minutes; "
+              f"default {DEFAULT_TIME_MIN})", file=sys.stderr)
+        return 2
+    if not args.wait_s > 0 or args.wait_s == float("inf"):
+        print(f"vit-dt preflight: --wait-s {args.wait_s:g} is invalid: it must be a number of seconds > 0 "
+              f"(default {DEFAULT_WAIT_S:g})", file=sys.stderr)
+        return 2
     try:
-        base_dir, jobs = plan_jobs(args.overrides, max(1, args.time_min), args.dir)
+        base_dir, jobs = plan_jobs(args.overrides, args.time_min, args.dir)
         submit(base_dir, jobs)
     except (PreflightError, ValueError, OSError, subprocess.SubprocessError) as exc:
         print(f"vit-dt preflight: error: {exc}", file=sys.stderr)

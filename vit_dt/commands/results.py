@@ -1,12 +1,13 @@
-"""`vit-dt results SWEEP_DIR [--csv FILE] [--all]`: a sweep's results store as a table, optionally as CSV."""
+"""`vit-dt results SWEEP_DIR|RESULT_JSON [--csv FILE] [--all]`: a sweep's results store (or one run's result.json)
+as a table, optionally as CSV."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from vit_dt.results import (STORE_NAME, TABLE_COLUMNS, ResultsStore, settings_text, sorted_records, table_row,
-                            to_csv, varying_settings)
+from vit_dt.results import (SOURCES, TABLE_COLUMNS, SourceError, latest_by_point, read_source, settings_text,
+                            sorted_records, table_row, to_csv, varying_settings)
 
 HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
            "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",
@@ -42,26 +43,44 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def csv_path_problem(path: Path) -> str | None:
+    """Why `--csv path` cannot be written as a file (checked before anything is printed), or None."""
+    if path.is_dir():
+        return f"--csv {path} is a directory; pass a file path, e.g. --csv {path / 'results.csv'}"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"--csv {path}: {parent} is a file, not a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vit-dt results", description=__doc__)
-    parser.add_argument("sweep_dir", type=Path, help=f"a sweep directory (holding {STORE_NAME}) or the store file")
+    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help=f"{SOURCES}")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
     parser.add_argument("--all", action="store_true",
                         help="every record, also those a requeued or re-run point superseded")
     args = parser.parse_args(argv)
 
-    store = ResultsStore(args.sweep_dir)
-    if not store.path.exists():
-        print(f"vit-dt results: no results store at {store.path} (no run of this sweep has finished yet, "
-              f"or not a sweep directory)", file=sys.stderr)
+    problem = csv_path_problem(args.csv) if args.csv is not None else None
+    if problem:
+        print(f"vit-dt results: {problem}", file=sys.stderr)
+        return 2
+    try:
+        records, path = read_source(args.sweep_dir)
+    except SourceError as error:
+        print(f"vit-dt results: {error}", file=sys.stderr)
         return 1
-    records = store.records() if args.all else list(store.latest_by_point().values())
+    records = records if args.all else list(latest_by_point(records).values())
     varying = varying_settings(records)
     rows = [table_row(r) | {"settings": settings_text(r, varying)} for r in sorted_records(records)]
     print(format_table(rows))
-    print(f"\n{len(rows)} record(s) from {store.path}")
+    print(f"\n{len(rows)} record(s) from {path}")
     if args.csv:
-        print(f"CSV written to {to_csv(records, args.csv)}")
+        try:
+            print(f"CSV written to {to_csv(records, args.csv)}")
+        except OSError as error:     # a file where its directory should be, no permission, ...
+            print(f"vit-dt results: cannot write --csv {args.csv}: {error.strerror or error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -74,10 +74,11 @@ def main(argv: list[str]) -> int:
             return 2
         resume_dir = args[at + 1]
         args = args[:at] + args[at + 2:]
-    unknown = [a for a in args if a.startswith("--")]
+    from vit_dt.commands.options import unknown_options, unknown_options_message
+
+    unknown = unknown_options(args, OPTIONS)
     if unknown:
-        print(f"vit-dt sweep: unknown option(s) {unknown}; valid: {', '.join(OPTIONS)} "
-              f"(everything else is a Hydra override, key=value)", file=sys.stderr)
+        print(unknown_options_message("sweep", unknown, OPTIONS), file=sys.stderr)
         return 2
     if resume_dir is not None:
         return _resume(resume_dir, args, dry_run, verify_data)

@@ -39,14 +39,31 @@ def compose_checked(overrides: list[str], world_size_key: str = "trainer.nproc")
     return container
 
 
+OPTIONS = ("-h", "--help")
+
+
 def main(argv: list[str]) -> int:
+    from vit_dt.commands.options import unknown_options, unknown_options_message
+
     if any(a in ("-h", "--help") for a in argv):
         print(HELP)
         return 0
+    unknown = unknown_options(argv, OPTIONS)
+    if unknown:
+        print(unknown_options_message("train", unknown, OPTIONS, example="trainer.epochs=1"), file=sys.stderr)
+        return 2
     try:
         cfg = compose_checked(argv)
     except ConfigError as exc:
         print(f"vit-dt train: {exc}", file=sys.stderr)
+        return 2
+    from vit_dt.preflight import dataset_problems
+
+    # `vit-dt sweep`'s data check, before a run directory or a rank exists: one line, not a traceback per rank
+    problems = dataset_problems([cfg["dataset"]])
+    if problems:
+        print(f"vit-dt train: error: {'; '.join(line.strip() for line in problems[0].splitlines())}",
+              file=sys.stderr)
         return 2
     run_dir = new_run_dir(cfg["out_dir"]).resolve()
     run_dir.mkdir(parents=True)

@@ -26,20 +26,16 @@ def resolve_batch(trainer: Mapping[str, Any], scaling: Mapping[str, Any], world_
     With a fixed global batch (`trainer.global_batch`, required by `scaling.fixed=global`) the micro-batch is derived
     and must divide evenly; otherwise `trainer.micro_batch` is kept and the global batch grows with the world size.
     """
-    grad_accum = int(trainer["grad_accum"])
-    if grad_accum < 1:
-        raise BatchError(f"trainer.grad_accum={grad_accum} is invalid: it must be an integer >= 1")
+    grad_accum = _count(trainer.get("grad_accum"), "trainer.grad_accum")
     if world_size < 1:
         raise BatchError(f"world size {world_size} is invalid: it must be >= 1")
     global_batch = trainer.get("global_batch")
     if scaling.get("mode") == "strong" and scaling.get("fixed") == "global" and global_batch is None:
         raise BatchError("scaling.fixed=global needs trainer.global_batch (e.g. trainer.global_batch=256)")
     if global_batch is None:
-        micro = int(trainer["micro_batch"])
-        if micro < 1:
-            raise BatchError(f"trainer.micro_batch={micro} is invalid: it must be an integer >= 1")
+        micro = _count(trainer.get("micro_batch"), "trainer.micro_batch")
         return Batch(micro=micro, grad_accum=grad_accum, world_size=world_size)
-    global_batch = int(global_batch)
+    global_batch = _count(global_batch, "trainer.global_batch", optional=True)
     per_step = world_size * grad_accum
     if global_batch < per_step or global_batch % per_step:
         valid = [n for n in range(1, global_batch + 1) if global_batch % (n * grad_accum) == 0]
@@ -48,3 +44,12 @@ def resolve_batch(trainer: Mapping[str, Any], scaling: Mapping[str, Any], world_
             f"{world_size} x {grad_accum} = {per_step}; world sizes that divide it with grad_accum={grad_accum}: "
             f"{valid}")
     return Batch(micro=global_batch // per_step, grad_accum=grad_accum, world_size=world_size)
+
+
+def _count(value: Any, key: str, optional: bool = False) -> int:
+    """`value` as an integer >= 1 (a whole float such as 64.0 counts); BatchError naming `key` otherwise."""
+    if not isinstance(value, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BatchError(f"{key}={value!r} is invalid: it must be an integer >= 1" + (" or null" if optional else ""))
+    return value

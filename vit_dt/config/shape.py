@@ -7,6 +7,7 @@ and decides whether ranks get GPUs (a CPU partition runs the same ranks on CPUs 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +18,7 @@ LAYOUTS = ("intra", "inter", "grid")
 
 
 class ShapeError(ValueError):
-    """`resources` cannot be turned into a job shape (bad layout, missing or non-positive count)."""
+    """`resources` cannot be turned into a job shape (bad layout, missing or non-positive count or memory)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,23 @@ def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None)
         partition=partition.name,
         time_min=_positive(res.get("time_min", 30), "resources.time_min"),
         cpus_per_task=partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task"),
-        mem_gb=partition.mem_gb if mem is None else float(mem),
+        mem_gb=partition.mem_gb if mem is None else _mem_gb(mem, "resources.mem_gb"),   # the profile checked its own
     )
+
+
+def _mem_gb(value: Any, key: str) -> float | None:
+    """GB of memory per node (`--mem`): a number > 0, or None to leave it to Slurm's default."""
+    if value is None:
+        return None
+    number = value
+    if isinstance(value, str):          # a quoted number ("12") still counts, as it did; "abc" does not
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+        raise ShapeError(f"{key}={value!r} is invalid: it must be a number > 0 (GB per node) or null")
+    return float(number)
 
 
 def _positive(value: Any, key: str) -> int:

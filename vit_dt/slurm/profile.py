@@ -184,7 +184,7 @@ def _partition(name: str, spec: Any) -> Partition:
         gpu_model=_opt_str(spec.get("gpu_model")),
         cpus_per_task=None if spec.get("cpus_per_task") is None
         else _int(spec["cpus_per_task"], f"{key}.cpus_per_task", minimum=1),
-        mem_gb=None if spec.get("mem_gb") is None else float(spec["mem_gb"]),
+        mem_gb=None if spec.get("mem_gb") is None else _memory_gb(spec["mem_gb"], f"{key}.mem_gb"),
         cpus_per_node=None if spec.get("cpus_per_node") is None
         else _int(spec["cpus_per_node"], f"{key}.cpus_per_node", minimum=1),
         node_gpus=spec.get("node_gpus"),
@@ -245,6 +245,14 @@ def _int(value: Any, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ProfileError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _memory_gb(value: Any, key: str) -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ProfileError(f"{key} must be a number > 0 (GB per node) or null, got {value!r}")
+    return float(value)
 
 
 def _opt_str(value: Any) -> str | None:

@@ -8,6 +8,11 @@ directory, where its checkpoints let it resume. Before resubmitting, the previou
 error-rank*.txt move to `<run_dir>/attempts/<n>/`, so `vit-dt status` shows the new attempt, not the old failure.
 Every submission is one more entry in the point's `attempts` in sweep.json, and each resume one entry in
 `resumes`.
+
+A sweep directory copied or moved elsewhere resumes where it is now: its sweep.json and each point's config.yaml
+still name the directory it was made in, and every such path (run dirs, logs, the config's sweep_dir, where the
+results store is) is rebased onto the directory given, so the resubmitted jobs write into the copy, never into the
+original. The resume records `moved_from`.
 """
 from __future__ import annotations
 
@@ -20,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from vit_dt.slurm.manifest import read_manifest, write_manifest
-from vit_dt.slurm.status import sweep_status
+from vit_dt.slurm.status import rebase_paths, same_dir, sweep_status
 from vit_dt.slurm.submit import (
-    SweepError, SweepPoint, _now, group_points, read_point_config, submit_groups, summary_lines,
+    SweepError, SweepPoint, _now, group_points, read_point_config, submit_groups, summary_lines, write_point_config,
 )
 
 ACTIVE = ("pending", "running")
@@ -79,12 +84,19 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
     sweep_dir = Path(sweep_dir).absolute()
     with _resume_lock(sweep_dir):
         manifest, plan = plan_resume(sweep_dir)
+        moved_from = manifest.pop("moved_from", None)
         echo(f"vit-dt sweep --resume {sweep_dir}: {len(manifest['points'])} point(s): {plan.describe()}")
+        if moved_from:
+            echo(f"note: this sweep was made in {moved_from} and copied or moved here: points run again here, "
+                 f"with their paths rebased onto {sweep_dir}"
+                 + (f"; the job(s) of point(s) {','.join(map(str, sorted(plan.active)))} still queued or running "
+                    f"write into {moved_from}" if plan.active else ""))
         if not plan.resubmit or dry_run:
             if dry_run and plan.resubmit:
                 echo("dry run: nothing submitted")
             return manifest
-        points = [_point_from_disk(manifest, index) for index in sorted(plan.resubmit)]
+        loaded = [_point_from_disk(manifest, index) for index in sorted(plan.resubmit)]
+        points = [point for point, _ in loaded]
         if verify_data:
             from vit_dt.preflight import dataset_problems
 
@@ -93,9 +105,11 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
                 raise SweepError("nothing was resubmitted; the data these points read is not usable here:\n  "
                                  + "\n  ".join(problems)
                                  + "\n(if the root exists only on compute nodes, pass --no-verify-data)")
-        for point in points:
+        for point, rebased in loaded:
             entry = next(p for p in manifest["points"] if p["index"] == point.index)
             _set_aside_previous_outputs(point.run_dir, len(entry.get("attempts") or []))
+            if rebased:  # what `python -m vit_dt.train <run_dir>` and the next resume read: this directory's paths
+                write_point_config(point)
         groups = group_points(points)
         first_group = 1 + max((j.get("group", -1) for j in manifest["jobs"]), default=-1)
         for group in groups:
@@ -103,6 +117,8 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         jobs_before = len(manifest["jobs"])
         resume = {"at": _now(), "resubmitted": dict(sorted(plan.resubmit.items())), "completed": plan.completed,
                   "active": dict(sorted(plan.active.items())), "jobs": []}
+        if moved_from:
+            resume["moved_from"] = moved_from
         manifest.setdefault("resumes", []).append(resume)
         submit_groups(sweep_dir, groups, manifest, entry=manifest.get("entry") or "vit_dt.train:run_rank",
                       dry_run=False, max_num_timeout=int(manifest.get("max_num_timeout", 3)), echo=echo,
@@ -115,18 +131,24 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         return manifest
 
 
-def _point_from_disk(manifest: dict[str, Any], index: int) -> SweepPoint:
+def _point_from_disk(manifest: dict[str, Any], index: int) -> tuple[SweepPoint, bool]:
+    """The point as saved at its first submission, and whether its config's paths were rebased: a config saved
+    before the sweep was copied or moved names the old sweep directory (where the job would write its results)."""
     from vit_dt.config.shape import resolve_shape
     from vit_dt.slurm.profile import ClusterProfile, validate_request
 
     entry = next(p for p in manifest["points"] if p["index"] == index)
     run_dir = Path(entry["run_dir"])
     cfg = read_point_config(run_dir)
+    saved_in, here = cfg.get("sweep_dir"), manifest["sweep_dir"]
+    rebased = bool(saved_in) and not same_dir(saved_in, here)
+    if rebased:
+        cfg = rebase_paths(cfg, str(saved_in), str(here))
     profile = ClusterProfile.from_config(cfg["cluster"])
     shape = resolve_shape(cfg, profile)
     validate_request(profile, shape)
     return SweepPoint(index=index, overrides=list(entry.get("overrides") or []), cfg=cfg, run_dir=run_dir,
-                      profile=profile, shape=shape)
+                      profile=profile, shape=shape), rebased
 
 
 def _set_aside_previous_outputs(run_dir: Path, attempt: int) -> None:

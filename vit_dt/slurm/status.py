@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass
@@ -103,9 +104,44 @@ def _run(command: list[str]) -> tuple[str, str | None]:
     return proc.stdout, None
 
 
-def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatus]]:
-    """The manifest (with `status_warning` set when Slurm could not be asked) and one row per point."""
+def same_dir(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one directory (a link such as <sweeps>/latest included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def rebase_paths(value: Any, old: str, new: str) -> Any:
+    """`value` (a manifest, a point's config) with every string that is `old` or a path under it moved under
+    `new`; anything else unchanged."""
+    if isinstance(value, dict):
+        return {k: rebase_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebase_paths(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    return value
+
+
+def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """The manifest of the sweep in `sweep_dir`, its paths under `sweep_dir`. A copied or moved sweep's sweep.json
+    still names the directory it was made in (run dirs, logs, scripts); they are rebased onto the directory given,
+    where the copy's points live (<sweep>/points/<i>), and `moved_from` says where it was made. Never writes."""
     manifest = read_manifest(sweep_dir)
+    recorded = manifest.get("sweep_dir")
+    if recorded and not same_dir(recorded, sweep_dir):
+        here = str(Path(sweep_dir).absolute())
+        manifest = rebase_paths(manifest, str(recorded), here)
+        manifest["sweep_dir"] = here
+        manifest["moved_from"] = str(recorded)
+    return manifest
+
+
+def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatus]]:
+    """The manifest (with `status_warning` set when Slurm could not be asked, `moved_from` when the sweep was copied
+    or moved from where it was made: its paths are then rebased onto `sweep_dir`) and one row per point."""
+    manifest = read_sweep(sweep_dir)
     points = manifest["points"]
     slurm_ids = [p["job_id"] for p in points if p.get("job_id") and p.get("scheduler") == "slurm"]
     raw_states, manifest["status_warning"] = slurm_states(slurm_ids)
@@ -236,6 +272,8 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
         counts[row.state] = counts.get(row.state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     lines = [f"sweep {manifest['sweep_dir']}: {len(rows)} point(s): {summary}"]
+    if manifest.get("moved_from"):
+        lines.append(f"note: copied or moved from {manifest['moved_from']}; the paths below are this directory's")
     if manifest.get("status_warning"):
         lines.append(f"warning: {manifest['status_warning']} (is SLURM_CONF set for this cluster?)")
     header = ("point", "job", "state", "result", "tries", "overrides")
