@@ -53,14 +53,15 @@ SCHEDULE = {"warmup_steps": 2, "total_steps": 50, "schedule": "cosine"}
 
 
 def make_engine(kind: str, optimizer: str = "adamw", precision: str = "fp32", bf16_mode: str = "native",
-                seed: int = 0, model_cfg: dict | None = None, zero_stage: int = 0):
+                seed: int = 0, model_cfg: dict | None = None, zero_stage: int = 0, grad_clip: float = 1.0,
+                weight_decay: float = 0.01):
     torch.manual_seed(seed)
     model = build_model(model_cfg or TINY, num_classes=10)
-    spec = spec_for(optimizer)
-    trainer_cfg = {"grad_clip": 1.0, "compile": False}
+    spec = spec_for(optimizer, weight_decay=weight_decay)
+    trainer_cfg = {"grad_clip": grad_clip, "compile": False}
     if kind == "deepspeed":
         ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision=precision, zero_stage=zero_stage,
-                                            grad_clip=1.0, wall_clock_breakdown=False, bf16_mode=bf16_mode)
+                                            grad_clip=grad_clip, wall_clock_breakdown=False, bf16_mode=bf16_mode)
         return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec,
                                master_weights=precision == "bf16" and bf16_mode == "master")
     return DDPEngine(model, trainer_cfg, CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec,
@@ -282,6 +283,24 @@ def test_only_vit_dt_clips_at_zero_0(monkeypatch, precision, bf16_mode):
     assert (engine.engine.gradient_clipping(), vit_dt_clip) == (0.0, 1.0)
     train_losses(engine, 2)
     assert calls == []   # DeepSpeed's per-parameter clipping loop never ran
+
+
+@pytest.mark.parametrize("kind, precision, bf16_mode", [
+    ("deepspeed", "fp32", "native"), ("deepspeed", "bf16", "native"), ("deepspeed", "bf16", "master"),
+    ("deepspeed", "bf16", "autocast"), ("ddp", "fp32", "native"), ("ddp", "bf16", "master")])
+def test_grad_clip_bounds_the_step_in_every_precision_mode(kind, precision, bf16_mode):
+    """Whoever clips (vit-dt's optimizer at ZeRO-0, DeepSpeed under its own bf16 optimizer), the clip holds: one
+    SGD step with a tiny clip moves the weights far less than an unclipped one. Under bf16 "native" vit-dt's
+    clipping once scaled gradients that DeepSpeed's optimizer wrapper never read."""
+    def moved(grad_clip: float) -> float:
+        engine = make_engine(kind, "sgd", precision=precision, bf16_mode=bf16_mode, grad_clip=grad_clip,
+                             weight_decay=0.0)
+        before = [p.detach().float().clone() for p in engine.module.parameters()]
+        train_losses(engine, 1)
+        return sum(float((p.detach().float() - b).norm()) for p, b in zip(engine.module.parameters(), before))
+
+    unclipped, clipped = moved(0.0), moved(1e-4)
+    assert unclipped > 0 and clipped < 0.05 * unclipped, (unclipped, clipped)
 
 
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])

@@ -29,7 +29,7 @@ class DeepSpeedEngine(TrainEngine):
         self.master_weights = bool(master_weights)
         if self.master_weights:
             model.to(device=device, dtype=torch.bfloat16)
-        if vit_dt_clips("fp16" if ds_config["fp16"]["enabled"] else "bf16 or fp32", stage):
+        if vit_dt_clips(stage, deepspeed_half_precision=ds_config["fp16"]["enabled"] or ds_config["bf16"]["enabled"]):
             # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
             torch_optimizer = build_master_weights_optimizer(model.parameters(), optimizer, device,
                                                              clip=float(trainer_cfg.get("grad_clip") or 0.0))
