@@ -210,3 +210,11 @@ def test_bf16_on_a_t4_partition_is_refused_before_queueing():
     with pytest.raises(ConfigError, match=r"precision=bf16 is invalid on partition 't4v2' \(T4: no bf16 support\)"):
         _check(["cluster=vaughan", "resources.partition=t4v2", "precision=bf16"])
     _check(["cluster=vaughan", "resources.partition=a40", "precision=bf16"])
+
+
+def test_train_refuses_hydra_run_settings_it_would_ignore(capsys):
+    from vit_dt.commands import train
+
+    assert train.main(["hydra.run.dir=/tmp/x/myrun", "trainer.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "hydra.run.dir=/tmp/x/myrun has no effect" in err and "out_dir=DIR" in err

@@ -52,6 +52,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(unknown_options_message("train", unknown, OPTIONS, example="trainer.epochs=1"), file=sys.stderr)
         return 2
+    hydra_keys = [a for a in argv if a.lstrip("+~").startswith("hydra.")]
+    if hydra_keys:
+        # Hydra composes the config here but does not run the job, so its run settings would be silently ignored.
+        print(f"vit-dt train: {hydra_keys[0]} has no effect: each run goes to <out_dir>/runs/<time>-<id>; "
+              f"valid: out_dir=DIR to choose where runs go", file=sys.stderr)
+        return 2
     try:
         cfg = compose_checked(argv)
     except ConfigError as exc:
