@@ -113,6 +113,31 @@ def test_time_limit_requeues_and_resumes_exactly(slurm_cluster, tmp_path):
     assert not list(Path(rows[0].run_dir).glob("error-rank*.txt"))
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_time_limit_requeues_each_array_task_on_its_own(slurm_cluster, tmp_path):
+    """Two points of one shape are one job array. At the time limit each task is requeued as `<array>_<task>`, not
+    the whole array (Lightning 15022: requeue breaks for job arrays), resumes from its own checkpoint, and
+    records one result: one completed record per point, each attempt in the same array task."""
+    sweep_dir = tmp_path / "array"
+    sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.time_min=1", "cluster.signal_delay_s=5",
+                        "hydra.launcher.max_num_timeout=6", "trainer.seed=0,1", *TIMED)
+    assert sub.proc.returncode == 0, sub.proc.stdout + sub.proc.stderr
+    manifest = read_manifest(sweep_dir)
+    assert len(manifest["jobs"]) == 1 and manifest["jobs"][0]["array"], manifest["jobs"]
+    array_id = manifest["jobs"][0]["job_id"]
+    rows = wait_until_done(sweep_dir, timeout_s=480)
+    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 2, [(r.state, r.reason) for r in rows]
+    for task, row in enumerate(rows):
+        env = json.loads((Path(row.run_dir) / "launch" / "rank0.json").read_text())["env"]
+        assert int(env.get("SLURM_RESTART_COUNT", 0)) >= 1, f"task {task} was never requeued"
+        assert (env["SLURM_ARRAY_JOB_ID"], env["SLURM_ARRAY_TASK_ID"]) == (array_id, str(task))
+        assert "resumed from" in Path(row.stdout).read_text()
+    records = store_records(sweep_dir)
+    assert sorted((r["point"], r["status"]) for r in records) == [(0, "completed"), (1, "completed")], records
+
+
 # --- idempotent sweeps -------------------------------------------------------------------------------------------
 @pytest.mark.slurm
 @pytest.mark.timeout(600)
