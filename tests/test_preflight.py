@@ -36,8 +36,9 @@ def test_two_node_shape_passes_with_a_bandwidth_figure(slurm_cluster, tmp_path):
     assert report["verdict"] == PASS
     (shape,) = report["shapes"]
     assert shape["shape"]["nodes"] == 2 and shape["job_id"]
-    assert verdicts(shape) == {"job": PASS, "tasks": PASS, "rendezvous": PASS, "device": PASS, "allreduce": PASS,
-                               "dataset": PASS, "wandb": PASS}, shape["checks"]
+    assert verdicts(shape) == {"job": PASS, "tasks": PASS, "network": PASS, "rendezvous": PASS, "device": PASS,
+                               "allreduce": PASS, "dataset": PASS, "wandb": PASS}, shape["checks"]
+    assert " via lo (127.0.0.1)" in detail(shape, "network")       # the local cluster's nodes share loopback
     assert "2 node(s)" in detail(shape, "tasks")
     # nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2(n-1)/n
     rows = shape["allreduce"]
@@ -78,7 +79,7 @@ def test_runs_locally_for_cluster_local_and_prints_the_table(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    for check in ("job", "tasks", "rendezvous", "device", "allreduce", "dataset", "wandb"):
+    for check in ("job", "tasks", "network", "rendezvous", "device", "allreduce", "dataset", "wandb"):
         assert any(line.split()[:2] == [check, PASS] for line in lines), (check, proc.stdout)
     assert "verdict: PASS" in proc.stdout and "cifar10: " in proc.stdout and "busbw" in proc.stdout
     assert (tmp_path / "pf" / "local").is_dir() and not (tmp_path / "pf" / "slurm").exists()
@@ -168,3 +169,31 @@ def test_dataset_verification_names_the_bad_file(tmp_path):
         verify_dataset(cfg)
     with pytest.raises(ValueError, match="needs dataset.root"):
         verify_dataset({"name": "cifar100", "root": None})
+
+
+def test_interface_settings_follow_nccl_and_gloo_matching_rules():
+    from vit_dt.netcheck import ifname_problems, nccl_matches
+
+    names = ["docker0", "eth0", "ib0", "lo"]
+    assert nccl_matches("eth", names) == ["eth0"]                     # a prefix
+    assert nccl_matches("=eth", names) == []                          # `=`: exact names only
+    assert nccl_matches("^docker,lo", names) == ["eth0", "ib0"]       # `^`: all but these prefixes
+    assert nccl_matches("ib,eth", names) == ["eth0", "ib0"]
+    assert ifname_problems({"NCCL_SOCKET_IFNAME": "ib", "GLOO_SOCKET_IFNAME": "eth0"}, names) == []
+    [nccl] = ifname_problems({"NCCL_SOCKET_IFNAME": "enp"}, names)
+    assert "NCCL_SOCKET_IFNAME=enp matches no interface here (have: docker0, eth0, ib0, lo)" == nccl
+    [gloo] = ifname_problems({"GLOO_SOCKET_IFNAME": "eth0,eth1"}, names)
+    assert "no interface eth1 here" in gloo
+
+
+def test_network_report_names_the_interface_that_reaches_the_master():
+    """Real sockets on this machine: loopback reaches 127.0.0.1; a name that cannot resolve, or an interface
+    setting this node cannot meet, fails before any rendezvous could hang on it."""
+    from vit_dt.netcheck import network_report
+
+    ok, detail = network_report("127.0.0.1", 29500, {})
+    assert ok and detail == "127.0.0.1 (127.0.0.1) via lo (127.0.0.1)"
+    ok, detail = network_report("no-such-host.invalid", 29500, {})
+    assert not ok and "MASTER_ADDR no-such-host.invalid does not resolve here" in detail
+    ok, detail = network_report("127.0.0.1", 29500, {"NCCL_SOCKET_IFNAME": "=nosuchif0"})
+    assert not ok and detail.startswith("NCCL_SOCKET_IFNAME==nosuchif0 matches no interface") and "via lo" in detail

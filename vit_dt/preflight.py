@@ -7,6 +7,8 @@ script, launcher and submitit runner as a training point). Each rank writes `<ru
     identity    host (SLURMD_NODENAME), rank, local rank, CUDA_VISIBLE_DEVICES, the device torch sees, CPUs
     checks      dataset   the root is readable and complete (local rank 0 of each node; vit_dt.data verifiers)
                 wandb     the mode the runs would use, and whether `online` has credentials (rank 0)
+                network   the master address resolves, the interface that reaches it, NCCL/GLOO_SOCKET_IFNAME
+                          name interfaces this node has (every rank, before the rendezvous: vit_dt.netcheck)
                 rendezvous  init_process_group with a short timeout (every rank)
                 device    every task sees a device of its own (rank 0, over all ranks' identities)
                 allreduce bus bandwidth like nccl-tests: busbw = algbw * 2(n-1)/n (rank 0; gloo on CPU, NCCL on GPU)
@@ -145,6 +147,7 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     distributed.prepare_accelerator_env()
     record["identity"].update(_device_identity(env.local_rank))
     checks.append(_dataset_check(settings, env.local_rank))
+    checks.append(_network_check(env.master_addr, env.master_port))
     if env.rank == 0:
         checks.append(_wandb_check(cfg, settings))
     _write(run_dir, record)  # before the rendezvous: a hang there still leaves this rank's report
@@ -205,6 +208,13 @@ def _device_identity(local_rank: int) -> dict[str, Any]:
         return {"device": f"cuda:{index}", "device_name": props.name, "cuda_devices_seen": torch.cuda.device_count(),
                 "device_uuid": str(getattr(props, "uuid", ""))}
     return {"device": "cpu", "device_name": "cpu", "cuda_devices_seen": 0, "device_uuid": None}
+
+
+def _network_check(master_addr: str, master_port: int) -> Check:
+    from vit_dt.netcheck import network_report
+
+    ok, detail = network_report(master_addr, master_port, os.environ)
+    return Check("network", PASS if ok else FAIL, detail)
 
 
 def _dataset_check(settings: Settings, local_rank: int) -> Check:

@@ -29,7 +29,7 @@ from vit_dt.preflight import FAIL, PASS, SEVERITY, SKIP, dataset_key
 ENTRY = "vit_dt.preflight:run_rank"
 DEFAULT_TIME_MIN = 5
 DEFAULT_WAIT_S = 600.0
-CHECK_ORDER = ("job", "tasks", "rendezvous", "device", "allreduce", "dataset", "wandb")
+CHECK_ORDER = ("job", "tasks", "network", "rendezvous", "device", "allreduce", "dataset", "wandb")
 TERMINAL = ("completed", "failed", "timeout", "cancelled")
 
 
