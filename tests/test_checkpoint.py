@@ -59,6 +59,10 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted):
     assert [e["time_s"] for e in result["epochs"][:2]] == first_attempt_times  # not redone
     assert result["param_checksums"] == uninterrupted["param_checksums"]
     assert [e["val_acc"] for e in result["epochs"]] == [e["val_acc"] for e in uninterrupted["epochs"]]
+    # the resumed attempt's first epoch paid the warm-up again: out of the steady-state figures, like epoch 0
+    assert [e["warmup"] for e in result["epochs"]] == [True, False, True, False]
+    assert [e["warmup"] for e in uninterrupted["epochs"]] == [True, False, False, False]
+    assert result["epoch_time_s_mean"] == (result["epochs"][1]["time_s"] + result["epochs"][3]["time_s"]) / 2
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):

@@ -138,13 +138,6 @@ def test_throughput_rejects_bad_input():
         metrics.throughput(10, 1.0, 0)
 
 
-def test_epoch_time_stats_leave_out_the_first_epoch():
-    assert metrics.epoch_time_stats([30.0, 10.0, 12.0]) == {"epoch_time_s_mean": 11.0,
-                                                             "epoch_time_s_all_mean": pytest.approx(52 / 3)}
-    assert metrics.epoch_time_stats([5.0]) == {"epoch_time_s_mean": 5.0, "epoch_time_s_all_mean": 5.0}
-    assert metrics.epoch_time_stats([]) == {"epoch_time_s_mean": None, "epoch_time_s_all_mean": None}
-
-
 def test_peak_memory_on_cpu_is_this_process_max_rss():
     before = metrics.peak_memory_gb("cpu")
     block = bytearray(300 * 2**20)         # touch 300 MiB so the peak must rise past it

@@ -173,3 +173,18 @@ def test_live_tensor_bytes_counts_real_storage_once_and_skips_fake_tensors():
     assert 2**20 <= grown < 2**20 + 2**16, grown
     assert not [w for w in caught if "FakeTensor" in str(w.message)], [str(w.message) for w in caught]
     del real, view, fake
+
+
+@pytest.mark.slow
+def test_zero3_checksums_fingerprint_the_gathered_weights(tmp_path):
+    """At ZeRO-3 a rank's parameters are empty placeholders (persistence threshold 0: even the tiny model's
+    smallest tensors are partitioned): the checksum gathers the whole weights, so both ranks report the same
+    non-zero value, and replicas_in_sync means something."""
+    proc = run_cli("train", *DIGITS_FAST, "trainer.nproc=2", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                   "deepspeed.zero_stage=3", "+deepspeed.overrides.zero_optimization.stage3_param_persistence_threshold=0",
+                   f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = read_result(run_dir_from_output(proc.stdout))
+    first, second = result["param_checksums"]
+    assert result["zero_stage"] == 3 and result["status"] == "completed"
+    assert first == second and first > 1.0 and result["replicas_in_sync"] is True, result["param_checksums"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import resource
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -182,14 +182,6 @@ def mfu(achieved: float, peak: float | None) -> float | None:
     if not peak:
         return None
     return achieved / peak
-
-
-def epoch_time_stats(epoch_times_s: Sequence[float]) -> dict[str, float | None]:
-    """Mean epoch time over all epochs and excluding the first (warm-up: allocator, JIT, data cache)."""
-    times = list(epoch_times_s)
-    steady = times[1:] if len(times) > 1 else times
-    return {"epoch_time_s_mean": sum(steady) / len(steady) if steady else None,
-            "epoch_time_s_all_mean": sum(times) / len(times) if times else None}
 
 
 def peak_memory_gb(device: Any) -> float | None:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from vit_dt import balance, breakdown, hardware, memory_model, metrics, optimizers
 from vit_dt.config.batch import Batch
 from vit_dt.distributed import DistEnv
-from vit_dt.results import ResultsStore, write_result
+from vit_dt.results import ResultsStore, steady_epochs, steady_mask, write_result
 from vit_dt.wandb_run import scrub_secrets
 
 SCHEMA_VERSION = 1
@@ -97,11 +97,14 @@ def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished
             "finished_at": finished, "epochs": [], "final_val_acc": None, "config": scrub_secrets(cfg)}
 
 
-def _merge_rank_summaries(per_epoch: list[list[dict]]) -> list[dict]:
-    """Per rank, the sample-weighted mean over epochs, leaving out the first epoch when there are more (warm-up)."""
-    epochs = [e for e in per_epoch if e] or []
-    if len(epochs) > 1:
-        epochs = epochs[1:]
+def _merge_rank_summaries(per_epoch: list[list[dict]], epoch_records: list[dict] | None = None) -> list[dict]:
+    """Per rank, the sample-weighted mean over the steady-state epochs: `per_epoch[i]` is epoch record i's
+    breakdown, and the epochs steady_mask leaves out (each attempt's first, warm-up) are left out here too, unless
+    that leaves no breakdown. Without aligned epoch records, the first epoch is the warm-up one."""
+    if epoch_records is None or len(epoch_records) != len(per_epoch):
+        epoch_records = [{"warmup": i == 0} for i in range(len(per_epoch))]
+    steady = [e for e, keep in zip(per_epoch, steady_mask(epoch_records)) if keep and e]
+    epochs = steady or [e for e in per_epoch if e]
     if not epochs:
         return []
     merged = []
@@ -217,7 +220,7 @@ class RunRecorder:
 
     def _summarise(self, state, checksums: list[float], peak: list[float | None]) -> dict:
         epochs = state.epochs
-        steady = epochs[1:] if len(epochs) > 1 else epochs
+        steady = steady_epochs(epochs)     # without each attempt's first (warm-up) epoch, docs/metrics.md
         seconds = sum(e["time_s"] for e in steady)
         images = sum(e["train_samples_seen"] for e in steady)
         rates = metrics.throughput(images, seconds, self.env.world_size)
@@ -225,7 +228,7 @@ class RunRecorder:
         hardware_tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.hardware_flops_per_image)
         # fp32 matmuls run as TF32 when torch allows it: measure against that peak, not the far lower FP32 one.
         peak_tflops = metrics.peak_tflops(self.gpu_model, metrics.matmul_precision(self.cfg["precision"]))
-        per_rank = _merge_rank_summaries(state.breakdowns)
+        per_rank = _merge_rank_summaries(state.breakdowns, epochs)
         analysis = breakdown.analyse(per_rank) if per_rank else None
         spread = max(checksums) - min(checksums)
         return {

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,9 +224,26 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _steady(values: list[float]) -> list[float]:
-    # The first epoch pays for warm-up (allocator, JIT builds, page cache): leave it out when there are others.
-    return values[1:] if len(values) > 1 else values
+def warmup_flags(epochs: Sequence[Any]) -> list[bool]:
+    """Per epoch record, whether it was the first epoch of its attempt (the run's start or a checkpoint resume),
+    which pays for warm-up: allocator, compile/JIT builds, loader workers, a cold page cache.
+
+    Trainer.fit marks each epoch `"warmup": true/false`; an epoch without the mark (records from before it) counts
+    as warm-up only when it is the run's first epoch."""
+    return [bool(e.get("warmup", i == 0)) if isinstance(e, Mapping) else i == 0 for i, e in enumerate(epochs)]
+
+
+def steady_mask(epochs: Sequence[Any]) -> list[bool]:
+    """Per epoch record, whether it counts as steady state: every epoch not marked warm-up (warmup_flags); all of
+    them when that leaves none (a run of one epoch, or of one epoch per attempt)."""
+    flags = warmup_flags(epochs)
+    return [not w for w in flags] if not all(flags) else [True] * len(flags)
+
+
+def steady_epochs(epochs: Sequence[Any]) -> list[Any]:
+    """The epoch records that steady-state figures (epoch_time_s_mean, img_per_s, tflops, MFU, the breakdown)
+    average over: steady_mask. The one definition result.json, `vit-dt results` and the analysis share."""
+    return [e for e, keep in zip(epochs, steady_mask(epochs)) if keep]
 
 
 def _global_batch(record: Mapping[str, Any]) -> int | None:
@@ -239,18 +256,20 @@ def _global_batch(record: Mapping[str, Any]) -> int | None:
     return micro * accum * world if micro and world else None
 
 
-def _epoch_values(record: Mapping[str, Any], key: str) -> list[float]:
-    return [e[key] for e in record.get("epochs") or [] if isinstance(e, Mapping) and e.get(key) is not None]
+def steady_epoch_values(record: Mapping[str, Any], key: str) -> list[float]:
+    """`key` of each steady-state epoch of a record (steady_epochs) that has it."""
+    epochs = [e for e in record.get("epochs") or [] if isinstance(e, Mapping)]
+    return [e[key] for e in steady_epochs(epochs) if e.get(key) is not None]
 
 
 def table_row(record: Mapping[str, Any]) -> dict:
     """The columns of `vit-dt results` for one record; values a failed or older record lacks are None."""
     epoch_time = record.get("epoch_time_s_mean")
     if epoch_time is None:
-        epoch_time = _mean(_steady(_epoch_values(record, "time_s")))
+        epoch_time = _mean(steady_epoch_values(record, "time_s"))
     img_per_s = record.get("img_per_s")
     if img_per_s is None:
-        img_per_s = _mean(_steady(_epoch_values(record, "img_per_s")))
+        img_per_s = _mean(steady_epoch_values(record, "img_per_s"))
     return {"point": point_of(record), "status": record.get("status"), "world_size": record.get("world_size"),
             "nodes": record.get("nodes"), "global_batch": _global_batch(record), "epoch_time_s": epoch_time,
             "img_per_s": img_per_s, "comm_share": record.get("comm_share"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -110,10 +111,14 @@ class Trainer:
         self.global_step = state.epoch * self.steps_per_epoch
         if state.shares and self.settings.balance == "speed":      # resumed: the checkpoint's plan
             self._use_shares(state.shares)
+        first = state.epoch
         for epoch in range(state.epoch, self.settings.epochs):
             record, per_rank = self._train_epoch(epoch)
             record.update(self._validate())
             record["epoch"] = epoch
+            # The first epoch of this attempt (the run's start or a resume) pays for compile, allocator and loader
+            # warm-up: steady-state figures leave it out (vit_dt.results.steady_epochs).
+            record["warmup"] = epoch == first
             if self.env.is_main:
                 record.update(self._epoch_breakdown_fields(per_rank))
                 state.breakdowns.append(per_rank)
@@ -170,9 +175,14 @@ class Trainer:
         batches = iter(self.train_loader)
         _sync(self.device)
         epoch_start = time.perf_counter()
+        lr = engine.lr
         for step in range(self.steps_per_epoch):
-            timer.begin(step)
+            timed = timer.begin(step)
+            # The lr this step's optimizer update uses: the scheduler steps at the boundary, after the update, so
+            # engine.lr read after the step would be the next step's.
+            lr = engine.lr
             data_wait = 0.0
+            step_loss = None
             for micro in range(batch.grad_accum):
                 fetch_start = time.perf_counter()
                 images, labels = next(batches)
@@ -180,11 +190,15 @@ class Trainer:
                 images = self.train_augment(images)
                 loss, logits = engine.micro_step(images, labels, boundary=micro == batch.grad_accum - 1)
                 accumulate_totals(totals, loss * labels.numel(), logits, labels)
+                if timed:    # the step's loss: the mean over its (equal-sized) micro-batches, summed on the device
+                    step_loss = loss if step_loss is None else step_loss + loss
             self.global_step += 1
+            if timed and batch.grad_accum > 1:
+                step_loss = step_loss / batch.grad_accum
             # The loss stays a device tensor: it is read when the timed step is collected, after it has finished.
-            timer.end(data_wait * 1e3, global_step=self.global_step, loss=loss, lr=engine.lr)
+            timer.end(data_wait * 1e3, global_step=self.global_step, loss=step_loss, lr=lr)
             if self.env.is_main and s.log_every and (step + 1) % s.log_every == 0:
-                log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, engine.lr)
+                log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, lr)
         timer.finish()
         _sync(self.device)
         elapsed = time.perf_counter() - epoch_start
@@ -192,7 +206,7 @@ class Trainer:
         per_rank = breakdown.gather_to_rank0(sampler.summary())
         record = {"time_s": elapsed, "steps": self.steps_per_epoch, "train_samples_seen": int(seen),
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                  "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": engine.lr}
+                  "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": lr}   # the epoch's last step's
         return record, per_rank
 
     def _report_sample(self, timers: dict[str, float], info: dict) -> None:
@@ -213,6 +227,19 @@ class Trainer:
 
 
 def parameter_checksum(module: torch.nn.Module) -> float:
-    """A cheap fingerprint of the weights: replicas that stayed in sync give the same value on every rank."""
-    with torch.no_grad():
-        return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in module.parameters()))
+    """A cheap fingerprint of the weights: replicas that stayed in sync give the same value on every rank.
+
+    At ZeRO-3 each rank holds only its partition and the parameters themselves are empty placeholders: the full
+    weights are gathered first (a collective, so every rank must call this; it runs once per run)."""
+    params = list(module.parameters())
+    with torch.no_grad(), _gathered(params):
+        return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() for p in params))
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    """ZeRO-3 partitioned parameters gathered whole for reading (read-only: nothing is written back)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

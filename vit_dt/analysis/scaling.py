@@ -69,11 +69,13 @@ def _cfg(record: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def epoch_time(record: Mapping[str, Any]) -> float | None:
-    """Mean train-epoch seconds without the first (warm-up) epoch; with one epoch, that epoch."""
+    """Mean train-epoch seconds over the steady-state epochs (vit_dt.results.steady_epochs: without each attempt's
+    first, warm-up epoch); with no other epoch, all of them."""
     value = record.get("epoch_time_s_mean")
     if value is None:
-        times = [e["time_s"] for e in record.get("epochs") or [] if e.get("time_s") is not None]
-        steady = times[1:] if len(times) > 1 else times
+        from vit_dt.results import steady_epoch_values
+
+        steady = steady_epoch_values(record, "time_s")
         value = statistics.fmean(steady) if steady else None
     return float(value) if value is not None and value > 0 else None
 
