@@ -509,3 +509,49 @@ def test_cli_verify_and_imagenet100(tmp_path, capsys):
     assert (report.train_samples, report.val_samples, report.num_classes) == (9, 6, 3)
     with pytest.raises(DatasetError, match="3 class folders, expected 100"):
         verify_imagefolder(root)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Worker augmentation is a function of (seed, epoch, sample): exact on resume, whatever the worker count
+
+
+def _per_sample_draws(loader, epoch: int) -> dict[int, torch.Tensor]:
+    """{dataset index: augmented image} of one epoch, matched through the loader's own plan."""
+    loader.set_epoch(epoch)
+    images = torch.cat([x for x, _ in loader])
+    return dict(zip(torch.cat(loader.plan()).tolist(), images))
+
+
+def _folder_train_loader(root: Path, num_workers: int):
+    train, _ = load_imagefolder(root, image_size=8)   # 9 images of 20-28 px: RandomResizedCrop + flip really vary
+    return make_loader(train, rank=0, world_size=1, batch_size=3, seed=7, train=True, device="cpu",
+                       num_workers=num_workers)
+
+
+def test_folder_augmentation_of_a_resumed_epoch_equals_the_uninterrupted_one(tmp_path):
+    write_imagefolder(tmp_path)
+    uninterrupted = _folder_train_loader(tmp_path, num_workers=2)
+    assert uninterrupted.loader.persistent_workers
+    for epoch in range(2):
+        _per_sample_draws(uninterrupted, epoch)   # the persistent workers live through epochs 0 and 1
+    resumed = _folder_train_loader(tmp_path, num_workers=2)   # fresh workers, straight into epoch 2
+    expected, got = _per_sample_draws(uninterrupted, 2), _per_sample_draws(resumed, 2)
+    assert expected.keys() == got.keys() == set(range(9))
+    assert all(torch.equal(expected[i], got[i]) for i in expected)
+
+
+def test_folder_augmentation_differs_between_epochs(tmp_path):
+    write_imagefolder(tmp_path)
+    loader = _folder_train_loader(tmp_path, num_workers=2)
+    epoch0, epoch1 = _per_sample_draws(loader, 0), _per_sample_draws(loader, 1)
+    assert sum(not torch.equal(epoch0[i], epoch1[i]) for i in range(9)) >= 5   # a new crop for (nearly) every image
+
+
+def test_folder_augmentation_does_not_depend_on_the_worker_count(tmp_path):
+    write_imagefolder(tmp_path)
+    two, none = _folder_train_loader(tmp_path, num_workers=2), _folder_train_loader(tmp_path, num_workers=0)
+    with_workers = _per_sample_draws(two, 1)
+    state = torch.get_rng_state()
+    in_process = _per_sample_draws(none, 1)
+    assert all(torch.equal(with_workers[i], in_process[i]) for i in range(9))
+    assert torch.equal(torch.get_rng_state(), state)   # in-process augmentation leaves the main process's RNG alone

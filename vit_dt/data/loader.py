@@ -19,10 +19,13 @@ Both loaders follow one plan (`shard_plan`):
 
 In-memory datasets (TensorImages) go through ShardedTensorLoader: the split is copied to the device once and
 batches are gathered there, no worker processes. Other datasets go through a torch DataLoader with
-`ShardBatchSampler`, worker processes, pinned memory when the device is CUDA.
+`ShardBatchSampler`, worker processes, pinned memory when the device is CUDA. Their per-sample augmentation
+(random crops and flips drawn in the workers) is a pure function of (seed, epoch, sample index), see `SeededItems`:
+a resumed epoch k draws what an uninterrupted epoch k draws, whatever num_workers, rank or world size.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -133,6 +136,55 @@ class ShardBatchSampler(Sampler[list[int]]):
                                drop_last=self.drop_last)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index`'s augmentation in `epoch`: a hash, so nearby triples give unrelated streams."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class SeededItems(Dataset):
+    """Item (epoch, i) is dataset[i] drawn with torch's CPU RNG seeded by sample_seed(seed, epoch, i).
+
+    Seeding workers once per run (DataLoader's default) ties the draws to how many items each worker has done
+    so far: a resumed run's fresh workers would repeat epoch 0's draws, and another num_workers would deal
+    different ones. Per-item seeding needs nothing saved in checkpoints and keeps persistent workers. The rank is
+    not part of the seed: each index falls to one rank per epoch, so ranks draw differently anyway. Only torch's
+    RNG is seeded (what torchvision's transforms draw from), and it is restored afterwards so that with
+    num_workers=0 the main process's stream (dropout, DeviceAugment, the checkpointed RNG state) is unchanged.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        state = torch.get_rng_state()
+        # default_generator, not torch.manual_seed, which would also reseed every CUDA device's generator.
+        torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+
+
+class _EpochTagged(Sampler[list[tuple[int, int]]]):
+    """A ShardBatchSampler's batches as [(epoch, index)]. The batch sampler runs in the main process each epoch,
+    so this is how set_epoch reaches persistent workers (their copy of the dataset never sees it)."""
+
+    def __init__(self, sampler: ShardBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        return iter([[(epoch, i) for i in batch] for batch in self.sampler])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class _ShardedLoaderBase:
     """What the trainer relies on: set_epoch, len (steps, equal on all ranks), iteration, sample counts.
     The plan itself is the ShardBatchSampler's, so both loader paths shard identically."""
@@ -197,11 +249,12 @@ class ShardedDataLoader(_ShardedLoaderBase):
     def __init__(self, dataset: Dataset, *, device: torch.device, num_workers: int, **kwargs) -> None:
         super().__init__(len(dataset), device=device, **kwargs)
         self.dataset = dataset
-        # Distinct worker seeds per rank, so ranks do not draw identical random crops.
+        # The draws are seeded per item (SeededItems); this private generator only keeps the DataLoader from
+        # taking its workers' base seed out of the main process's RNG, whose stream the checkpoint restores.
         worker_seeds = torch.Generator().manual_seed(self.seed * 65_536 + self.rank)
         self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.sampler,
+            SeededItems(dataset, self.seed),
+            batch_sampler=_EpochTagged(self.sampler),
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
@@ -211,7 +264,7 @@ class ShardedDataLoader(_ShardedLoaderBase):
 
     def _empty_batch(self) -> Batch:
         if self._empty is None:
-            image, _ = self.dataset[0]
+            image, _ = self.loader.dataset[(0, 0)]   # through SeededItems: the main process's RNG stays untouched
             self._empty = (torch.empty((0, *image.shape), dtype=image.dtype, device=self.device),
                            torch.empty((0,), dtype=torch.int64, device=self.device))
         return self._empty
