@@ -300,7 +300,8 @@ def test_predict_micro_batch_chooses_among_profile_runs(tmp_path, capsys, paper:
                         drop_last=False, point=101)
     write_store(tmp_path, [paper["one"], small, paper["intra8"]])
     assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8"]) == 2
-    assert "micro_batch: 32, 64" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "micro_batch: 32, 64" in err and "--where micro_batch=32 (or --micro-batch 32)" in err
     for chosen in (["--micro-batch", "32"], ["--where", "trainer.micro_batch=32"], ["--where", "micro_batch=32"]):
         assert predict_cmd.main(["--from", str(tmp_path), "--gpus", "1,8", "--json", *chosen]) == 0, chosen
         assert json.loads(capsys.readouterr().out)["profile"]["micro_batch"] == 32

@@ -119,8 +119,10 @@ def pick_profile_record(records: list[dict], micro_batch: int | None = None) -> 
     if differences:
         listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in differences.items())
         key, values = next(iter(differences.items()))
+        by_batch = (f" (or --micro-batch {differences['micro_batch'][0]})" if list(differences) == ["micro_batch"]
+                    else "")
         raise sm.ModelError(f"{len(candidates)} completed {smallest}-rank runs could give the profile and they differ "
-                            f"({listed}); pick one with --where KEY=VALUE, e.g. --where {key}={values[0]}")
+                            f"({listed}); pick one with --where KEY=VALUE, e.g. --where {key}={values[0]}{by_batch}")
     return candidates[-1]
 
 
