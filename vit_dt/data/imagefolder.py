@@ -76,6 +76,8 @@ def check_same_classes(train_classes: list[str], val_classes: list[str], val_dir
 
 # torchvision is imported where it is used: it costs seconds at start-up, and CIFAR runs never need it here.
 def train_transform(image_size: int):
+    # The crop and flip draw from torch's global RNG, which loader.SeededItems seeds per (seed, epoch, sample):
+    # keep any new random transform on torch's RNG (not `random` or numpy) so resumed runs stay exact.
     from torchvision.transforms import v2
 
     return v2.Compose([
