@@ -8,7 +8,7 @@ switched on for every N-th step only (what the trainer does), for a tiny ViT on 
 Modes run interleaved in rounds (off, on, sampled, off again, ...) so that drift of a shared machine hits all of
 them alike; each round times a block of steps and divides by the step count (on a GPU the block ends with one
 synchronize, so "off" pays no per-step sync). "off (A/A)" repeats "off": its difference from "off" is the noise
-floor of the measurement. A timed step does what the trainer does on a sampled step (vit_dt.step_timing): timers
+floor of the measurement. A timed step does what the trainer does on a sampled step (vit_dt.measure.step_timing): timers
 on, and once the step has finished on the device, read them and add them to the StepSampler; no synchronisation.
 
 On a busy shared CPU the step-time differences are mostly noise, so the benchmark also measures the cost
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vit_dt.breakdown import StepSampler, read_engine_timers, set_engine_timing
-    from vit_dt.step_timing import DeviceClock, SampledStepTimer
+    from vit_dt.measure.breakdown import StepSampler, read_engine_timers, set_engine_timing
+    from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
 
     device = torch.device(args.device)
     size = MODELS[args.model]["image_size"]

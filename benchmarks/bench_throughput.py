@@ -117,7 +117,7 @@ def warm_up(path: common.Path, args, device) -> dict:
     """Build-time memory and the untimed warm-up steps (the first one includes compilation)."""
     import torch
 
-    from vit_dt import metrics
+    from vit_dt.measure import metrics
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -131,7 +131,7 @@ def warm_up(path: common.Path, args, device) -> dict:
 
 
 def summarise(path: common.Path, warm: dict, per_step: list[float], peak_tflops: float | None) -> dict:
-    from vit_dt import metrics
+    from vit_dt.measure import metrics
 
     step_s = common.median(per_step)
     img_per_s = path.batch / step_s
@@ -172,7 +172,7 @@ def run(args) -> dict:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")   # before deepspeed is imported
     import torch
 
-    from vit_dt import metrics
+    from vit_dt.measure import metrics
 
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if device.type == "cuda":

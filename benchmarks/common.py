@@ -46,7 +46,7 @@ def synthetic_batch(cfg: dict, device: torch.device, seed: int = 0) -> tuple[tor
 
 def _fresh_model(cfg: dict, seed: int, stock: bool = False) -> torch.nn.Module:
     """vit-dt's model; `stock`: torchvision's as it comes (its generic attention forward), for the reference."""
-    from vit_dt.model import build_model
+    from vit_dt.models.vit import build_model
 
     torch.manual_seed(seed)
     model_cfg = dict(cfg["model"], fast_attention=False) if stock else cfg["model"]
@@ -60,7 +60,7 @@ def _schedule() -> dict:
 
 def bf16_mode(cfg: dict, engine: str, requested: str | None = None) -> str | None:
     """The bf16 mode a real run with this config (and `engine`) would resolve; `requested` overrides the config's."""
-    from vit_dt.ds_config import bf16_mode_for
+    from vit_dt.config.ds_config import bf16_mode_for
 
     deepspeed = dict(cfg["deepspeed"], **({"bf16_mode": requested} if requested else {}))
     return bf16_mode_for(dict(cfg, engine=engine, deepspeed=deepspeed))
@@ -85,7 +85,7 @@ def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = F
 
     With `ddp`, the model is wrapped in torch's DistributedDataParallel (the plain torchrun DDP loop).
     """
-    from vit_dt.optimizers import OptimizerSpec, build_optimizer
+    from vit_dt.optim.optimizers import OptimizerSpec, build_optimizer
 
     images, labels = synthetic_batch(cfg, device, seed)
     model = _fresh_model(cfg, seed, stock=True).to(device)
@@ -122,8 +122,8 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     """vit-dt's model and optimizer step in a bare loop, no engine and no trainer around them: the speed the engines
     could reach if their own work cost nothing (their gap to it is engine overhead, not model or step)."""
     from vit_dt.engines import compile_options, cuda_graphs_requested
-    from vit_dt.master_weights import build_master_weights_optimizer
-    from vit_dt.optimizers import OptimizerSpec
+    from vit_dt.optim.master_weights import build_master_weights_optimizer
+    from vit_dt.optim.optimizers import OptimizerSpec
 
     images, labels = synthetic_batch(cfg, device, seed)
     model = _fresh_model(cfg, seed).to(device)
@@ -161,14 +161,14 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
 
 
 class _TrainerStep:
-    """The per-step work of vit_dt.trainer.Trainer around the engine: the sampled breakdown timers (events, read
+    """The per-step work of vit_dt.run.loop.Trainer around the engine: the sampled breakdown timers (events, read
     once a timed step has finished), the engine's micro-step and the on-device metric totals. No data loader: the
     batch is fixed."""
 
     def __init__(self, engine, cfg: dict, images: torch.Tensor, labels: torch.Tensor):
-        from vit_dt.breakdown import StepSampler
-        from vit_dt.step_timing import DeviceClock, SampledStepTimer
-        from vit_dt.trainer import accumulate_totals
+        from vit_dt.measure.breakdown import StepSampler
+        from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
+        from vit_dt.run.loop import accumulate_totals
 
         trainer = cfg["trainer"]
         self.engine, self.images, self.labels = engine, images, labels
@@ -190,12 +190,12 @@ class _TrainerStep:
 
 def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: str | None = None) -> Path:
     """vit-dt's DeepSpeedEngine in the trainer's per-step work; `requested`: a bf16 mode other than the config's."""
-    from vit_dt.config.batch import resolve_batch
-    from vit_dt.ds_config import derive_deepspeed_config
-    from vit_dt.engines import DeepSpeedEngine
-    from vit_dt.optimizers import OptimizerSpec
-
     import torch.distributed as dist
+
+    from vit_dt.config.batch import resolve_batch
+    from vit_dt.config.ds_config import derive_deepspeed_config
+    from vit_dt.engines import DeepSpeedEngine
+    from vit_dt.optim.optimizers import OptimizerSpec
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
@@ -225,11 +225,11 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: st
 
 
 def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
+    import torch.distributed as dist
+
     from vit_dt.config.batch import resolve_batch
     from vit_dt.engines import DDPEngine
-    from vit_dt.optimizers import OptimizerSpec
-
-    import torch.distributed as dist
+    from vit_dt.optim.optimizers import OptimizerSpec
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
@@ -330,7 +330,7 @@ def init_single_rank_group(device: torch.device) -> None:
     """World size 1 on a free port: nccl on a GPU, gloo on a CPU (what DeepSpeed and DDP need)."""
     import torch.distributed as dist
 
-    from vit_dt.distributed import free_port
+    from vit_dt.run.distributed import free_port
 
     if dist.is_initialized():
         return

@@ -48,7 +48,7 @@ def one_rank_group():
     after that group was destroyed and another created fails ("Group ... is not registered")."""
     import torch.distributed as dist
 
-    from vit_dt.distributed import free_port
+    from vit_dt.run.distributed import free_port
 
     if dist.is_initialized():
         yield

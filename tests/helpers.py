@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 
 from vit_dt.config import compose, to_container
 
+REPO = Path(__file__).resolve().parent.parent   # the checkout the tests run from
+
 # Fast, learnable settings for the embedded digits dataset on a 2-core CPU.
 DIGITS_FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "optimizer.lr=2e-3", "wandb.mode=disabled"]
 
@@ -32,7 +34,7 @@ def read_result(run_dir: Path) -> dict:
 
 
 def write_run_config(run_dir: Path, overrides: list[str]) -> dict:
-    """A run directory ready for `python -m vit_dt.train RUN_DIR` (what `vit-dt train` prepares)."""
+    """A run directory ready for `python -m vit_dt.run.rank RUN_DIR` (what `vit-dt train` prepares)."""
     cfg = to_container(compose(overrides))
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")

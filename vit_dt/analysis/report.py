@@ -30,8 +30,8 @@ class ReportError(ValueError):
 
 def load_records(sources: Sequence[Path | str]) -> list[dict]:
     """Records of every source, in order: a sweep directory (its results.jsonl), a .jsonl store, a result.json
-    or a run directory holding one (vit_dt.results.read_source)."""
-    from vit_dt.results import SourceError, read_source
+    or a run directory holding one (vit_dt.records.store.read_source)."""
+    from vit_dt.records.store import SourceError, read_source
 
     if not sources:
         raise ReportError("no source given: pass a sweep directory, a results.jsonl or a result.json")
@@ -485,7 +485,7 @@ def log_to_wandb(records: Sequence[dict], tables_: Sequence[Table], made: Mappin
     """
     import wandb as wb
 
-    from vit_dt.wandb_run import WandbRun
+    from vit_dt.records.wandb_run import WandbRun
 
     wandb_cfg = next(((r.get("config") or {}).get("wandb") for r in records if (r.get("config") or {}).get("wandb")),
                      None) or {}

@@ -69,11 +69,11 @@ def _cfg(record: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def epoch_time(record: Mapping[str, Any]) -> float | None:
-    """Mean train-epoch seconds over the steady-state epochs (vit_dt.results.steady_epochs: without each attempt's
+    """Mean train-epoch seconds over the steady-state epochs (vit_dt.records.store.steady_epochs: without each attempt's
     first, warm-up epoch); with no other epoch, all of them."""
     value = record.get("epoch_time_s_mean")
     if value is None:
-        from vit_dt.results import steady_epoch_values
+        from vit_dt.records.store import steady_epoch_values
 
         steady = steady_epoch_values(record, "time_s")
         value = statistics.fmean(steady) if steady else None
@@ -100,7 +100,7 @@ def ranks_per_node(record: Mapping[str, Any]) -> int:
 
 def record_identity(record: Mapping[str, Any]) -> tuple:
     """Which sweep point a record belongs to: (sweep_dir, point); a record without a point is its own run_dir."""
-    from vit_dt.results import point_of
+    from vit_dt.records.store import point_of
 
     return (str(record.get("sweep_dir") or ""), point_of(record))
 
@@ -217,7 +217,7 @@ SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "dee
 
 def _knob_values(record: Mapping[str, Any]) -> dict[str, str]:
     """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots)."""
-    from vit_dt.results import flat_config
+    from vit_dt.records.store import flat_config
 
     return {k: v for k, v in flat_config(record).items() if k.startswith(SERIES_KNOBS)}
 

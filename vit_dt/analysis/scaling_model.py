@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-LAYOUTS = ("intra", "inter", "grid")
+from vit_dt.config.choices import LAYOUTS
+
 SCALINGS = ("strong", "weak")
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 GBIT = 1e9 / 8   # bytes per second in one Gb/s: bandwidths are gigabits per second (cluster.interconnect.*_gbps)

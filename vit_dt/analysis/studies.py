@@ -1,7 +1,7 @@
 """Views for the studies beyond the paper, read from the same records as the scaling report. Pure functions.
 
 ZeRO study: one row per completed DeepSpeed run, with its stage (and offload), the model states each rank holds
-(`memory_model_gb`, measured by vit_dt/memory_model.py), the peak memory (`peak_mem_gb`: CUDA max allocated on a
+(`memory_model_gb`, measured by vit_dt/measure/memory.py), the peak memory (`peak_mem_gb`: CUDA max allocated on a
 GPU, the process peak RSS on a CPU), the step time and the gradient-reduction time (`bwd_allreduce`).
 
 Per-rank step time: for every multi-rank run with a per-rank breakdown, each rank's compute and all-reduce time
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_dt.analysis.scaling import epoch_time
-from vit_dt.hardware import describe_rank
+from vit_dt.measure.hardware import describe_rank
 
 MEMORY_PARTS = ("params", "gradients", "optimizer_states", "master_params")
 
@@ -120,7 +120,7 @@ def per_rank_runs(records: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Multi-rank runs with a per-rank breakdown: each rank's times and hardware, and the slowest rank.
 
     Slowest = the rank with the longest compute (fwd + bwd_inner + optimizer step), as the straggler check
-    (vit_dt/breakdown.py) defines it: in data parallelism every rank's step ends at the same all-reduce, so the
+    (vit_dt/measure/breakdown.py) defines it: in data parallelism every rank's step ends at the same all-reduce, so the
     step time is alike on all ranks and the fast ones show the difference as all-reduce wait."""
     runs = []
     for r in records:

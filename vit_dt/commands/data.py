@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-PREPARABLE = ("cifar10", "cifar100", "imagenet100")
-VERIFIABLE = ("cifar10", "cifar100", "imagenet100", "digits")
+from vit_dt.config.choices import FILE_DATASETS
+
+VERIFIABLE = FILE_DATASETS + ("digits",)   # digits ships inside scikit-learn: nothing to prepare, but a check
 
 
 def default_root(name: str) -> Path:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
 
     prep = sub.add_parser("prepare", help="download CIFAR-10/100 (md5-checked); explain/link ImageNet-100")
-    prep.add_argument("name", choices=PREPARABLE)
+    prep.add_argument("name", choices=FILE_DATASETS)
     prep.add_argument("--root", type=Path, help="dataset.root (default: $VIT_DT_DATA or ./data)")
     prep.add_argument("--url", help="CIFAR: fetch from this URL instead (a mirror, or file:///path/to/tarball); "
                                     "the official md5 is still checked")

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vit_dt.preflight import FAIL, PASS, SEVERITY, SKIP, dataset_key
+from vit_dt.data.verify import dataset_key
+from vit_dt.run.preflight import FAIL, PASS, SEVERITY, SKIP
 
-ENTRY = "vit_dt.preflight:run_rank"
+ENTRY = "vit_dt.run.preflight:run_rank"
 DEFAULT_TIME_MIN = 5
 DEFAULT_WAIT_S = 600.0
 CHECK_ORDER = ("job", "tasks", "network", "rendezvous", "device", "allreduce", "dataset", "wandb")
@@ -78,8 +79,8 @@ def plan_jobs(args: list[str], time_min: int, out_dir: Path | None) -> tuple[Pat
     from omegaconf.errors import OmegaConfBaseException
 
     from vit_dt.config import compose, to_container
-    from vit_dt.config.shape import resolve_shape
-    from vit_dt.slurm.profile import ClusterProfile, validate_request
+    from vit_dt.slurm.profile import ClusterProfile
+    from vit_dt.slurm.shape import resolve_shape, validate_request
     from vit_dt.slurm.submit import profile_fingerprint
 
     jobs: dict[tuple, ShapeJob] = {}
@@ -131,7 +132,7 @@ def _check_time_min(profile: Any, time_min: int) -> None:
 
 
 def _wandb_mode(cfg: dict[str, Any]) -> str:
-    from vit_dt.wandb_run import resolve_mode
+    from vit_dt.records.wandb_run import resolve_mode
 
     try:
         return resolve_mode(cfg)

@@ -17,7 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vit_dt.wandb_files import find_offline_runs, is_synced, run_id_of, wandb_executable
+from vit_dt.records.wandb_files import find_offline_runs, is_synced, run_id_of, wandb_executable
 
 
 def _run_key(segment: Path) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vit_dt.config import ConfigError, compose, to_container, validate
-from vit_dt.wandb_run import scrub_secrets
+from vit_dt.records.wandb_run import scrub_secrets
 
 HELP = """usage: vit-dt train [key=value ...]
 
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"vit-dt train: {exc}", file=sys.stderr)
         return 2
-    from vit_dt.preflight import dataset_problems
+    from vit_dt.data.verify import dataset_problems
 
     # `vit-dt sweep`'s data check, before a run directory or a rank exists: one line, not a traceback per rank
     problems = dataset_problems([cfg["dataset"]])
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
     print(f"run directory: {run_dir}", flush=True)
     nproc = int(cfg["trainer"]["nproc"])
     if nproc == 1:
-        from vit_dt.train import run_rank
+        from vit_dt.run.rank import run_rank
 
         try:
             run_rank(cfg, run_dir)
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
             print(f"vit-dt train: run failed: {exc}", file=sys.stderr)
             code = 1
     else:
-        from vit_dt.local_launch import launch
+        from vit_dt.run.local_launch import launch
 
         code = launch(run_dir, nproc)
     print(f"result: {run_dir / 'result.json'}", flush=True)

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from vit_dt.config.batch import BatchError, resolve_batch
+from vit_dt.config.choices import (
+    BALANCE_MODES,
+    BF16_MODES,
+    COMPILE_MODES,
+    DATASETS,
+    ENGINES,
+    LR_SCHEDULES,
+    MODEL_NAMES,
+    PRECISIONS,
+    SCALING_MODES,
+    STRONG_FIXED,
+    WANDB_MODES,
+    ZERO_STAGES,
+)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-ENGINES = ("deepspeed", "ddp")
-SCALING_MODES = ("none", "strong", "weak")
-STRONG_FIXED = ("micro", "global")
-WANDB_MODES = ("offline", "online", "disabled")
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagenet100")
 # GPUs before Ampere have no bf16 arithmetic: DeepSpeed would emulate it or fail at the first step.
 NO_BF16_GPUS = ("K80", "P100", "T4", "V100")
 
@@ -44,10 +52,9 @@ def _number(key: str, value: Any, minimum: float, *, integer: bool = False, opti
 
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
-    from vit_dt.ds_config import BF16_MODES, DeepSpeedConfigError, bf16_mode_for, validate_overrides
-    from vit_dt.engines import COMPILE_MODES
-    from vit_dt.model_catalog import MODEL_NAMES, geometry_errors
-    from vit_dt.optimizers import OptimizerConfigError, OptimizerSpec, zero_stage_error
+    from vit_dt.config.ds_config import DeepSpeedConfigError, bf16_mode_for, validate_overrides
+    from vit_dt.models.catalog import geometry_errors
+    from vit_dt.optim.optimizers import OptimizerConfigError, OptimizerSpec, zero_stage_error
 
     _one_of("precision", cfg["precision"], PRECISIONS)
     _one_of("engine", cfg["engine"], ENGINES)
@@ -74,7 +81,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     _one_of("model.activation_checkpointing", cfg["model"].get("activation_checkpointing", False), (False, True))
     _one_of("model.fast_attention", cfg["model"].get("fast_attention", True), (False, True))
     _check_precision_on_partition(cfg)
-    _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], (0, 1, 2, 3))
+    _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], ZERO_STAGES)
     _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "auto"), BF16_MODES)
     bf16_mode = None
     if cfg["precision"] == "bf16":
@@ -104,8 +111,6 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
 
 def _check_trainer_settings(trainer: Mapping[str, Any]) -> None:
     """The trainer keys a run reads only once it has started: refused here instead of on a compute node."""
-    from vit_dt.engines import LR_SCHEDULES
-
     _one_of("trainer.lr_schedule", trainer.get("lr_schedule", "cosine"), LR_SCHEDULES)
     _number("trainer.warmup_epochs", trainer.get("warmup_epochs", 0), 0)
     _number("trainer.grad_clip", trainer.get("grad_clip"), 0, optional=True)
@@ -136,12 +141,10 @@ def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_balance(cfg: Mapping[str, Any]) -> None:
-    """trainer.balance (vit_dt/balance.py) and its test-only companion trainer.straggler_test_delay_per_sample."""
-    from vit_dt.balance import MODES
-
+    """trainer.balance (vit_dt/run/balance.py) and its test-only companion trainer.straggler_test_delay_per_sample."""
     trainer = cfg["trainer"]
     mode = trainer.get("balance", "off")
-    _one_of("trainer.balance", mode, MODES)
+    _one_of("trainer.balance", mode, BALANCE_MODES)
     if mode == "speed" and cfg["engine"] != "ddp":
         raise ConfigError(f"trainer.balance=speed is invalid with engine={cfg['engine']}: DeepSpeed needs the same "
                           f"train_micro_batch_size_per_gpu on every rank, so per-rank micro-batches need "

@@ -11,7 +11,7 @@ Both loaders follow one plan (`shard_plan`):
   of steps (collectives inside a forward, e.g. ZeRO-3's parameter gathers, would otherwise hang), a rank that
   comes up one step short splits its largest batch in two. Only when a rank has fewer samples than steps
   (world_size > n, or batch_size = 1 with n not divisible by world_size) does it get empty batches.
-* per-rank shares (training only, `trainer.balance=speed`, vit_dt/balance.py): rank r takes `shares[r]` samples per
+* per-rank shares (training only, `trainer.balance=speed`, vit_dt/run/balance.py): rank r takes `shares[r]` samples per
   step instead of batch_size; the shares sum to world_size x batch_size. Step s still uses exactly the samples
   order[s x B : (s + 1) x B] (B = world_size x batch_size), as with equal shares, only split into contiguous
   slices of the share sizes instead of interleaved: the same steps per epoch on every rank, every sample at most

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .tensors import TensorImages
+from vit_dt.config.choices import SCALING_MODES
 
-SCALING_MODES = ("none", "strong", "weak")
+from .tensors import TensorImages
 
 
 def weak_subset_size(dataset_size: int, fraction_per_gpu: float, world_size: int) -> int:

@@ -5,12 +5,11 @@ step), evaluates, and reports the wall-clock breakdown of the last optimizer ste
 
 Fast-path switches (docs/performance.md): `trainer.compile` compiles the module in place (DeepSpeed's
 `engine.compile()`, `nn.Module.compile` for DDP), so parameter names and checkpoints are the same either way; the
-optimizer comes from `vit_dt.optimizers` (torch's fused AdamW on CUDA, never DeepSpeed's FusedAdam JIT build).
+optimizer comes from `vit_dt.optim.optimizers` (torch's fused AdamW on CUDA, never DeepSpeed's FusedAdam JIT build).
 """
-from vit_dt.engines.base import (COMPILE_MODES, ENGINES, LR_SCHEDULES, TrainEngine, compile_options,
-                                 compile_requested, cuda_graphs_requested, make_scheduler)
+from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
 from vit_dt.engines.ddp_engine import DDPEngine
 from vit_dt.engines.deepspeed_engine import DeepSpeedEngine
 
-__all__ = ["COMPILE_MODES", "ENGINES", "LR_SCHEDULES", "DDPEngine", "DeepSpeedEngine", "TrainEngine",
-           "compile_options", "compile_requested", "cuda_graphs_requested", "make_scheduler"]
+__all__ = ["DDPEngine", "DeepSpeedEngine", "TrainEngine", "compile_options", "compile_requested",
+           "cuda_graphs_requested", "make_scheduler"]

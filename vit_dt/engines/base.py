@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import torch
 
-ENGINES = ("deepspeed", "ddp")
+from vit_dt.config.choices import COMPILE_MODES, LR_SCHEDULES
 
 
 class TrainEngine(ABC):
@@ -23,7 +23,7 @@ class TrainEngine(ABC):
     @abstractmethod
     def set_timing(self, enabled: bool) -> None:
         """Switch the per-phase timers on (for the coming optimizer step) or off; call between steps. The timers
-        record device events and never synchronise (vit_dt.step_timing reads them later)."""
+        record device events and never synchronise (vit_dt.measure.step_timing reads them later)."""
 
     @abstractmethod
     def last_step_timers(self) -> dict[str, float]:
@@ -53,7 +53,6 @@ def compile_requested(trainer_cfg: Mapping[str, Any]) -> bool:
 
 # torch.compile modes; reduce-overhead replays the compiled forward and backward as CUDA graphs (one launch each):
 # worth it where the host cannot keep up with the GPU (small micro-batches, docs/performance.md).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def compile_options(trainer_cfg: Mapping[str, Any]) -> dict[str, str]:
@@ -69,7 +68,6 @@ def cuda_graphs_requested(trainer_cfg: Mapping[str, Any]) -> bool:
     return compile_requested(trainer_cfg) and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
 
 
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int, schedule: str = "cosine"):

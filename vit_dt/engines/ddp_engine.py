@@ -7,12 +7,11 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from vit_dt.breakdown import TIMER_KEYS
-from vit_dt.engines.base import (TrainEngine, compile_options, compile_requested, cuda_graphs_requested,
-                                 make_scheduler)
-from vit_dt.master_weights import build_master_weights_optimizer
-from vit_dt.optimizers import OptimizerSpec, build_optimizer
-from vit_dt.step_timing import DeviceClock, Mark
+from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
+from vit_dt.measure.breakdown import TIMER_KEYS
+from vit_dt.measure.step_timing import DeviceClock, Mark
+from vit_dt.optim.master_weights import build_master_weights_optimizer
+from vit_dt.optim.optimizers import OptimizerSpec, build_optimizer
 
 
 class DDPEngine(TrainEngine):
@@ -57,11 +56,11 @@ class DDPEngine(TrainEngine):
         self.clock = DeviceClock(device)
         self._timing = False
         self._spans: list[tuple[str, Mark, Mark]] = []   # (timer, start, end) of the timed step, read later
-        self.loss_weight = 1.0           # trainer.balance=speed: b_r x world / B (vit_dt/balance.py)
+        self.loss_weight = 1.0           # trainer.balance=speed: b_r x world / B (vit_dt/run/balance.py)
         self._grads = _LastGradient(self.clock, [p for p in model.parameters() if p.requires_grad])
 
     def set_loss_weight(self, weight: float) -> None:
-        """Scale this rank's mean loss (per-rank micro-batches: see vit_dt.balance.loss_weight)."""
+        """Scale this rank's mean loss (per-rank micro-batches: see vit_dt.run.balance.loss_weight)."""
         self.loss_weight = float(weight)
 
     def autocast(self):

@@ -18,9 +18,9 @@ from typing import Any
 from submitit.core import core, utils
 from submitit.slurm.slurm import SlurmExecutor, SlurmJob
 
-from vit_dt.config.shape import JobShape
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import SbatchSpec, build_spec, render_sbatch
+from vit_dt.slurm.shape import JobShape
 
 SUBMITIT_TASK_MODULE = "submitit.core._submit"
 MPIRUN_TASK_MODULE = "vit_dt.slurm.mpi_task"

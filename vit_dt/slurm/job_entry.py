@@ -1,6 +1,6 @@
 """The callable submitit pickles for every sweep point; it runs in each task (one per rank) of the job.
 
-It calls the run entry (default `vit_dt.train:run_rank`) and leaves a launch record per rank,
+It calls the run entry (default `vit_dt.run.rank:run_rank`) and leaves a launch record per rank,
 `<run_dir>/launch/rank<R>.json`: which host, Slurm/MPI ids, device and rendezvous (RANK, MASTER_ADDR/PORT)
 the rank actually used. That record is what to read first when a multi-node job misbehaves.
 
@@ -19,7 +19,10 @@ from typing import Any, Callable
 
 from submitit.helpers import Checkpointable
 
-DEFAULT_ENTRY = "vit_dt.train:run_rank"
+DEFAULT_ENTRY = "vit_dt.run.rank:run_rank"
+# Entries of sweeps queued before the package took its wings (vit_dt/run/): their sweep.json and pickled tasks still
+# name them, and a requeue or `--resume` of such a sweep must keep working.
+MOVED_ENTRIES = {"vit_dt.train:run_rank": DEFAULT_ENTRY, "vit_dt.preflight:run_rank": "vit_dt.run.preflight:run_rank"}
 RECORDED_ENV = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES",
     "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID",
@@ -31,7 +34,7 @@ RECORDED_ENV = (
 
 def load_entry(spec: str) -> Callable[[dict, str], Any]:
     """`module:function` -> the function (a clear error for a typo, before anything is submitted)."""
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = MOVED_ENTRIES.get(spec, spec).partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"entry {spec!r} must look like 'package.module:function'")
     try:
@@ -50,7 +53,7 @@ class PointTask(Checkpointable):
     """One sweep point: `entry(cfg, run_dir)` in every rank of its job."""
 
     def __init__(self, cfg: dict[str, Any], run_dir: str, entry: str = DEFAULT_ENTRY) -> None:
-        from vit_dt.wandb_run import scrub_secrets
+        from vit_dt.records.wandb_run import scrub_secrets
 
         # submitit pickles the task into the sweep folder: no secret goes with it. The job reads the W&B key from
         # the environment sbatch passes on, as W&B itself does.
@@ -72,7 +75,7 @@ class PointTask(Checkpointable):
             result = load_entry(self.entry)(self.cfg, self.run_dir)
             status = "returned"
             # submitit pickles the result after this returns; then the task leaves without a teardown abort.
-            from vit_dt.distributed import exit_without_teardown_after_success
+            from vit_dt.run.distributed import exit_without_teardown_after_success
 
             exit_without_teardown_after_success()
             return result

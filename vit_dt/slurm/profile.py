@@ -1,20 +1,15 @@
-"""Cluster profiles (conf/cluster/<name>.yaml) as typed objects, and the check of a request against them.
+"""Cluster profiles (conf/cluster/<name>.yaml) as typed objects.
 
 A profile is parsed strictly: a misspelt key is an error that lists the valid names, because a silently
-ignored `acount:` would only surface as a rejected job hours later. `validate_request` refuses a job shape
-that the partition cannot hold, naming the limit, before anything reaches the queue.
+ignored `acount:` would only surface as a rejected job hours later.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from vit_dt.config.shape import JobShape
-
-SCHEDULERS = ("local", "slurm")
-LAUNCHERS = ("local", "srun", "srun_mpi", "mpirun")
+from vit_dt.config.choices import LAUNCHERS, SCHEDULERS
 
 
 class ProfileError(ValueError):
@@ -36,7 +31,7 @@ class Partition:
     mem_gb: float | None = None        # default for resources.mem_gb (per node)
     cpus_per_node: int | None = None   # when known, tasks x cpus_per_task is checked against it
     # node (Slurm hostlist) -> GPU model for partitions whose nodes carry different GPUs; parsed and checked by
-    # vit_dt.hardware (kept as given here: scheduling does not depend on it)
+    # vit_dt.measure.hardware (kept as given here: scheduling does not depend on it)
     node_gpus: Any = None
 
     @property
@@ -132,40 +127,6 @@ _PROFILE_FIELDS = (
 _PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
                      "cpus_per_node", "node_gpus")
 _INTERCONNECT_FIELDS = ("intra_node_gbps", "inter_node_gbps", "latency_us")
-
-
-def validate_request(profile: ClusterProfile, shape: JobShape) -> None:
-    """Raise RequestError when `shape` cannot run on `profile`; every message names the limit it broke."""
-    part = profile.partition(shape.partition)
-    where = f"partition {part.name!r} of cluster {profile.name!r}"
-    if shape.nodes < 1 or shape.tasks_per_node < 1:
-        raise RequestError(f"a job needs at least 1 node and 1 task per node, got {shape.nodes} x "
-                           f"{shape.tasks_per_node}")
-    if shape.gpus_per_node and not part.has_gpus:
-        raise RequestError(f"{shape.gpus_per_node} GPU(s) per node requested, but {where} has no GPUs "
-                           f"(ranks there run on CPUs)")
-    if part.has_gpus and shape.gpus_per_node > part.gpus_per_node:
-        raise RequestError(f"{shape.gpus_per_node} GPUs per node requested, but {where} has "
-                           f"{part.gpus_per_node} GPUs per node ({part.gpu_model or 'GPU'}); "
-                           f"use more nodes (resources.layout=grid, resources.nodes) instead")
-    if shape.nodes > part.nodes:
-        raise RequestError(f"{shape.nodes} nodes requested, but {where} has {part.nodes} node(s)")
-    if shape.time_min > part.max_time_min:
-        raise RequestError(f"time limit {shape.time_min} min requested, but {where} allows at most "
-                           f"{part.max_time_min} min")
-    if shape.time_min < 1:
-        raise RequestError(f"time limit must be at least 1 min, got {shape.time_min}")
-    if profile.requeue and profile.signal_delay_s >= shape.time_min * 60:
-        # Slurm would send USR2 ("checkpoint and requeue") at once: the job would requeue itself until
-        # max_num_timeout is spent, never training.
-        raise RequestError(f"time limit {shape.time_min} min is not longer than cluster.signal_delay_s="
-                           f"{profile.signal_delay_s} s (the warning USR2 sent before the limit); raise "
-                           f"resources.time_min above {profile.signal_delay_s / 60:g} min or lower cluster.signal_delay_s")
-    if part.cpus_per_node is not None and shape.cpus_per_task is not None:
-        cpus = shape.tasks_per_node * shape.cpus_per_task
-        if cpus > part.cpus_per_node:
-            raise RequestError(f"{shape.tasks_per_node} tasks x {shape.cpus_per_task} CPUs = {cpus} CPUs per "
-                               f"node requested, but {where} has {part.cpus_per_node} CPUs per node")
 
 
 def _partition(name: str, spec: Any) -> Partition:

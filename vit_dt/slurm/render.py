@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vit_dt.config.choices import SLURM_LAUNCHERS
 from vit_dt.paths import templates_dir
 
 TEMPLATE_NAME = "job.sbatch.tmpl"
-LAUNCH_LAUNCHERS = ("srun", "srun_mpi", "mpirun")
 # Environment names that look like credentials are never written into a script (they reach the job
 # through sbatch's default --export=ALL from the submitting shell instead).
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|AUTH)", re.IGNORECASE)
@@ -70,9 +70,9 @@ class SbatchSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.launcher not in LAUNCH_LAUNCHERS:
+        if self.launcher not in SLURM_LAUNCHERS:
             raise ValueError(f"launcher {self.launcher!r} cannot be rendered into an sbatch script; "
-                             f"choose one of: {', '.join(LAUNCH_LAUNCHERS)}")
+                             f"choose one of: {', '.join(SLURM_LAUNCHERS)}")
         for name, _ in self.env:
             if not ENV_NAME.match(name):
                 raise ValueError(f"environment variable name {name!r} is not a valid shell name")
@@ -93,7 +93,7 @@ def build_spec(
     description: str = "",
 ) -> SbatchSpec:
     """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
-    from vit_dt.wandb_run import holds_secret
+    from vit_dt.records.wandb_run import holds_secret
 
     folder = str(folder)
     job_part = "%A_%a" if array_size is not None else "%j"

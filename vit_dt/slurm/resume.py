@@ -24,10 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vit_dt.slurm.job_entry import DEFAULT_ENTRY
 from vit_dt.slurm.manifest import read_manifest, write_manifest
 from vit_dt.slurm.status import rebase_paths, same_dir, sweep_status
 from vit_dt.slurm.submit import (
-    SweepError, SweepPoint, _now, group_points, read_point_config, submit_groups, summary_lines, write_point_config,
+    SweepError,
+    SweepPoint,
+    _now,
+    group_points,
+    read_point_config,
+    submit_groups,
+    summary_lines,
+    write_point_config,
 )
 
 ACTIVE = ("pending", "running")
@@ -98,7 +106,7 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         loaded = [_point_from_disk(manifest, index) for index in sorted(plan.resubmit)]
         points = [point for point, _ in loaded]
         if verify_data:
-            from vit_dt.preflight import dataset_problems
+            from vit_dt.data.verify import dataset_problems
 
             problems = dataset_problems(p.cfg["dataset"] for p in points)
             if problems:
@@ -108,7 +116,7 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         for point, rebased in loaded:
             entry = next(p for p in manifest["points"] if p["index"] == point.index)
             _set_aside_previous_outputs(point.run_dir, len(entry.get("attempts") or []))
-            if rebased:  # what `python -m vit_dt.train <run_dir>` and the next resume read: this directory's paths
+            if rebased:  # what `python -m vit_dt.run.rank <run_dir>` and the next resume read: this directory's paths
                 write_point_config(point)
         groups = group_points(points)
         first_group = 1 + max((j.get("group", -1) for j in manifest["jobs"]), default=-1)
@@ -120,7 +128,7 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         if moved_from:
             resume["moved_from"] = moved_from
         manifest.setdefault("resumes", []).append(resume)
-        submit_groups(sweep_dir, groups, manifest, entry=manifest.get("entry") or "vit_dt.train:run_rank",
+        submit_groups(sweep_dir, groups, manifest, entry=manifest.get("entry") or DEFAULT_ENTRY,
                       dry_run=False, max_num_timeout=int(manifest.get("max_num_timeout", 3)), echo=echo,
                       started=started, reasons={i: f"resume: was {why}" for i, why in plan.resubmit.items()})
         resume["jobs"] = [j["job_id"] for j in manifest["jobs"][jobs_before:]]
@@ -134,8 +142,8 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
 def _point_from_disk(manifest: dict[str, Any], index: int) -> tuple[SweepPoint, bool]:
     """The point as saved at its first submission, and whether its config's paths were rebased: a config saved
     before the sweep was copied or moved names the old sweep directory (where the job would write its results)."""
-    from vit_dt.config.shape import resolve_shape
-    from vit_dt.slurm.profile import ClusterProfile, validate_request
+    from vit_dt.slurm.profile import ClusterProfile
+    from vit_dt.slurm.shape import resolve_shape, validate_request
 
     entry = next(p for p in manifest["points"] if p["index"] == index)
     run_dir = Path(entry["run_dir"])

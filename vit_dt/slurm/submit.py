@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vit_dt.config.shape import JobShape
 from vit_dt.slurm.job_entry import DEFAULT_ENTRY, PointTask
 from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
+from vit_dt.slurm.shape import JobShape
 
 # submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
 # depends on a per-job directory existing before Slurm opens a job's log files.
@@ -160,10 +160,10 @@ def _refuse_after_submission_failure(sweep_dir: Path, manifest: dict[str, Any], 
 def write_point_config(point: SweepPoint) -> Path:
     """<run_dir>/config.yaml: the exact config the point's job receives. `vit-dt sweep --resume` resubmits from it
     (so a resumed point runs the same config even if conf/ or the environment changed since), and
-    `python -m vit_dt.train <run_dir>` reruns the point by hand."""
+    `python -m vit_dt.run.rank <run_dir>` reruns the point by hand."""
     import yaml
 
-    from vit_dt.wandb_run import scrub_secrets
+    from vit_dt.records.wandb_run import scrub_secrets
 
     point.run_dir.mkdir(parents=True, exist_ok=True)
     target = point.run_dir / POINT_CONFIG
@@ -324,7 +324,7 @@ def _error_line(exc: BaseException) -> str:
 
 # --- manifest records --------------------------------------------------------------------------------
 def _point_record(point: SweepPoint) -> dict[str, Any]:
-    from vit_dt.wandb_run import scrub_override
+    from vit_dt.records.wandb_run import scrub_override
 
     return {"index": point.index, "overrides": [scrub_override(o) for o in point.overrides],
             "run_dir": str(point.run_dir),

@@ -9,6 +9,8 @@ from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from vit_dt.slurm.job_entry import DEFAULT_ENTRY
+
 
 @dataclass
 class VitDtLauncherConf:
@@ -16,7 +18,7 @@ class VitDtLauncherConf:
     # Render every sbatch script into <sweep_dir>/dry-run/ and print it; submit nothing.
     dry_run: bool = False
     # What every rank runs: module:function taking (cfg: dict, run_dir: str).
-    entry: str = "vit_dt.train:run_rank"
+    entry: str = DEFAULT_ENTRY
     # How many times a checkpointable point may be requeued after hitting its time limit.
     max_num_timeout: int = 3
     # Verify file datasets (cifar10/100, imagenet100) on this node before queueing; false for roots that only

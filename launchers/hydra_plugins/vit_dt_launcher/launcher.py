@@ -2,7 +2,7 @@
 
 Unlike hydra-submitit-launcher, points with different resource shapes go into different job arrays, and
 `launch` returns as soon as the arrays are queued (nothing waits on the login node). The task function Hydra
-passes in is not called: each job runs `entry(cfg, run_dir)` (default vit_dt.train:run_rank) through submitit.
+passes in is not called: each job runs `entry(cfg, run_dir)` (default vit_dt.run.rank:run_rank, DEFAULT_ENTRY) through submitit.
 
 Heavy imports stay inside methods: Hydra imports every plugin module whenever it starts.
 """
@@ -20,13 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.vit_dt_launcher.compose import PointComposer
+from vit_dt.slurm.job_entry import DEFAULT_ENTRY
 
 POINTS_SUBDIR = "points"
 HYDRA_DUMP = "multirun.yaml"
 
 
 class VitDtLauncher(Launcher):
-    def __init__(self, dry_run: bool = False, entry: str = "vit_dt.train:run_rank", max_num_timeout: int = 3,
+    def __init__(self, dry_run: bool = False, entry: str = DEFAULT_ENTRY, max_num_timeout: int = 3,
                  verify_data: bool = True) -> None:
         self.dry_run = bool(dry_run)
         self.entry = entry
@@ -84,7 +85,7 @@ class VitDtLauncher(Launcher):
         if errors:
             raise SweepError("nothing was submitted; fix these point(s) first:\n" + "\n".join(errors))
         if self.verify_data:   # a dry run too: it should fail where the real sweep would
-            from vit_dt.preflight import dataset_problems
+            from vit_dt.data.verify import dataset_problems
 
             problems = dataset_problems(p.cfg["dataset"] for p in points)
             if problems:
@@ -138,14 +139,14 @@ class VitDtLauncher(Launcher):
 
     def _argv(self) -> list[str]:
         """The typed overrides with secrets redacted: what sweep.json keeps to recognise the same sweep again."""
-        from vit_dt.wandb_run import scrub_override
+        from vit_dt.records.wandb_run import scrub_override
 
         return [scrub_override(o) for o in self._typed_overrides()]
 
     def _point(self, composer: PointComposer, index: int, overrides: list[str], sweep_dir: Path) -> Any:
         from vit_dt.config import validate
-        from vit_dt.config.shape import resolve_shape
-        from vit_dt.slurm.profile import ClusterProfile, validate_request
+        from vit_dt.slurm.profile import ClusterProfile
+        from vit_dt.slurm.shape import resolve_shape, validate_request
         from vit_dt.slurm.submit import SweepPoint
 
         cfg = OmegaConf.to_container(composer.job_config(overrides), resolve=True)
@@ -162,7 +163,7 @@ class VitDtLauncher(Launcher):
 def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
     """Hydra saves the multirun's config, command line included, as <sweep>/multirun.yaml before any launcher runs:
     redact what the command line typed under a secret-looking key, and $WANDB_API_KEY's value."""
-    from vit_dt.wandb_run import REDACTED, _secret_values, looks_secret
+    from vit_dt.records.wandb_run import REDACTED, _secret_values, looks_secret
 
     dump = sweep_dir / HYDRA_DUMP
     if not dump.is_file():

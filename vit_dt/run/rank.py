@@ -1,0 +1,212 @@
+"""What runs in every rank of a job: set up, train, record. `run_rank` is the one entry point for all launchers
+(`vit-dt train`'s local ranks, srun tasks through submitit, MPI ranks)."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+from vit_dt.run import distributed
+from vit_dt.run.distributed import DistEnv
+
+log = logging.getLogger("vit_dt.run.rank")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def configure_logging(rank: int) -> None:
+    """Rank 0 talks; the others only warn (the paper's tqdm on every rank made multi-MB .err files)."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _threads_per_rank(env: DistEnv) -> int:
+    """CPU threads for this rank: what Slurm gave the task, else this machine's cores shared by its ranks.
+
+    More threads than cores is catastrophic for CPU training (OpenMP threads spin while they wait): 10x slower
+    was measured here with two 2-thread processes on 2 cores.
+    """
+    import torch
+
+    given = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS")
+    ranks_here = max(1, env.world_size // max(1, env.nodes))
+    threads = int(given) if given else max(1, len(os.sched_getaffinity(0)) // ranks_here)
+    torch.set_num_threads(max(1, threads))
+    return threads
+
+
+def loader_workers(configured: int | None, environ: Mapping[str, str]) -> int:
+    """DataLoader workers per rank: `trainer.num_workers`, else the task's Slurm CPUs (the profile's
+    cpus_per_task, sbatch's --cpus-per-task) less the one the training loop runs on."""
+    if configured is not None:
+        return int(configured)
+    return max(0, int(environ.get("SLURM_CPUS_PER_TASK") or 1) - 1)
+
+
+def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
+    """Train one rank of the run described by the resolved config `cfg`; rank 0 returns and records the result."""
+    run_dir = Path(run_dir)
+    env = distributed.discover(cfg["cluster"].get("launcher"))
+    configure_logging(env.rank)
+    distributed.prepare_accelerator_env()
+    started = _now()
+    try:
+        distributed.init_process_group(env, timeout_s=float(cfg["trainer"]["dist_timeout_s"]))
+        result = _train(cfg, run_dir, env, started)
+    except Exception as exc:  # record the failure, then let the job fail (SystemExit on requeue is no failure)
+        _record_failure(cfg, run_dir, env, started, exc)
+        raise
+    finally:
+        distributed.destroy_process_group()
+    return result if env.is_main else None
+
+
+def _device(env: DistEnv):
+    import torch
+
+    if distributed.use_cuda():
+        index = env.local_rank % torch.cuda.device_count()  # Slurm may show each task only its own GPU
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
+    from vit_dt.config.batch import resolve_batch
+    from vit_dt.config.ds_config import bf16_mode_for, derive_deepspeed_config
+    from vit_dt.data.build import build_datasets
+    from vit_dt.engines import DDPEngine, DeepSpeedEngine
+    from vit_dt.models.vit import build_model
+    from vit_dt.optim.optimizers import OptimizerSpec
+    from vit_dt.run.checkpoint import Checkpointer
+    from vit_dt.run.loop import LoopSettings, Trainer, TrainState
+    from vit_dt.run.record import RunRecorder
+
+    _threads_per_rank(env)
+    trainer_cfg = cfg["trainer"]
+    seed = int(trainer_cfg["seed"])
+    device = _device(env)
+    batch = resolve_batch(trainer_cfg, cfg["scaling"], env.world_size)
+    train_set, val_set, info = build_datasets(cfg["dataset"], scaling_cfg=cfg["scaling"],
+                                              world_size=env.world_size, seed=seed)
+    seed_everything(seed)  # same initial weights on every rank (the engines broadcast rank 0's anyway)
+    model = build_model(cfg["model"], info.num_classes)
+    settings = LoopSettings(
+        epochs=int(trainer_cfg["epochs"]), batch=batch, seed=seed,
+        timer_sample_every=int(trainer_cfg["timer_sample_every"]),
+        timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
+        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"), balance=trainer_cfg.get("balance", "off"))
+    _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank),
+                          _test_delay(trainer_cfg, env.rank, "straggler_test_delay_per_sample"))
+    steps_per_epoch = max(1, info.train_samples // batch.global_)
+    if trainer_cfg.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
+    schedule = {"warmup_steps": int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_per_epoch),
+                "total_steps": steps_per_epoch * settings.epochs,
+                "schedule": trainer_cfg.get("lr_schedule", "cosine")}
+    optimizer = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)  # lr scaled for this global batch
+    bf16_mode = bf16_mode_for(cfg)
+    master_weights = cfg["precision"] == "bf16" and bf16_mode == "master"
+    if cfg["engine"] == "deepspeed":
+        ds_config = derive_deepspeed_config(
+            batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
+            grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
+            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=bf16_mode or "auto")
+        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule, optimizer,
+                                 master_weights=master_weights)
+    else:
+        ds_config = None
+        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], schedule, batch.grad_accum, optimizer,
+                           master_weights=master_weights)
+    seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
+
+    recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
+    recorder.watch_memory(engine)
+    num_workers = loader_workers(trainer_cfg.get("num_workers"), os.environ)
+    checkpointer = Checkpointer(run_dir) if trainer_cfg.get("checkpoint", True) else None
+    state = TrainState()
+    if checkpointer and (resumed := checkpointer.load_latest(engine, TrainState)):
+        state = resumed[0]
+        recorder.resumed_from(state)    # W&B: the same run, its rows after the checkpoint's global step
+
+    def on_epoch_end(train_state: TrainState, record: dict) -> None:
+        recorder.on_epoch_end(train_state, record)
+        if checkpointer:
+            checkpointer.save(engine, train_state)
+
+    trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]),
+                      bool(cfg["dataset"].get("hflip", True)), settings, env, device,
+                      num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
+    state = trainer.fit(state)
+    return recorder.finish(state, engine.module)
+
+
+def _slow_down_on_purpose(model, delay_s: float, per_sample_s: float = 0.0) -> None:
+    """Inside the forward pass, so it shows up as this rank's compute time, as a slower GPU would. Prepended so it
+    runs before DeepSpeed's own forward hook stops the fwd timer, whenever the engine registers it.
+
+    `delay_s` per forward; `per_sample_s` per image of the batch, which a smaller micro-batch shortens (as on a
+    slower GPU): what `trainer.balance=speed` can even out, a fixed delay it cannot."""
+    if delay_s > 0 or per_sample_s > 0:
+        import time
+
+        def sleep(_module, inputs, _output):
+            time.sleep(delay_s + per_sample_s * (len(inputs[0]) if inputs else 0))
+
+        model.register_forward_hook(sleep, prepend=True)
+
+
+def _test_delay(trainer_cfg: dict, rank: int, key: str = "straggler_test_delay") -> float:
+    """trainer.straggler_test_delay = {rank: seconds} (per forward) and trainer.straggler_test_delay_per_sample =
+    {rank: seconds per image}: test-only knobs that slow one rank on purpose."""
+    delays = trainer_cfg.get(key) or {}
+    return float(delays.get(rank, delays.get(str(rank), 0.0)))
+
+
+def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException) -> None:
+    """Each rank leaves its traceback; rank 0 also writes a failed result.json and appends it to the store."""
+    tail = "".join(traceback.format_exception(exc))[-4000:]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"error-rank{env.rank}.txt").write_text(tail)
+        if env.is_main:
+            from vit_dt.run.record import failed_result, store_for
+
+            result = failed_result(cfg, run_dir, env, started, _now(), f"{type(exc).__name__}: {exc}")
+            from vit_dt.records import store as results_io
+
+            results_io.write_result(run_dir, result)
+            store_for(cfg).append(result)
+    except Exception:  # the original error matters more than a failure to record it
+        log.exception("could not record the failure of rank %d", env.rank)
+
+
+def main() -> int:
+    """`python -m vit_dt.run.rank RUN_DIR`: one rank of a run whose resolved config is RUN_DIR/config.yaml."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(sys.argv[1])
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    run_rank(cfg, run_dir)
+    distributed.exit_without_teardown_after_success()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

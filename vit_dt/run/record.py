@@ -1,0 +1,278 @@
+"""Turning a run into records: result.json, the sweep's results store and the W&B run (rank 0 writes all three)."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+from vit_dt.config.batch import Batch
+from vit_dt.measure import breakdown, hardware, metrics
+from vit_dt.measure import memory as memory_model
+from vit_dt.optim import optimizers
+from vit_dt.records.store import ResultsStore, steady_epochs, steady_mask, write_result
+from vit_dt.records.wandb_run import scrub_secrets
+from vit_dt.run import balance
+from vit_dt.run.distributed import DistEnv
+
+SCHEMA_VERSION = 1
+STORE_NAME = "results.jsonl"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def all_gather(value: Any) -> list[Any]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def store_for(cfg: dict) -> ResultsStore:
+    """The sweep's store, or for a lone `vit-dt train` run the out_dir's."""
+    base = cfg.get("sweep_dir") or cfg["out_dir"]
+    return ResultsStore(Path(base) / STORE_NAME)
+
+
+def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
+    resources = cfg.get("resources", {})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_dir": str(run_dir.resolve()),
+        "run_name": cfg.get("run_name"),
+        "sweep_dir": cfg.get("sweep_dir"),
+        "point": cfg.get("point"),
+        "cluster": cfg["cluster"]["name"],
+        "layout": resources.get("layout"),
+        "scaling": cfg["scaling"]["mode"],
+        "engine": cfg["engine"],
+        "precision": cfg["precision"],
+        "zero_stage": cfg["deepspeed"]["zero_stage"] if cfg["engine"] == "deepspeed" else None,
+        "bf16_mode": _bf16_mode(cfg),
+        "fast_attention": bool(cfg["model"].get("fast_attention", True)),
+        "dataset": cfg["dataset"]["name"],
+        "model": cfg["model"]["name"],
+        **_geometry(cfg["model"]),
+        "world_size": env.world_size,
+        "nodes": env.nodes,
+        "ranks_per_node": max(1, env.world_size // max(1, env.nodes)),
+        "launch": env.source,
+        "slurm_job_id": _slurm_job_id(),
+    }
+
+
+def _bf16_mode(cfg: dict) -> str | None:
+    """The bf16 mode the run used (`auto` resolved); None unless precision=bf16 (or when the config is invalid)."""
+    from vit_dt.config.ds_config import DeepSpeedConfigError, bf16_mode_for
+
+    try:
+        return bf16_mode_for(cfg)
+    except (DeepSpeedConfigError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _geometry(model_cfg: dict) -> dict:
+    """What sets the sequence length and the activation memory (docs/studies/high-resolution.md)."""
+    image, patch = model_cfg.get("image_size"), model_cfg.get("patch_size")
+    valid = isinstance(image, int) and isinstance(patch, int) and patch > 0 and image % patch == 0
+    return {"image_size": image, "patch_size": patch,
+            "tokens_per_image": metrics.tokens_per_image(model_cfg) if valid else None,
+            "activation_checkpointing": bool(model_cfg.get("activation_checkpointing", False))}
+
+
+def _slurm_job_id() -> str | None:
+    import os
+
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str) -> dict:
+    return {"status": "failed", "error": error, **_identity(cfg, run_dir, env), "started_at": started,
+            "finished_at": finished, "epochs": [], "final_val_acc": None, "config": scrub_secrets(cfg)}
+
+
+def _merge_rank_summaries(per_epoch: list[list[dict]], epoch_records: list[dict] | None = None) -> list[dict]:
+    """Per rank, the sample-weighted mean over the steady-state epochs: `per_epoch[i]` is epoch record i's
+    breakdown, and the epochs steady_mask leaves out (each attempt's first, warm-up) are left out here too, unless
+    that leaves no breakdown. Without aligned epoch records, the first epoch is the warm-up one."""
+    if epoch_records is None or len(epoch_records) != len(per_epoch):
+        epoch_records = [{"warmup": i == 0} for i in range(len(per_epoch))]
+    steady = [e for e, keep in zip(per_epoch, steady_mask(epoch_records)) if keep and e]
+    epochs = steady or [e for e in per_epoch if e]
+    if not epochs:
+        return []
+    merged = []
+    for rank in range(len(epochs[0])):
+        rows = [e[rank] for e in epochs if rank < len(e)]
+        weight = sum(r.get("samples", 0) for r in rows)
+        keys = [k for k in rows[0] if k != "samples"]
+        merged.append({k: (sum(r[k] * r.get("samples", 0) for r in rows) / weight if weight else 0.0)
+                       for k in keys} | {"samples": weight})
+    return merged
+
+
+def epoch_row(record: dict) -> dict:
+    """An epoch's W&B history row: its numbers under epoch/, the breakdown under epoch/breakdown_ms/."""
+    flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+    for key, value in (record.get("breakdown_ms") or {}).items():
+        flat[f"epoch/breakdown_ms/{key}"] = value
+    return flat
+
+
+def epoch_rows(epochs: list[dict]) -> list[tuple[int, dict]]:
+    """(global step at the epoch's end, W&B row) of each epoch record, as on_epoch_end logged them."""
+    rows, step = [], 0
+    for record in epochs:
+        step += int(record["steps"])
+        rows.append((step, epoch_row(record)))
+    return rows
+
+
+def wandb_group(cfg: Mapping[str, Any]) -> str | None:
+    """The W&B group of a run: `wandb.group`, else its sweep directory's name, so a sweep's points compare side by
+    side in W&B (one run per point, not per rank); a lone `vit-dt train` run has none."""
+    if cfg["wandb"].get("group"):
+        return cfg["wandb"]["group"]
+    sweep = cfg.get("sweep_dir")
+    return Path(sweep).name if sweep else None
+
+
+class RunRecorder:
+    def __init__(self, cfg: dict, run_dir: Path, env: DistEnv, device: torch.device, batch: Batch, info, model,
+                 started: str, ds_config: dict | None):
+        self.cfg, self.run_dir, self.env, self.device, self.batch, self.info = cfg, run_dir, env, device, batch, info
+        self.started, self.ds_config = started, ds_config
+        self.flops_per_image = metrics.vit_flops_per_image(cfg["model"], info.num_classes, training=True)
+        self.hardware_flops_per_image = metrics.hardware_flops_per_image(cfg["model"], info.num_classes)
+        # ZeRO-3 has already partitioned the parameters here: their full size is ds_numel, numel() is 0
+        self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        self.gpu_model = metrics.gpu_model_from_name(torch.cuda.get_device_name(device)) \
+            if device.type == "cuda" else None
+        self.rank_hardware = all_gather(hardware.local_hardware(device))   # host, Slurm node, GPU name per rank
+        self.hostnames = [seen["host"] for seen in self.rank_hardware]
+        self.memory_probe: memory_model.MemoryProbe | None = None
+        self.wandb = None
+        if env.is_main:
+            from vit_dt.records.wandb_run import WandbRun
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # resumable: one W&B run per run directory, continued by every restart (docs/wandb.md)
+            self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=wandb_group(cfg), job_type=cfg["scaling"]["mode"],
+                                        tags=self._tags(), name=cfg.get("run_name") or self._default_name(),
+                                        resumable=True)
+
+    def _tags(self) -> list[str]:
+        tags = [f"cluster:{self.cfg['cluster']['name']}", f"layout:{self.cfg.get('resources', {}).get('layout')}",
+                f"engine:{self.cfg['engine']}", f"gpu:{self.gpu_model or 'cpu'}", f"world:{self.env.world_size}"]
+        return tags + list(self.cfg["wandb"].get("tags") or [])
+
+    def _default_name(self) -> str:
+        return (f"{self.cfg['model']['name']}-{self.cfg['dataset']['name']}-n{self.env.nodes}"
+                f"x{max(1, self.env.world_size // max(1, self.env.nodes))}-b{self.batch.global_}")
+
+    def watch_memory(self, engine) -> None:
+        """Measure the model states this rank holds over the first optimizer steps (memory_model_gb)."""
+        self.memory_probe = memory_model.MemoryProbe.attach(engine, self.device)
+
+    def resumed_from(self, state) -> None:
+        """Training continues from a checkpoint (its TrainState): the W&B run continues after the checkpoint's
+        global step. Epoch rows that the interrupted attempt logged but never got onto disk (W&B buffers its offline
+        log for up to 15 s, and a requeue kills the job) are logged again from the checkpoint's epoch records."""
+        if not self.wandb:
+            return
+        global_step = 0
+        for global_step, row in epoch_rows(state.epochs):
+            self.wandb.log(row, step=global_step)      # skipped when an earlier segment of the run holds it
+        self.wandb.resumed_from(global_step)
+
+    def on_step(self, step: int, values: dict) -> None:
+        if self.wandb:
+            self.wandb.log({f"step/{k}": v for k, v in values.items()}, step=step)
+
+    def on_epoch_end(self, state, record: dict) -> None:
+        if self.wandb:
+            # At the epoch's last optimizer step: W&B drops rows whose step goes back, and merges equal steps.
+            self.wandb.log(epoch_row(record), step=sum(e["steps"] for e in state.epochs))
+
+    def finish(self, state, module: torch.nn.Module) -> dict | None:
+        from vit_dt.run.loop import parameter_checksum
+
+        checksums = all_gather(parameter_checksum(module))
+        peak = all_gather(metrics.peak_memory_gb(self.device))
+        memory = all_gather(self.memory_probe.summary() if self.memory_probe else None)
+        if not self.env.is_main:
+            return None
+        result = self._summarise(state, checksums, peak)
+        result["memory_model_gb"] = memory_model.combine(memory)
+        write_result(self.run_dir, result)
+        store_for(self.cfg).append(result)
+        if self.wandb:
+            self.wandb.summary({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+                               | {"status": result["status"]})
+            self.wandb.finish(0)
+        return result
+
+    def _summarise(self, state, checksums: list[float], peak: list[float | None]) -> dict:
+        epochs = state.epochs
+        steady = steady_epochs(epochs)     # without each attempt's first (warm-up) epoch, docs/metrics.md
+        seconds = sum(e["time_s"] for e in steady)
+        images = sum(e["train_samples_seen"] for e in steady)
+        rates = metrics.throughput(images, seconds, self.env.world_size)
+        tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.flops_per_image)
+        hardware_tflops = metrics.achieved_tflops(rates["img_per_s_per_gpu"], self.hardware_flops_per_image)
+        # fp32 matmuls run as TF32 when torch allows it: measure against that peak, not the far lower FP32 one.
+        peak_tflops = metrics.peak_tflops(self.gpu_model, metrics.matmul_precision(self.cfg["precision"]))
+        per_rank = _merge_rank_summaries(state.breakdowns, epochs)
+        analysis = breakdown.analyse(per_rank) if per_rank else None
+        spread = max(checksums) - min(checksums)
+        return {
+            "status": "completed", "error": None, **_identity(self.cfg, self.run_dir, self.env),
+            "started_at": self.started, "finished_at": _now(), "hostnames": sorted(set(self.hostnames)),
+            "ranks": hardware.ranks_for_run(self.cfg, self.rank_hardware),   # per rank: host, node, GPU model
+            "device": self.device.type, "gpu_model": self.gpu_model,
+            "micro_batch": self.batch.micro, "grad_accum": self.batch.grad_accum, "global_batch": self.batch.global_,
+            **optimizers.lr_record(self.cfg.get("optimizer"), self.batch.global_),  # lr_rule, lr_effective, ...
+            "train_samples": self.info.train_samples, "val_samples": self.info.val_samples,
+            "num_params": self.num_params, "flops_per_image": self.flops_per_image,
+            "hardware_flops_per_image": self.hardware_flops_per_image,
+            "epochs": epochs,
+            "final_val_acc": epochs[-1]["val_acc"] if epochs else None,
+            "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
+            "epoch_time_s_mean": seconds / len(steady) if steady else None,
+            "epoch_time_s_all_mean": sum(e["time_s"] for e in epochs) / len(epochs) if epochs else None,
+            "img_per_s": rates["img_per_s"], "img_per_s_per_gpu": rates["img_per_s_per_gpu"],
+            "tflops": tflops, "mfu": metrics.mfu(tflops, peak_tflops),
+            "hardware_tflops": hardware_tflops, "hfu": metrics.mfu(hardware_tflops, peak_tflops),
+            "peak_mem_gb": max((p for p in peak if p is not None), default=None),
+            "breakdown_ms": {"per_rank": analysis["per_rank"], "mean": analysis["mean"]} if analysis else None,
+            "comm_share": analysis["comm_share"] if analysis else None,
+            "data_wait_share": analysis["data_wait_share"] if analysis else None,
+            "straggler": analysis["straggler"] if analysis else None,
+            # per-rank micro-batches, speeds, compute-time spread per epoch (trainer.balance, vit_dt/run/balance.py)
+            "balance": balance.summarise(self.cfg["trainer"].get("balance", "off"), state.balance,
+                                         self.batch.micro * self.env.world_size),
+            "param_checksums": checksums,
+            "replicas_in_sync": spread <= 1e-6 * max(1.0, abs(checksums[0])),
+            "deepspeed_config": self.ds_config,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "deepspeed": _deepspeed_version()},
+            "config": scrub_secrets(self.cfg),
+        }
+
+
+def _deepspeed_version() -> str | None:
+    try:
+        import deepspeed
+
+        return deepspeed.__version__
+    except ImportError:
+        return None

@@ -1,0 +1,128 @@
+"""The resource shape of one run: what Slurm is asked for, and whether its partition can hold it. Points of a sweep
+with equal shapes share a job array.
+
+`resources.layout` turns a GPU count into nodes x ranks-per-node:
+    intra: 1 node x `gpus`      inter: `gpus` nodes x 1      grid: `nodes` x `gpus_per_node` as given
+The partition (default: the profile's) supplies cpus_per_task and mem_gb when the request leaves them null,
+and decides whether ranks get GPUs (a CPU partition runs the same ranks on CPUs with gloo).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vit_dt.config.choices import LAYOUTS
+from vit_dt.slurm.profile import ClusterProfile, RequestError
+
+
+class ShapeError(ValueError):
+    """`resources` cannot be turned into a job shape (bad layout, missing or non-positive count or memory)."""
+
+
+@dataclass(frozen=True)
+class JobShape:
+    nodes: int
+    tasks_per_node: int         # ranks per node: one per GPU (CPU ranks on a CPU partition)
+    gpus_per_node: int          # GPUs requested per node: tasks_per_node on a GPU partition, else 0
+    partition: str
+    time_min: int
+    cpus_per_task: int | None
+    mem_gb: float | None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def describe(self) -> str:
+        """Short label, e.g. `2x4 gpu(a40) 30min`."""
+        kind = f"{self.gpus_per_node}gpu" if self.gpus_per_node else "cpu"
+        return f"{self.nodes}x{self.tasks_per_node} {kind} {self.partition} {self.time_min}min"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"world_size": self.world_size}
+
+
+def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None) -> JobShape:
+    """The JobShape for a composed config (`resources` + `cluster`). `profile` saves re-parsing `cluster`."""
+    res = cfg["resources"]
+    profile = profile or ClusterProfile.from_config(cfg["cluster"])
+    layout = res.get("layout", "grid")
+    if layout not in LAYOUTS:
+        raise ShapeError(f"resources.layout={layout!r} is not valid; choose one of: {', '.join(LAYOUTS)}")
+    if layout == "grid":
+        nodes = _positive(res.get("nodes", 1), "resources.nodes")
+        per_node = _positive(res.get("gpus_per_node", 1), "resources.gpus_per_node")
+    else:
+        if res.get("gpus") is None:
+            raise ShapeError(f"resources.layout={layout} needs resources.gpus (the total number of ranks), got null")
+        gpus = _positive(res["gpus"], "resources.gpus")
+        nodes, per_node = (1, gpus) if layout == "intra" else (gpus, 1)
+    partition = profile.partition(res.get("partition"))
+    cpus = res.get("cpus_per_task")
+    mem = res.get("mem_gb")
+    return JobShape(
+        nodes=nodes,
+        tasks_per_node=per_node,
+        gpus_per_node=per_node if partition.has_gpus else 0,
+        partition=partition.name,
+        time_min=_positive(res.get("time_min", 30), "resources.time_min"),
+        cpus_per_task=partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task"),
+        mem_gb=partition.mem_gb if mem is None else _mem_gb(mem, "resources.mem_gb"),   # the profile checked its own
+    )
+
+
+def _mem_gb(value: Any, key: str) -> float | None:
+    """GB of memory per node (`--mem`): a number > 0, or None to leave it to Slurm's default."""
+    if value is None:
+        return None
+    number = value
+    if isinstance(value, str):          # a quoted number ("12") still counts, as it did; "abc" does not
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+        raise ShapeError(f"{key}={value!r} is invalid: it must be a number > 0 (GB per node) or null")
+    return float(number)
+
+
+def _positive(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShapeError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def validate_request(profile: ClusterProfile, shape: JobShape) -> None:
+    """Raise RequestError when `shape` cannot run on `profile`; every message names the limit it broke."""
+    part = profile.partition(shape.partition)
+    where = f"partition {part.name!r} of cluster {profile.name!r}"
+    if shape.nodes < 1 or shape.tasks_per_node < 1:
+        raise RequestError(f"a job needs at least 1 node and 1 task per node, got {shape.nodes} x "
+                           f"{shape.tasks_per_node}")
+    if shape.gpus_per_node and not part.has_gpus:
+        raise RequestError(f"{shape.gpus_per_node} GPU(s) per node requested, but {where} has no GPUs "
+                           f"(ranks there run on CPUs)")
+    if part.has_gpus and shape.gpus_per_node > part.gpus_per_node:
+        raise RequestError(f"{shape.gpus_per_node} GPUs per node requested, but {where} has "
+                           f"{part.gpus_per_node} GPUs per node ({part.gpu_model or 'GPU'}); "
+                           f"use more nodes (resources.layout=grid, resources.nodes) instead")
+    if shape.nodes > part.nodes:
+        raise RequestError(f"{shape.nodes} nodes requested, but {where} has {part.nodes} node(s)")
+    if shape.time_min > part.max_time_min:
+        raise RequestError(f"time limit {shape.time_min} min requested, but {where} allows at most "
+                           f"{part.max_time_min} min")
+    if shape.time_min < 1:
+        raise RequestError(f"time limit must be at least 1 min, got {shape.time_min}")
+    if profile.requeue and profile.signal_delay_s >= shape.time_min * 60:
+        # Slurm would send USR2 ("checkpoint and requeue") at once: the job would requeue itself until
+        # max_num_timeout is spent, never training.
+        raise RequestError(f"time limit {shape.time_min} min is not longer than cluster.signal_delay_s="
+                           f"{profile.signal_delay_s} s (the warning USR2 sent before the limit); raise "
+                           f"resources.time_min above {profile.signal_delay_s / 60:g} min or lower cluster.signal_delay_s")
+    if part.cpus_per_node is not None and shape.cpus_per_task is not None:
+        cpus = shape.tasks_per_node * shape.cpus_per_task
+        if cpus > part.cpus_per_node:
+            raise RequestError(f"{shape.tasks_per_node} tasks x {shape.cpus_per_task} CPUs = {cpus} CPUs per "
+                               f"node requested, but {where} has {part.cpus_per_node} CPUs per node")
