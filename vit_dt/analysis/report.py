@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vit_dt import atomic
 from vit_dt.analysis import plots, scaling, studies
 from vit_dt.analysis import scaling_model as sm
 
@@ -448,16 +448,13 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
     notes = analysis.notes + ([] if analysis.selection.used else ["no completed run: nothing to analyse"])
     notes += study["notes"]
     tables_ = tables(analysis, model, study)
-    html_path = out / "report.html"
-    html_path.write_text(render_html(meta, tables_, made, skipped, notes), encoding="utf-8")
-    md_path = out / "report.md"
-    md_path.write_text(render_markdown(meta, tables_, made, skipped, notes, out), encoding="utf-8")
+    html_path = atomic.write_text(out / "report.html", render_html(meta, tables_, made, skipped, notes))
+    md_path = atomic.write_text(out / "report.md", render_markdown(meta, tables_, made, skipped, notes, out))
     data = {"meta": meta, **analysis.to_dict(), "model": model,
             "zero_study": study["zero"], "per_rank": study["per_rank"], "study_notes": study["notes"],
             "plots": {k: str(v.relative_to(out)) for k, v in made.items()}, "skipped_plots": skipped,
             "tables": [asdict(t) for t in tables_]}
-    json_path = out / "report.json"
-    json_path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+    json_path = atomic.write_json(out / "report.json", data, indent=2, default=str, allow_nan=False)
     result = ReportOutput(out_dir=out, html=html_path, markdown=md_path, json=json_path, plots=made,
                           skipped_plots=skipped, data=data)
     if wandb:

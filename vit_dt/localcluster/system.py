@@ -14,6 +14,8 @@ import socket
 import stat
 from pathlib import Path
 
+from vit_dt import atomic
+
 from .config import (
     ClusterSpec,
     gpu_device_paths,
@@ -95,30 +97,21 @@ def wipe_runtime_state(spec: ClusterSpec) -> None:
         shutil.rmtree(spec.vader_dir(node), ignore_errors=True)
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def db_password(spec: ClusterSpec) -> str:
     """The local MariaDB password of the `slurm` user: made once, kept mode 0600, never printed."""
     path = spec.db_password_file
     if not path.exists():
-        _write(path, secrets.token_hex(16), 0o600)
+        atomic.write_text(path, secrets.token_hex(16), 0o600)
     return path.read_text().strip()
 
 
 def write_config_files(spec: ClusterSpec) -> None:
-    _write(spec.slurm_conf, render_slurm_conf(spec), 0o644)
-    _write(spec.gres_conf, render_gres_conf(spec), 0o644)
+    atomic.write_text(spec.slurm_conf, render_slurm_conf(spec), 0o644)
+    atomic.write_text(spec.gres_conf, render_gres_conf(spec), 0o644)
     # slurmdbd refuses to start when its conf (which holds a password) is readable by others.
-    _write(spec.slurmdbd_conf, render_slurmdbd_conf(spec, db_password(spec)), 0o600)
-    _write(spec.task_prolog, render_task_prolog(spec), 0o755)
-    _write(spec.spec_file, spec.to_json(), 0o644)
+    atomic.write_text(spec.slurmdbd_conf, render_slurmdbd_conf(spec, db_password(spec)), 0o600)
+    atomic.write_text(spec.task_prolog, render_task_prolog(spec), 0o755)
+    atomic.write_text(spec.spec_file, spec.to_json(), 0o644)
 
 
 def make_fake_gpus(spec: ClusterSpec) -> None:

@@ -16,11 +16,12 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vit_dt import atomic
 
 RESULT_NAME = "result.json"
 STORE_NAME = "results.jsonl"
@@ -52,41 +53,9 @@ def to_json(record: Mapping[str, Any], indent: int | None = None) -> str:
     return json.dumps(_finite(normalised), indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    """Write via a temporary file in the same directory, fsync, then rename over: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; some file systems refuse to open a directory for this, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_result(run_dir: Path, result: Mapping[str, Any]) -> Path:
     """Atomically write `run_dir/result.json`; returns its path."""
-    return _atomic_write_text(Path(run_dir) / RESULT_NAME, to_json(result, indent=2) + "\n")
+    return atomic.write_text(Path(run_dir) / RESULT_NAME, to_json(result, indent=2) + "\n")
 
 
 def read_result(run_dir: Path) -> dict:
@@ -337,4 +306,4 @@ def to_csv(records: Iterable[Mapping[str, Any]], path: Path) -> Path:
         settings = flat_config(record)
         writer.writerow({k: ("" if v is None else v) for k, v in table_row(record).items()}
                         | {k: settings.get(k, "") for k in varying})
-    return _atomic_write_text(Path(path), buffer.getvalue())
+    return atomic.write_text(Path(path), buffer.getvalue())

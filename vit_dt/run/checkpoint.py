@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vit_dt import atomic
+
 log = logging.getLogger("vit_dt.run.checkpoint")
 STATE_FILE, MANIFEST_FILE = "state.pt", "MANIFEST.json"
 KEEP = 2
@@ -75,10 +77,14 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Every file and directory below `root`, so the rename that publishes it publishes complete data."""
     for path in sorted(root.rglob("*")):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            atomic.fsync_dir(path)
+    atomic.fsync_dir(root)
 
 
 def _uses_deepspeed_shards(engine) -> bool:
@@ -121,6 +127,7 @@ class Checkpointer:
             _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+            atomic.fsync_dir(self.root)   # the rename itself survives a crash
             for old in self.completed()[self.keep:]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()

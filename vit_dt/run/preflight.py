@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vit_dt import atomic
 from vit_dt.data.verify import verify_dataset
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -121,10 +122,7 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
 def _write(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     record = {**record, "checks": [asdict(c) if isinstance(c, Check) else c for c in record["checks"]]}
     rank = record["identity"].get("rank", record["identity"].get("rank_label", "x"))
-    target = run_dir / f"rank{rank}.json"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, target)
+    atomic.write_text(run_dir / f"rank{rank}.json", json.dumps(record, indent=1, default=str))
     return record
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from submitit.helpers import Checkpointable
 
+from vit_dt import atomic
+
 DEFAULT_ENTRY = "vit_dt.run.rank:run_rank"
 # Entries of sweeps queued before the package took its wings (vit_dt/run/): their sweep.json and pickled tasks still
 # name them, and a requeue or `--resume` of such a sweep must keep working.
@@ -114,10 +116,6 @@ def _write_launch_record(run_dir: Path, started: float, status: str) -> None:
               "seconds": round(time.time() - started, 3),
               "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}
     try:
-        target = run_dir / "launch" / f"rank{rank}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, target)
+        atomic.write_text(run_dir / "launch" / f"rank{rank}.json", json.dumps(record, indent=1, sort_keys=True))
     except OSError:  # a missing record must never fail a run that trained
         pass

@@ -5,9 +5,10 @@ Written atomically (temp file + rename) so `vit-dt status` never reads half a ma
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from vit_dt import atomic
 
 MANIFEST_NAME = "sweep.json"
 SCHEMA_VERSION = 1
@@ -22,16 +23,7 @@ def manifest_path(sweep_dir: str | Path) -> Path:
 
 
 def write_manifest(sweep_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    target = manifest_path(sweep_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(manifest, handle, indent=1, sort_keys=False, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    return target
+    return atomic.write_json(manifest_path(sweep_dir), manifest, indent=1, sort_keys=False, default=str)
 
 
 def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:

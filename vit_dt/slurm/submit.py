@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vit_dt import atomic
 from vit_dt.slurm.job_entry import DEFAULT_ENTRY, PointTask
 from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
@@ -165,15 +166,10 @@ def write_point_config(point: SweepPoint) -> Path:
 
     from vit_dt.records.wandb_run import scrub_secrets
 
-    point.run_dir.mkdir(parents=True, exist_ok=True)
-    target = point.run_dir / POINT_CONFIG
-    tmp = target.with_name(f".{POINT_CONFIG}.tmp")
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the C dumper: 48 points must not cost seconds
     # Secrets never reach disk; a job takes them from the environment sbatch exports, as the first attempt did.
     text = yaml.dump(scrub_secrets(point.cfg), Dumper=dumper, sort_keys=False, default_flow_style=False)
-    tmp.write_text(text)
-    tmp.replace(target)
-    return target
+    return atomic.write_text(point.run_dir / POINT_CONFIG, text)
 
 
 def read_point_config(run_dir: Path) -> dict[str, Any]:

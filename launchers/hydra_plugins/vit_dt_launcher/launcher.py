@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.vit_dt_launcher.compose import PointComposer
+from vit_dt import atomic
 from vit_dt.slurm.job_entry import DEFAULT_ENTRY
 
 POINTS_SUBDIR = "points"
@@ -174,9 +175,7 @@ def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     if text != original:
-        tmp = dump.with_name(f".{HYDRA_DUMP}.tmp")
-        tmp.write_text(text)
-        tmp.replace(dump)
+        atomic.write_text(dump, text)
 
 
 def _remove_hydra_leftover(sweep_dir: Path) -> None:
