@@ -57,7 +57,9 @@ def run_id_for(run_dir: Path) -> str:
     if (found := read_run_id(run_dir)) is not None:
         return found
     run_dir.mkdir(parents=True, exist_ok=True)
-    invalid = path.exists()
+    # A file that appeared since the first read came from a racing start (hard links publish whole files): it is
+    # valid, and replacing it would give the two starts two W&B runs. Only a file that still reads invalid is.
+    invalid = path.exists() and read_run_id(run_dir) is None
     tmp = run_dir / f".{RUN_ID_FILE}.{os.getpid()}.{_secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "w") as handle:
