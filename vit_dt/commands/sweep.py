@@ -93,7 +93,9 @@ def main(argv: list[str]) -> int:
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 3
     except (ValueError, HydraException, OmegaConfBaseException) as exc:
-        print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
+        from vit_dt.config.compose import error_message
+
+        print(f"vit-dt sweep: error: {error_message(exc)}", file=sys.stderr)
         return 2
     return 0 if dry_run else _local_failures([r.return_value for r in returns])
 

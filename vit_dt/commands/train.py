@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vit_dt.config import ConfigError, compose, to_container, validate
+from vit_dt.config.compose import error_message
 from vit_dt.records.wandb_run import scrub_secrets
 
 HELP = """usage: vit-dt train [key=value ...]
@@ -34,7 +35,7 @@ def compose_checked(overrides: list[str], world_size_key: str = "trainer.nproc")
         cfg = compose(overrides)
         container = to_container(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(error_message(exc)) from None
     validate(container, world_size=int(OmegaConf.select(cfg, world_size_key)))
     return container
 

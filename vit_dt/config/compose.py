@@ -6,8 +6,10 @@ from typing import Any, Sequence
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
+from vit_dt.config import schema  # registers the schemas the YAMLs name in their defaults lists
 from vit_dt.paths import conf_dir
 
 
@@ -17,7 +19,30 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    check_declared(cfg)
     return cfg
+
+
+def check_declared(cfg: DictConfig) -> None:
+    """Refuse keys that `+key=...`/`++key=...` added to a typed node (see schema.undeclared_keys)."""
+    unknown = schema.undeclared_keys(cfg)
+    if unknown:
+        raise ConfigCompositionException("; ".join(
+            f"unknown key {key}: its schema (vit_dt/config/schema.py) declares {', '.join(valid)}"
+            for key, valid in unknown.items()))
+
+
+def error_message(exc: BaseException) -> str:
+    """A composition error with its causes: Hydra's "Error merging override trainer.epochs=abc" alone does not say
+    why; OmegaConf's cause does ("could not be converted to Integer", full_key: trainer.epochs)."""
+    parts = [str(exc).strip()]
+    cause = exc.__cause__
+    while cause is not None and len(parts) < 4:
+        text = str(cause).strip()
+        if text and text not in parts[-1]:
+            parts.append(text)
+        cause = cause.__cause__
+    return "\n".join(parts)
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

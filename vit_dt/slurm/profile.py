@@ -1,7 +1,8 @@
 """Cluster profiles (conf/cluster/<name>.yaml) as typed objects.
 
 A profile is parsed strictly: a misspelt key is an error that lists the valid names, because a silently
-ignored `acount:` would only surface as a rejected job hours later.
+ignored `acount:` would only surface as a rejected job hours later. Defaults of the optional keys come from the
+config schema (vit_dt.config.schema), where they are stated once.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vit_dt.config.choices import LAUNCHERS, SCHEDULERS
+from vit_dt.config.schema import ClusterSchema, InterconnectSchema, PartitionSchema
 
 
 class ProfileError(ValueError):
@@ -26,13 +28,13 @@ class Partition:
     gpus_per_node: int          # 0: a CPU partition, ranks use gloo
     nodes: int                  # how many nodes the partition has
     max_time_min: int
-    gpu_model: str | None = None
-    cpus_per_task: int | None = None   # default for resources.cpus_per_task
-    mem_gb: float | None = None        # default for resources.mem_gb (per node)
-    cpus_per_node: int | None = None   # when known, tasks x cpus_per_task is checked against it
+    gpu_model: str | None = PartitionSchema.gpu_model
+    cpus_per_task: int | None = PartitionSchema.cpus_per_task
+    mem_gb: float | None = PartitionSchema.mem_gb
+    cpus_per_node: int | None = PartitionSchema.cpus_per_node
     # node (Slurm hostlist) -> GPU model for partitions whose nodes carry different GPUs; parsed and checked by
     # vit_dt.measure.hardware (kept as given here: scheduling does not depend on it)
-    node_gpus: Any = None
+    node_gpus: Any = PartitionSchema.node_gpus
 
     @property
     def has_gpus(self) -> bool:
@@ -41,9 +43,9 @@ class Partition:
 
 @dataclass(frozen=True)
 class Interconnect:
-    intra_node_gbps: float = 10.0
-    inter_node_gbps: float = 10.0
-    latency_us: float = 20.0
+    intra_node_gbps: float = InterconnectSchema.intra_node_gbps
+    inter_node_gbps: float = InterconnectSchema.inter_node_gbps
+    latency_us: float = InterconnectSchema.latency_us
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,16 @@ class ClusterProfile:
     launcher: str
     default_partition: str
     partitions: Mapping[str, Partition]
-    account: str | None = None
-    qos: str | None = None
+    account: str | None = ClusterSchema.account
+    qos: str | None = ClusterSchema.qos
     setup: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     interconnect: Interconnect = Interconnect()
-    signal_delay_s: int = 90            # USR2 this long before the time limit: checkpoint, then requeue
-    requeue: bool = True
-    python: str | None = None           # how a job starts Python; None: the submitting interpreter
+    signal_delay_s: int = ClusterSchema.signal_delay_s
+    requeue: bool = ClusterSchema.requeue
+    python: str | None = ClusterSchema.python
     srun_args: tuple[str, ...] = ()     # appended to the srun launch line
-    mpirun: str = "mpirun"              # the mpirun to call (an MPI matching the one mpi4py loads)
+    mpirun: str = ClusterSchema.mpirun
     mpirun_args: tuple[str, ...] = ()   # appended to the mpirun launch line
     sbatch_args: Mapping[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value lines
 

@@ -84,7 +84,8 @@ def _mem_gb(value: Any, key: str) -> float | None:
         except ValueError:
             number = None
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
-        raise ShapeError(f"{key}={value!r} is invalid: it must be a number > 0 (GB per node) or null")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)   # the schema makes a typed -5 into -5.0
+        raise ShapeError(f"{key}={shown} is invalid: it must be a number > 0 (GB per node) or null")
     return float(number)
 
 

@@ -15,6 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from vit_dt.config.compose import check_declared
+
 
 class PointComposer:
     def __init__(self, config_loader: Any, master_config: DictConfig) -> None:
@@ -35,7 +37,7 @@ class PointComposer:
     def job_config(self, overrides: Sequence[str]) -> DictConfig:
         """The point's config without the `hydra` node (interpolations not yet resolved)."""
         if self._apply is None:
-            return self._job_part(self._full(list(overrides)))
+            return self._checked(self._job_part(self._full(list(overrides))))
         parsed = self.parser.parse_overrides(list(overrides))
         groups: List[str] = []
         values = []
@@ -45,7 +47,7 @@ class PointComposer:
             else:
                 values.append(override)
         if any(str(v.key_or_group).startswith("hydra") for v in values):
-            return self._job_part(self._full(list(overrides)))
+            return self._checked(self._job_part(self._full(list(overrides))))
         key = tuple(groups)
         if key not in self._bases:
             full = self._full(groups)
@@ -54,6 +56,12 @@ class PointComposer:
         self._set_hydra_config(full)
         cfg = copy.deepcopy(job)
         self._apply(values, cfg)
+        return self._checked(cfg)
+
+    @staticmethod
+    def _checked(cfg: DictConfig) -> DictConfig:
+        # `+trainer.micro_bach=...` adds a key past the schema inside Hydra: refused here as compose() refuses it.
+        check_declared(cfg)
         return cfg
 
     def _full(self, overrides: List[str]) -> DictConfig:
@@ -69,4 +77,9 @@ class PointComposer:
 
     @staticmethod
     def _job_part(full: DictConfig) -> DictConfig:
-        return OmegaConf.masked_copy(full, [k for k in full.keys() if k != "hydra"])
+        # masked_copy returns a plain DictConfig without the composed config's flags: struct mode must be carried
+        # over, or a point's value override of a key that does not exist (`precison=bf16`, `trainer.micro_bach=32`
+        # in an untyped tree) would be added to the copy and ignored, where a full composition refuses it.
+        job = OmegaConf.masked_copy(full, [k for k in full.keys() if k != "hydra"])
+        OmegaConf.set_struct(job, OmegaConf.is_struct(full))
+        return job

@@ -1,4 +1,5 @@
-"""Registers `hydra/launcher: vitdt` in Hydra's ConfigStore (Hydra imports every module under hydra_plugins).
+"""Registers `hydra/launcher: vitdt` and vit-dt's config schemas in Hydra's ConfigStore (Hydra imports every module
+under hydra_plugins).
 
 No `from __future__ import annotations` here: Hydra's plugin scan executes this module without registering it
 in sys.modules, and dataclasses then cannot resolve string annotations (every Hydra start would fail).
@@ -9,6 +10,9 @@ from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
+# conf/ names vit-dt's config schemas in its defaults lists: they must be in the ConfigStore before `vit-dt sweep`
+# (a Hydra app, which imports this module when it starts) loads conf/config.yaml. Torch-free, like this module.
+import vit_dt.config.schema  # noqa: F401
 from vit_dt.slurm.job_entry import DEFAULT_ENTRY
 
 

@@ -70,6 +70,7 @@ class VitDtLauncher(Launcher):
                              "submits all points at once (one manifest, one array per shape): leave it null")
 
     def _launch_new(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], tic: float) -> Sequence[JobReturn]:
+        from vit_dt.config.compose import error_message
         from vit_dt.slurm.job_entry import load_entry
         from vit_dt.slurm.submit import SweepError, submit_sweep
 
@@ -82,7 +83,7 @@ class VitDtLauncher(Launcher):
                 points.append(self._point(composer, index, list(overrides), sweep_dir))
             except (ValueError, HydraException, OmegaConfBaseException) as exc:  # bad shape, profile, config
                 shown = " ".join(filter_overrides(overrides)) or "(no overrides)"
-                errors.append(f"  point {index} [{shown}]: {exc}")
+                errors.append(f"  point {index} [{shown}]: {error_message(exc)}")
         if errors:
             raise SweepError("nothing was submitted; fix these point(s) first:\n" + "\n".join(errors))
         if self.verify_data:   # a dry run too: it should fail where the real sweep would

@@ -61,7 +61,7 @@ def test_non_positive_counts_are_refused(override):
         resolve_shape(cfg_for(override))
 
 
-@pytest.mark.parametrize("value", ["-5", "0", "abc", "nan"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan"])   # "abc" is refused at composition (test_config_schema.py)
 def test_mem_gb_must_be_a_positive_number_or_null(value):
     with pytest.raises(ShapeError, match=r"resources.mem_gb=.* is invalid: it must be a number > 0 .*or null"):
         resolve_shape(cfg_for("cluster=vaughan", f"resources.mem_gb={value}"))
