@@ -6,14 +6,13 @@ import os
 import subprocess
 import sys
 from dataclasses import is_dataclass
-from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 from vit_dt.config import compose, to_container
 from vit_dt.config.compose import error_message
 from vit_dt.paths import conf_dir
@@ -121,7 +120,7 @@ def test_a_sweep_of_valid_values_still_runs(tmp_path, capsys):
 
 def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ), cwd=Path(__file__).resolve().parent.parent)
+                          env=dict(os.environ), cwd=REPO)
 
 
 def test_schema_module_imports_no_torch():
