@@ -163,6 +163,21 @@ def _single_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
 
 
+def gather_to_all_ranks(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (`all_gather_object`).
+
+    Without an initialised process group (a single process) this is just [value]. A collective: every rank
+    must call it. With NCCL the objects travel through the current CUDA device, so set it first.
+    """
+    import torch.distributed as dist
+
+    if _single_process():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def gather_to_rank0(value: Any) -> list[Any] | None:
     """Every rank's `value`, in rank order, on rank 0; None on the other ranks (`gather_object`).
 
