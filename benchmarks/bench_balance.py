@@ -1,7 +1,7 @@
 """Balancing micro-batches by measured speed: two CPU ranks, one slowed per sample, balance=off against balance=speed.
 
 Each contender is a real `vit-dt train` run (engine=ddp, vit_tiny; 2 local gloo ranks); the last rank sleeps
-`--delay` seconds per image in every forward (`trainer.straggler_test_delay_per_sample`, a slower GPU). The runs
+`--delay` seconds per image in every forward (`debug=slow_rank debug.delay_per_sample_s`, a slower GPU). The runs
 alternate (off, speed, then speed, off, ...) so load drifting on a shared machine hits both alike; medians over
 the repeats are reported. Goal (issue 8): balancing narrows the spread of per-rank compute time.
 
@@ -63,7 +63,8 @@ def overrides(args, mode: str, out_dir: Path) -> list[str]:
             f"trainer.nproc={args.nproc}", f"trainer.micro_batch={args.micro_batch}", f"trainer.epochs={args.epochs}",
             f"trainer.max_steps_per_epoch={args.steps}", "trainer.timer_warmup_steps=1",
             "trainer.timer_sample_every=2", "trainer.checkpoint=false", "trainer.log_every=0",
-            f"trainer.balance={mode}", f"+trainer.straggler_test_delay_per_sample={{{slow}: {args.delay}}}",
+            f"trainer.balance={mode}", "debug=slow_rank",
+            f"debug.delay_per_sample_s={{{slow}: {args.delay}}}",
             f"out_dir={out_dir}", *args.overrides]
 
 

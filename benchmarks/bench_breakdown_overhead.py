@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vit_dt.measure.breakdown import StepSampler, read_engine_timers, set_engine_timing
-    from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
+    from vit_dt.engines.deepspeed_timers import read_engine_timers, set_engine_timing
+    from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
 
     device = torch.device(args.device)
     size = MODELS[args.model]["image_size"]

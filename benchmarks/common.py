@@ -166,8 +166,7 @@ class _TrainerStep:
     batch is fixed."""
 
     def __init__(self, engine, cfg: dict, images: torch.Tensor, labels: torch.Tensor):
-        from vit_dt.measure.breakdown import StepSampler
-        from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
+        from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
         from vit_dt.run.loop import accumulate_totals
 
         trainer = cfg["trainer"]

@@ -20,7 +20,7 @@ def offline_run_with_straggler(tmp_path_factory):
     overrides = [o for o in DIGITS_FAST if not o.startswith("wandb.mode")]
     proc = run_cli("train", *overrides, "trainer.nproc=2", "trainer.epochs=2", "trainer.max_steps_per_epoch=15",
                    "wandb.mode=offline", "wandb.group=e2e-group", "scaling=weak", "scaling.fraction_per_gpu=0.5",
-                   f"+trainer.straggler_test_delay={{1: {SLOW_RANK_DELAY_S}}}", f"out_dir={out}",
+                   "debug=slow_rank", f"debug.delay_s={{1: {SLOW_RANK_DELAY_S}}}", f"out_dir={out}",
                    env={"WANDB_API_KEY": api_key, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = run_dir_from_output(proc.stdout)

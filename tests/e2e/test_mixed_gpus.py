@@ -104,7 +104,7 @@ def slowed_run(tmp_path_factory):
     host = socket.gethostname()
     proc = run_cli("train", *DIGITS_FAST, "trainer.nproc=2", "trainer.epochs=1", "trainer.max_steps_per_epoch=8",
                    "trainer.timer_warmup_steps=1", "trainer.timer_sample_every=2",
-                   f"+trainer.straggler_test_delay={{1: {SLOW_RANK_DELAY_S}}}",
+                   "debug=slow_rank", f"debug.delay_s={{1: {SLOW_RANK_DELAY_S}}}",
                    f'++cluster.partitions.local.node_gpus=[{{nodes: "{host}", gpu_model: GTX1070}}]',
                    f"out_dir={out}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -156,7 +156,8 @@ def test_two_node_job_records_each_nodes_gpu_and_the_report_names_the_slow_one(s
     submitted = run_sweep_cli(sweep, "cluster=localslurm", "resources.nodes=2", "resources.gpus_per_node=1",
                               *DIGITS_FAST, "trainer.epochs=1", "trainer.max_steps_per_epoch=8",
                               "trainer.timer_warmup_steps=1", "trainer.timer_sample_every=2",
-                              f"+trainer.straggler_test_delay={{1: {SLOW_RANK_DELAY_S}}}", LOCAL_NODE_GPUS)
+                              "debug=slow_rank", f"debug.delay_s={{1: {SLOW_RANK_DELAY_S}}}",
+                              LOCAL_NODE_GPUS)
     assert submitted.proc.returncode == 0, submitted.proc.stderr[-3000:]
     [row] = wait_until_done(sweep)
     assert (row.state, row.result) == ("completed", "completed"), row

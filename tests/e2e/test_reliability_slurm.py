@@ -27,7 +27,7 @@ EPOCH_LINE = re.compile(r"\[rank 0\] vit_dt\.trainer: epoch (\d+): ([0-9.]+) s,"
 # attempt's 25-55 s window (minus ~10 s of start-up) can hold, less than that plus one requeued attempt (~38 s)
 EPOCHS, STEPS, FORWARD_SLEEP_S = 14, 5, 0.36
 TIMED = FAST + ["dataset.val_fraction=0.03", f"trainer.epochs={EPOCHS}", f"trainer.max_steps_per_epoch={STEPS}",
-                f"++trainer.straggler_test_delay={{0:{FORWARD_SLEEP_S}}}"]
+                "debug=slow_rank", f"debug.delay_s={{0:{FORWARD_SLEEP_S}}}"]
 RESUMED_LINE = re.compile(r"resumed from \S+/epoch-(\d+) \((\d+) epochs done\)")
 
 
@@ -70,7 +70,7 @@ def test_time_limit_requeues_and_resumes_exactly(slurm_cluster, tmp_path):
     slurmctld checks time limits every 30 s and sends --signal=USR2@D at the first check where the job has less
     than D + 30 s left: with D = 5 s a 1-minute job gets USR2 25-55 s after it starts (a requeued one, which starts
     ~10 s after the check that requeued it, ~50 s after). (The profile's 30 s would send it at the first check.)
-    A sleep in every forward pass (the test-only trainer.straggler_test_delay) makes the run outlast any first
+    A sleep in every forward pass (the test-only debug.delay_s) makes the run outlast any first
     window whatever the CPU's speed, so the test cannot pass without a requeue."""
     sweep_dir = tmp_path / "timelimit"
     sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.time_min=1,5", "cluster.signal_delay_s=5",

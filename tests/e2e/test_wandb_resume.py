@@ -27,7 +27,7 @@ EPOCHS, STEPS = 3, 6
 OVERRIDES = [*[o for o in DIGITS_FAST if not o.startswith("wandb.")], "wandb.mode=offline",
              "wandb.project=vit-dt-test", f"trainer.epochs={EPOCHS}", f"trainer.max_steps_per_epoch={STEPS}",
              "trainer.timer_sample_every=1", "trainer.timer_warmup_steps=0",     # a W&B row at every step
-             "+trainer.straggler_test_delay={0: 0.15}"]    # ~1.5 s epochs: time to kill the run inside epoch 1
+             "debug=slow_rank", "debug.delay_s={0: 0.15}"]    # ~1.5 s epochs: time to kill the run inside epoch 1
 
 
 @pytest.fixture(autouse=True)

@@ -123,8 +123,6 @@ class TrainerSchema:
     log_every: int = MISSING
     dist_timeout_s: float = MISSING
     checkpoint: bool = MISSING
-    straggler_test_delay: Dict[Any, float] = MISSING               # {rank: seconds}; rank as int or str
-    straggler_test_delay_per_sample: Dict[Any, float] = MISSING    # {rank: seconds per image}
     balance: str = MISSING
 
 
@@ -228,6 +226,15 @@ class WeakScalingSchema(ScalingSchema):
 
 # --- the root ---------------------------------------------------------------------------------------------------
 @dataclass
+class DebugSchema:
+    """conf/debug/: test-only knobs, absent (null) unless a test asks for them (debug=slow_rank)."""
+    # {rank: seconds}: typed Any because OmegaConf cannot merge a mapping into a typed dict that is null (as these
+    # are until a test sets them); vit_dt.config.validate checks the values.
+    delay_s: Any = MISSING                # {rank: seconds} slept in every forward
+    delay_per_sample_s: Any = MISSING     # {rank: seconds per image}
+
+
+@dataclass
 class RootSchema:
     """conf/config.yaml: its own keys, and each group typed by its schema (dataset, optimizer and scaling by the
     keys all their options share; each option adds its own)."""
@@ -246,6 +253,7 @@ class RootSchema:
     run_name: Optional[str] = MISSING
     sweep_dir: Optional[str] = MISSING     # set by the sweep launcher for each point
     point: Optional[int] = MISSING         # the point's index in its sweep
+    debug: Optional[DebugSchema] = None    # conf/config.yaml: `debug: null`; production configs leave it so
 
 
 # group (None: the root) -> {name in the ConfigStore: schema}; the YAMLs name these in their defaults lists.
@@ -270,8 +278,11 @@ def undeclared_keys(cfg: DictConfig, prefix: str = "") -> Dict[str, List[str]]:
     if is_dataclass(schema):
         declared = [f.name for f in fields(schema)]
         found.update({f"{prefix}{key}": declared for key in cfg.keys() if key not in declared})
-    for key, value in cfg.items_ex(resolve=False):
-        if isinstance(value, DictConfig) and not (prefix == "" and key == "hydra"):
+    for key in cfg.keys():
+        value = cfg._get_node(key)
+        # a null or missing node (debug: null, say) has no keys to check
+        if isinstance(value, DictConfig) and not (value._is_none() or value._is_missing()) \
+                and not (prefix == "" and key == "hydra"):
             found.update(undeclared_keys(value, f"{prefix}{key}."))
     return found
 

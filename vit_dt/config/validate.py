@@ -75,6 +75,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     _check_trainer_settings(trainer)
     _check_dataset_settings(cfg["dataset"])
     _check_balance(cfg)
+    _check_debug(cfg)
     model_errors = geometry_errors(cfg["model"])
     if model_errors:
         raise ConfigError(model_errors[0])
@@ -141,7 +142,7 @@ def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_balance(cfg: Mapping[str, Any]) -> None:
-    """trainer.balance (vit_dt/run/balance.py) and its test-only companion trainer.straggler_test_delay_per_sample."""
+    """trainer.balance (vit_dt/run/balance.py)."""
     trainer = cfg["trainer"]
     mode = trainer.get("balance", "off")
     _one_of("trainer.balance", mode, BALANCE_MODES)
@@ -149,8 +150,13 @@ def _check_balance(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"trainer.balance=speed is invalid with engine={cfg['engine']}: DeepSpeed needs the same "
                           f"train_micro_batch_size_per_gpu on every rank, so per-rank micro-batches need "
                           f"engine=ddp; valid: engine=ddp with trainer.balance=speed, or trainer.balance=off")
-    delays = trainer.get("straggler_test_delay_per_sample") or {}
+
+
+def _check_debug(cfg: Mapping[str, Any]) -> None:
+    """The test-only `debug` node (conf/debug/), absent unless asked for: debug.delay_per_sample_s, the per-image
+    slowdown that trainer.balance=speed is tested against."""
+    delays = (cfg.get("debug") or {}).get("delay_per_sample_s") or {}
     if not isinstance(delays, Mapping) or any(
             isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 for s in delays.values()):
-        raise ConfigError(f"trainer.straggler_test_delay_per_sample={delays!r} is invalid: it must map ranks to "
+        raise ConfigError(f"debug.delay_per_sample_s={delays!r} is invalid: it must map ranks to "
                           f"seconds >= 0 per sample, e.g. {{1: 0.005}}")

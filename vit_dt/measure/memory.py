@@ -217,21 +217,3 @@ def combine(per_rank: list[dict | None]) -> dict | None:
     out["steps_probed"] = min(r["steps"] for r in present)
     out["per_rank_model_states"] = [r["model_states"] if r else None for r in per_rank]
     return out
-
-
-def zero_prediction_bytes(num_params: int, world_size: int, stage: int, param_bytes: int = 4, grad_bytes: int = 4,
-                          state_bytes: int = 8, master_bytes: int = 0) -> dict[str, float]:
-    """The ZeRO paper's model-state bytes per rank (Rajbhandari et al., 2020, section 5): stage 1 partitions the
-    optimizer states (and master copy), stage 2 also the gradients, stage 3 also the parameters.
-
-    `state_bytes` per parameter: AdamW 8 (two fp32 moments), SGD with momentum 4. `master_bytes`: 4 when an fp32
-    copy is kept (mixed precision, and DeepSpeed's ZeRO optimizers even in fp32)."""
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"ZeRO stage {stage!r} is invalid; valid: 0, 1, 2, 3")
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    share = 1.0 / world_size
-    return {"params": num_params * param_bytes * (share if stage >= 3 else 1.0),
-            "gradients": num_params * grad_bytes * (share if stage >= 2 else 1.0),
-            "optimizer_states": num_params * state_bytes * (share if stage >= 1 else 1.0),
-            "master_params": num_params * master_bytes * (share if stage >= 1 else 1.0)}

@@ -7,18 +7,55 @@ Here a timed step only records CUDA events. They are read once the step's last e
 (found by a non-blocking query at later steps), or at the next timed step or the end of the epoch, whichever
 comes first; by then reading them costs nothing. On a CPU, where work runs synchronously, a mark is simply
 `time.perf_counter()`.
+
+Which steps are timed, and the running means of the timed ones, is the StepSampler's business; what the means
+say (shares, stragglers) is vit_dt.measure.breakdown's.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import torch
 
-from vit_dt.measure.breakdown import StepSampler
+from vit_dt.measure.breakdown import EXTRA_KEYS, TIMER_KEYS
 
 Mark = Union[float, "torch.cuda.Event"]
+
+
+class StepSampler:
+    """Which steps to time (every `sample_every`-th after `warmup_steps`) and the running means of the timed ones."""
+
+    def __init__(self, sample_every: int, warmup_steps: int):
+        if sample_every < 1:
+            raise ValueError(f"sample_every must be at least 1, got {sample_every}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}")
+        self.sample_every, self.warmup_steps = sample_every, warmup_steps
+        self.reset()
+
+    def should_sample(self, step: int) -> bool:
+        """True for steps warmup_steps, warmup_steps + sample_every, ... (0-based step numbers)."""
+        return step >= self.warmup_steps and (step - self.warmup_steps) % self.sample_every == 0
+
+    def add(self, timers_ms: Mapping[str, float], data_wait_ms: float, step_ms: float) -> None:
+        for key in TIMER_KEYS:
+            self._sums[key] += float(timers_ms.get(key, 0.0))
+        self._sums["data_wait"] += float(data_wait_ms)
+        self._sums["step_time"] += float(step_ms)
+        self._samples += 1
+
+    def summary(self) -> dict[str, float]:
+        """Mean ms per timed step for each TIMER_KEY, data_wait and step_time, and the number of samples."""
+        n = self._samples
+        means = {key: (total / n if n else 0.0) for key, total in self._sums.items()}
+        return means | {"samples": n}
+
+    def reset(self) -> None:
+        self._sums = dict.fromkeys(TIMER_KEYS + EXTRA_KEYS, 0.0)
+        self._samples = 0
 
 
 class DeviceClock:

@@ -69,7 +69,3 @@ def enable_activation_checkpointing(model: VisionTransformer) -> int:
     for block in blocks:
         block.__class__ = CheckpointedEncoderBlock
     return len(blocks)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from vit_dt import atomic
+from vit_dt.run.distributed import gather_to_all_ranks
 
 log = logging.getLogger("vit_dt.run.checkpoint")
 STATE_FILE, MANIFEST_FILE = "state.pt", "MANIFEST.json"
@@ -44,15 +45,6 @@ def _world() -> tuple[int, int]:
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def _gather(value: Any) -> list[Any]:
-    rank, world = _world()
-    if world == 1:
-        return [value]
-    values: list[Any] = [None] * world
-    dist.all_gather_object(values, value)
-    return values
 
 
 def rng_state() -> dict:
@@ -107,7 +99,7 @@ class Checkpointer:
     def save(self, engine, train_state) -> Path | None:
         """Collective: every rank calls it at the same point (epoch end)."""
         rank, _ = _world()
-        rngs = _gather(rng_state())
+        rngs = gather_to_all_ranks(rng_state())
         final = self.root / f"epoch-{train_state.epoch}"
         tmp = self.root / f".tmp-epoch-{train_state.epoch}"
         if rank == 0:
@@ -161,7 +153,7 @@ class Checkpointer:
                     break
                 except (CheckpointError, OSError, ValueError) as exc:
                     notes.append(f"checkpoint {path} is unusable ({exc}); trying an older one")
-        choice, notes = _gather((choice, notes))[0]
+        choice, notes = gather_to_all_ranks((choice, notes))[0]
         for note in notes:
             log.warning(note)
         if choice is None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from vit_dt.config.choices import MPI_LAUNCHERS
 
@@ -153,6 +154,44 @@ def init_process_group(env: DistEnv, timeout_s: float) -> None:
     env.export()
     dist.init_process_group(backend=choose_backend(), init_method="env://", rank=env.rank,
                             world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+
+
+def _single_process() -> bool:
+    """No initialised process group (a single process, a unit test), or a group of one: nothing to gather."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
+
+
+def gather_to_all_ranks(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (`all_gather_object`).
+
+    Without an initialised process group (a single process) this is just [value]. A collective: every rank
+    must call it. With NCCL the objects travel through the current CUDA device, so set it first.
+    """
+    import torch.distributed as dist
+
+    if _single_process():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def gather_to_rank0(value: Any) -> list[Any] | None:
+    """Every rank's `value`, in rank order, on rank 0; None on the other ranks (`gather_object`).
+
+    Without an initialised process group (a single process) this is just [value]. A collective: every rank
+    must call it. With NCCL the objects travel through the current CUDA device, so set it first.
+    """
+    import torch.distributed as dist
+
+    if _single_process():
+        return [value]
+    rank = dist.get_rank()
+    gathered: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered if rank == 0 else None
 
 
 def exit_without_teardown_after_success() -> None:

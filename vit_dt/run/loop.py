@@ -21,9 +21,9 @@ from vit_dt.data.build import DatasetInfo
 from vit_dt.data.loader import make_loader
 from vit_dt.engines import TrainEngine
 from vit_dt.measure import breakdown
-from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
+from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
 from vit_dt.run import balance
-from vit_dt.run.distributed import DistEnv
+from vit_dt.run.distributed import DistEnv, gather_to_rank0
 
 log = logging.getLogger("vit_dt.run.loop")
 
@@ -171,7 +171,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> tuple[dict, list[dict] | None]:
         s, batch, engine = self.settings, self.settings.batch, self.engine
         self.train_loader.set_epoch(epoch)
-        sampler = breakdown.StepSampler(sample_every=s.timer_sample_every, warmup_steps=s.timer_warmup_steps)
+        sampler = StepSampler(sample_every=s.timer_sample_every, warmup_steps=s.timer_warmup_steps)
         timer = SampledStepTimer(engine, sampler, DeviceClock(self.device), on_sample=self._report_sample)
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, samples
         batches = iter(self.train_loader)
@@ -205,7 +205,7 @@ class Trainer:
         _sync(self.device)
         elapsed = time.perf_counter() - epoch_start
         loss_sum, correct, seen = _all_reduce_sum(totals).tolist()
-        per_rank = breakdown.gather_to_rank0(sampler.summary())
+        per_rank = gather_to_rank0(sampler.summary())
         record = {"time_s": elapsed, "steps": self.steps_per_epoch, "train_samples_seen": int(seen),
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": lr}   # the epoch's last step's

@@ -104,7 +104,7 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     checks.append(Check("rendezvous", PASS, f"{dist.get_backend()} at {env.master_addr}:{env.master_port}, "
                                             f"{env.world_size} rank(s) in {time.perf_counter() - tic:.2f} s"))
     try:
-        identities = _all_gather(record["identity"])
+        identities = distributed.gather_to_all_ranks(record["identity"])
         if env.rank == 0:
             record["identities"] = identities
             checks.append(device_check(identities, settings.gpus_per_node))
@@ -202,14 +202,6 @@ def _has_wandb_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
-
-
-def _all_gather(value: Any) -> list[Any]:
-    import torch.distributed as dist
-
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
 
 
 def device_check(identities: list[dict[str, Any]], gpus_per_node: int) -> Check:

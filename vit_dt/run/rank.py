@@ -112,8 +112,9 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         timer_sample_every=int(trainer_cfg["timer_sample_every"]),
         timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
         max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"), balance=trainer_cfg.get("balance", "off"))
-    _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank),
-                          _test_delay(trainer_cfg, env.rank, "straggler_test_delay_per_sample"))
+    debug_cfg = cfg.get("debug") or {}    # absent unless a test asked for it (debug=slow_rank)
+    _slow_down_on_purpose(model, _debug_delay(debug_cfg, "delay_s", env.rank),
+                          _debug_delay(debug_cfg, "delay_per_sample_s", env.rank))
     steps_per_epoch = max(1, info.train_samples // batch.global_)
     if trainer_cfg.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
@@ -172,10 +173,10 @@ def _slow_down_on_purpose(model, delay_s: float, per_sample_s: float = 0.0) -> N
         model.register_forward_hook(sleep, prepend=True)
 
 
-def _test_delay(trainer_cfg: dict, rank: int, key: str = "straggler_test_delay") -> float:
-    """trainer.straggler_test_delay = {rank: seconds} (per forward) and trainer.straggler_test_delay_per_sample =
-    {rank: seconds per image}: test-only knobs that slow one rank on purpose."""
-    delays = trainer_cfg.get(key) or {}
+def _debug_delay(debug_cfg: Mapping[str, Any], key: str, rank: int) -> float:
+    """debug.delay_s = {rank: seconds} (per forward) and debug.delay_per_sample_s = {rank: seconds per image}
+    (conf/debug/slow_rank.yaml): test-only knobs that slow one rank on purpose."""
+    delays = debug_cfg.get(key) or {}
     return float(delays.get(rank, delays.get(str(rank), 0.0)))
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 
 from vit_dt.config.batch import Batch
 from vit_dt.measure import breakdown, hardware, metrics
@@ -16,7 +15,7 @@ from vit_dt.optim import optimizers
 from vit_dt.records.store import ResultsStore, steady_epochs, steady_mask, write_result
 from vit_dt.records.wandb_run import scrub_secrets
 from vit_dt.run import balance
-from vit_dt.run.distributed import DistEnv
+from vit_dt.run.distributed import DistEnv, gather_to_all_ranks
 
 SCHEMA_VERSION = 1
 STORE_NAME = "results.jsonl"
@@ -24,14 +23,6 @@ STORE_NAME = "results.jsonl"
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def all_gather(value: Any) -> list[Any]:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [value]
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
 
 
 def store_for(cfg: dict) -> ResultsStore:
@@ -157,7 +148,8 @@ class RunRecorder:
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.gpu_model = metrics.gpu_model_from_name(torch.cuda.get_device_name(device)) \
             if device.type == "cuda" else None
-        self.rank_hardware = all_gather(hardware.local_hardware(device))   # host, Slurm node, GPU name per rank
+        # host, Slurm node, GPU name per rank
+        self.rank_hardware = gather_to_all_ranks(hardware.local_hardware(device))
         self.hostnames = [seen["host"] for seen in self.rank_hardware]
         self.memory_probe: memory_model.MemoryProbe | None = None
         self.wandb = None
@@ -206,9 +198,9 @@ class RunRecorder:
     def finish(self, state, module: torch.nn.Module) -> dict | None:
         from vit_dt.run.loop import parameter_checksum
 
-        checksums = all_gather(parameter_checksum(module))
-        peak = all_gather(metrics.peak_memory_gb(self.device))
-        memory = all_gather(self.memory_probe.summary() if self.memory_probe else None)
+        checksums = gather_to_all_ranks(parameter_checksum(module))
+        peak = gather_to_all_ranks(metrics.peak_memory_gb(self.device))
+        memory = gather_to_all_ranks(self.memory_probe.summary() if self.memory_probe else None)
         if not self.env.is_main:
             return None
         result = self._summarise(state, checksums, peak)

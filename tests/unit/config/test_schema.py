@@ -81,9 +81,15 @@ def test_wrong_type_is_refused_at_composition(override, why):
 
 def test_free_form_fields_still_take_new_keys():
     cfg = to_container(compose(["+deepspeed.overrides.zero_optimization.reduce_bucket_size=1000",
-                                "+cluster.env.MY_VAR=1", "+trainer.straggler_test_delay={1: 0.5}"]))
+                                "+cluster.env.MY_VAR=1", "debug=slow_rank", "debug.delay_s={1: 0.5}"]))
     assert cfg["deepspeed"]["overrides"] == {"zero_optimization": {"reduce_bucket_size": 1000}}
-    assert cfg["cluster"]["env"]["MY_VAR"] == "1" and cfg["trainer"]["straggler_test_delay"] == {1: 0.5}
+    assert cfg["cluster"]["env"]["MY_VAR"] == "1" and cfg["debug"]["delay_s"] == {1: 0.5}
+
+
+def test_the_debug_group_is_off_by_default_and_typed_when_chosen():
+    assert compose([])["debug"] is None
+    with pytest.raises((HydraException, OmegaConfBaseException), match="dely_s"):
+        compose(["debug=slow_rank", "debug.dely_s={1: 0.5}"])
 
 
 @pytest.mark.parametrize("override, key", [("trainer.micro_bach=32", "trainer.micro_bach"),

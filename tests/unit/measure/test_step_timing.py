@@ -13,10 +13,38 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepsp
 import pytest
 import torch
 
-from vit_dt.measure.breakdown import TIMER_KEYS, StepSampler
-from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer
+from vit_dt.measure.breakdown import TIMER_KEYS
+from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
 
 CPU = torch.device("cpu")
+
+
+def test_sampler_skips_warmup_then_samples_every_n():
+    sampler = StepSampler(sample_every=3, warmup_steps=2)
+    assert [s for s in range(12) if sampler.should_sample(s)] == [2, 5, 8, 11]
+    every = StepSampler(sample_every=1, warmup_steps=0)
+    assert all(every.should_sample(s) for s in range(5))
+
+
+def test_sampler_means_and_reset():
+    sampler = StepSampler(sample_every=1, warmup_steps=0)
+    assert sampler.summary()["samples"] == 0 and sampler.summary()["fwd"] == 0.0
+    sampler.add({"fwd": 10.0, "bwd": 20.0, "bwd_inner": 15.0, "bwd_allreduce": 5.0, "step": 4.0},
+                data_wait_ms=1.0, step_ms=40.0)
+    sampler.add({"fwd": 30.0, "bwd": 40.0, "bwd_inner": 25.0, "bwd_allreduce": 15.0},  # no "step": counts as 0
+                data_wait_ms=3.0, step_ms=80.0)
+    summary = sampler.summary()
+    assert summary == {"fwd": 20.0, "bwd": 30.0, "bwd_inner": 20.0, "bwd_allreduce": 10.0, "step": 2.0,
+                       "data_wait": 2.0, "step_time": 60.0, "samples": 2}
+    sampler.reset()
+    assert sampler.summary()["samples"] == 0 and sampler.summary()["step_time"] == 0.0
+
+
+def test_sampler_rejects_bad_settings():
+    with pytest.raises(ValueError, match="sample_every"):
+        StepSampler(sample_every=0, warmup_steps=0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        StepSampler(sample_every=1, warmup_steps=-1)
 
 
 class RecordingEngine:

@@ -297,8 +297,8 @@ def test_balance_modes_and_engine_are_checked_before_anything_runs(tmp_path):
     validate(to_container(compose(["trainer.balance=off"])), world_size=2)
     with pytest.raises(ConfigError, match=r"trainer.balance='fast' is invalid; valid: off, speed"):
         validate(to_container(compose(["engine=ddp", "trainer.balance=fast"])), world_size=2)
-    with pytest.raises(ConfigError, match=r"trainer.straggler_test_delay_per_sample=\{1: -0.1\} is invalid"):
-        validate(to_container(compose(["engine=ddp", "+trainer.straggler_test_delay_per_sample={1: -0.1}"])), 2)
+    with pytest.raises(ConfigError, match=r"debug.delay_per_sample_s=\{1: -0.1\} is invalid"):
+        validate(to_container(compose(["engine=ddp", "debug=slow_rank", "debug.delay_per_sample_s={1: -0.1}"])), 2)
     proc = run_cli("train", "engine=deepspeed", "trainer.balance=speed", "trainer.nproc=2", f"out_dir={tmp_path}")
     assert proc.returncode == 2 and not (tmp_path / "runs").exists()
     assert "trainer.balance=speed is invalid with engine=deepspeed" in proc.stderr
@@ -310,7 +310,7 @@ def test_balance_modes_and_engine_are_checked_before_anything_runs(tmp_path):
 PER_SAMPLE_DELAY_S = 0.01
 BALANCED = [*DIGITS_FAST, "engine=ddp", "trainer.nproc=2", "trainer.balance=speed", "trainer.epochs=3",
             "trainer.max_steps_per_epoch=8", "trainer.timer_warmup_steps=1", "trainer.timer_sample_every=1",
-            f"+trainer.straggler_test_delay_per_sample={{1: {PER_SAMPLE_DELAY_S}}}"]
+            "debug=slow_rank", f"debug.delay_per_sample_s={{1: {PER_SAMPLE_DELAY_S}}}"]
 
 
 @pytest.fixture(scope="module")
