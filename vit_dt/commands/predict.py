@@ -69,7 +69,7 @@ PROFILE_FIELDS = ("cluster", "gpu_model", "model", "dataset", "precision", "engi
 
 
 def _setting(record: dict, key: str) -> str | None:
-    from vit_dt.records.store import flat_config
+    from vit_dt.records.result import flat_config
 
     value = flat_config(record).get(key)
     if value is None and record.get(key) is not None:

@@ -13,54 +13,27 @@ import csv
 import fcntl
 import io
 import json
-import math
 import os
-import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vit_dt import atomic
-
-RESULT_NAME = "result.json"
-STORE_NAME = "results.jsonl"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):            # numpy arrays and scalars, torch tensors
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON: {value!r}")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: strict JSON readers (jq, browsers) reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def to_json(record: Mapping[str, Any], indent: int | None = None) -> str:
-    normalised = json.loads(json.dumps(record, default=_json_default))  # numpy/Path -> JSON types first
-    return json.dumps(_finite(normalised), indent=indent, allow_nan=False, separators=None if indent else (",", ":"))
-
-
-def write_result(run_dir: Path, result: Mapping[str, Any]) -> Path:
-    """Atomically write `run_dir/result.json`; returns its path."""
-    return atomic.write_text(Path(run_dir) / RESULT_NAME, to_json(result, indent=2) + "\n")
-
-
-def read_result(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / RESULT_NAME).read_text(encoding="utf-8"))
-
+from vit_dt.records import result
+from vit_dt.records.result import (  # noqa: F401  (re-exported until their importers move)
+    RESULT_NAME,
+    STORE_NAME,
+    flat_config,
+    point_of,
+    read_result,
+    steady_epoch_values,
+    steady_epochs,
+    steady_mask,
+    to_json,
+    warmup_flags,
+    write_result,
+)
 
 class ResultsStore:
     """The append-only JSON-lines store of a sweep. `path` is the .jsonl file or a directory holding results.jsonl."""
@@ -171,97 +144,22 @@ def _read_result_file(path: Path) -> dict:
     return record
 
 
-_POINT_IN_PATH = re.compile(r"(?:^|/)points/(\d+)(?:/|$)")
-
-
-def point_of(record: Mapping[str, Any]) -> Any:
-    """A record's sweep point: its `point`, else the index in its run_dir (.../points/<i>), else its run_dir."""
-    if record.get("point") is not None:
-        return record["point"]
-    run_dir = str(record.get("run_dir") or "")
-    match = _POINT_IN_PATH.search(run_dir.replace(os.sep, "/"))
-    if match:
-        return int(match.group(1))
-    return run_dir or None
-
-
 TABLE_COLUMNS = ("point", "status", "world_size", "nodes", "global_batch", "epoch_time_s", "img_per_s",
                  "comm_share", "final_val_acc")
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def warmup_flags(epochs: Sequence[Any]) -> list[bool]:
-    """Per epoch record, whether it was the first epoch of its attempt (the run's start or a checkpoint resume),
-    which pays for warm-up: allocator, compile/JIT builds, loader workers, a cold page cache.
-
-    Trainer.fit marks each epoch `"warmup": true/false`; an epoch without the mark (records from before it) counts
-    as warm-up only when it is the run's first epoch."""
-    return [bool(e.get("warmup", i == 0)) if isinstance(e, Mapping) else i == 0 for i, e in enumerate(epochs)]
-
-
-def steady_mask(epochs: Sequence[Any]) -> list[bool]:
-    """Per epoch record, whether it counts as steady state: every epoch not marked warm-up (warmup_flags); all of
-    them when that leaves none (a run of one epoch, or of one epoch per attempt)."""
-    flags = warmup_flags(epochs)
-    return [not w for w in flags] if not all(flags) else [True] * len(flags)
-
-
-def steady_epochs(epochs: Sequence[Any]) -> list[Any]:
-    """The epoch records that steady-state figures (epoch_time_s_mean, img_per_s, tflops, MFU, the breakdown)
-    average over: steady_mask. The one definition result.json, `vit-dt results` and the analysis share."""
-    return [e for e, keep in zip(epochs, steady_mask(epochs)) if keep]
-
-
-def _global_batch(record: Mapping[str, Any]) -> int | None:
-    if record.get("global_batch") is not None:
-        return record["global_batch"]
-    trainer = (record.get("config") or {}).get("trainer") or {}
-    if trainer.get("global_batch") is not None:
-        return trainer["global_batch"]
-    micro, accum, world = trainer.get("micro_batch"), trainer.get("grad_accum") or 1, record.get("world_size")
-    return micro * accum * world if micro and world else None
-
-
-def steady_epoch_values(record: Mapping[str, Any], key: str) -> list[float]:
-    """`key` of each steady-state epoch of a record (steady_epochs) that has it."""
-    epochs = [e for e in record.get("epochs") or [] if isinstance(e, Mapping)]
-    return [e[key] for e in steady_epochs(epochs) if e.get(key) is not None]
-
-
 def table_row(record: Mapping[str, Any]) -> dict:
-    """The columns of `vit-dt results` for one record; values a failed or older record lacks are None."""
-    epoch_time = record.get("epoch_time_s_mean")
-    if epoch_time is None:
-        epoch_time = _mean(steady_epoch_values(record, "time_s"))
-    img_per_s = record.get("img_per_s")
-    if img_per_s is None:
-        img_per_s = _mean(steady_epoch_values(record, "img_per_s"))
-    return {"point": point_of(record), "status": record.get("status"), "world_size": record.get("world_size"),
-            "nodes": record.get("nodes"), "global_batch": _global_batch(record), "epoch_time_s": epoch_time,
-            "img_per_s": img_per_s, "comm_share": record.get("comm_share"),
+    """The columns of `vit-dt results` for one record; values a failed or older record lacks are None (the
+    accessors of vit_dt.records.result, which the analysis reads through too)."""
+    return {"point": result.point_of(record), "status": result.status(record),
+            "world_size": record.get(result.WORLD_SIZE), "nodes": record.get(result.NODES),
+            "global_batch": result.global_batch(record), "epoch_time_s": result.epoch_time(record),
+            "img_per_s": result.img_per_s(record), "comm_share": record.get("comm_share"),
             "final_val_acc": record.get("final_val_acc")}
 
 
 # Config entries that name or place a run rather than describe it: never "what differs" between points.
 _BOOKKEEPING = ("out_dir", "point", "run_name", "sweep_dir", "wandb.")
-
-
-def flat_config(record: Mapping[str, Any]) -> dict[str, str]:
-    """The record's composed config as `dotted.key: value` text (strings as they are, the rest as JSON)."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        elif prefix:
-            out[prefix[:-1]] = node if isinstance(node, str) else json.dumps(node, sort_keys=True, default=str)
-
-    walk(record.get("config") or {}, "")
-    return out
 
 
 def varying_settings(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:

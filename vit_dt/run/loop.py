@@ -119,7 +119,7 @@ class Trainer:
             record.update(self._validate())
             record["epoch"] = epoch
             # The first epoch of this attempt (the run's start or a resume) pays for compile, allocator and loader
-            # warm-up: steady-state figures leave it out (vit_dt.records.store.steady_epochs).
+            # warm-up: steady-state figures leave it out (vit_dt.records.result.steady_epochs).
             record["warmup"] = epoch == first
             if self.env.is_main:
                 record.update(self._epoch_breakdown_fields(per_rank))

@@ -189,9 +189,9 @@ def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: B
             from vit_dt.run.record import failed_result, store_for
 
             result = failed_result(cfg, run_dir, env, started, _now(), f"{type(exc).__name__}: {exc}")
-            from vit_dt.records import store as results_io
+            from vit_dt.records.result import write_result
 
-            results_io.write_result(run_dir, result)
+            write_result(run_dir, result)
             store_for(cfg).append(result)
     except Exception:  # the original error matters more than a failure to record it
         log.exception("could not record the failure of rank %d", env.rank)
