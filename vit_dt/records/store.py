@@ -27,11 +27,7 @@ from vit_dt.records.result import (  # noqa: F401  (re-exported until their impo
     flat_config,
     point_of,
     read_result,
-    steady_epoch_values,
-    steady_epochs,
-    steady_mask,
     to_json,
-    warmup_flags,
     write_result,
 )
 
