@@ -1,4 +1,4 @@
-"""result.json and the sweep's append-only results store (`results.jsonl`).
+"""The sweep's append-only results store (`results.jsonl`), and reading records from a store or a result.json.
 
 The store is JSON lines: one record per finished run, appended by whichever rank-0 process finishes, from any
 node of the cluster. JSON lines was chosen over SQLite and Parquet because an append is one `write()` of one
@@ -9,9 +9,7 @@ still never interleave. A requeued run appends again; `latest_by_point` keeps th
 """
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
 import json
 import os
 import warnings
@@ -19,17 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vit_dt import atomic
-from vit_dt.records import result
-from vit_dt.records.result import (  # noqa: F401  (re-exported until their importers move)
-    RESULT_NAME,
-    STORE_NAME,
-    flat_config,
-    point_of,
-    read_result,
-    to_json,
-    write_result,
-)
+from vit_dt.records.result import RESULT_NAME, STORE_NAME, point_of, to_json
+
 
 class ResultsStore:
     """The append-only JSON-lines store of a sweep. `path` is the .jsonl file or a directory holding results.jsonl."""
@@ -138,66 +127,3 @@ def _read_result_file(path: Path) -> dict:
     if not isinstance(record, dict) or "status" not in record:
         raise SourceError(f"{path} is not a {RESULT_NAME} (no `status` key)")
     return record
-
-
-TABLE_COLUMNS = ("point", "status", "world_size", "nodes", "global_batch", "epoch_time_s", "img_per_s",
-                 "comm_share", "final_val_acc")
-
-
-def table_row(record: Mapping[str, Any]) -> dict:
-    """The columns of `vit-dt results` for one record; values a failed or older record lacks are None (the
-    accessors of vit_dt.records.result, which the analysis reads through too)."""
-    return {"point": result.point_of(record), "status": result.status(record),
-            "world_size": record.get(result.WORLD_SIZE), "nodes": record.get(result.NODES),
-            "global_batch": result.global_batch(record), "epoch_time_s": result.epoch_time(record),
-            "img_per_s": result.img_per_s(record), "comm_share": record.get("comm_share"),
-            "final_val_acc": record.get("final_val_acc")}
-
-
-# Config entries that name or place a run rather than describe it: never "what differs" between points.
-_BOOKKEEPING = ("out_dir", "point", "run_name", "sweep_dir", "wandb.")
-
-
-def varying_settings(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The config keys whose values differ between the records that carry a config (a sweep's swept settings,
-    plus whatever follows from them), bookkeeping left out."""
-    configs = [flat_config(r) for r in records if r.get("config")]
-    keys = set().union(*configs) if configs else set()
-    return tuple(sorted(k for k in keys if not k.startswith(_BOOKKEEPING)
-                        and len({c.get(k) for c in configs}) > 1))
-
-
-def settings_text(record: Mapping[str, Any], keys: Iterable[str]) -> str:
-    """`key=value, ...` of `keys` for one record ("" without a config)."""
-    values = flat_config(record)
-    return ", ".join(f"{k}={values.get(k, 'unset')}" for k in keys) if values else ""
-
-
-def _sort_key(row: Mapping[str, Any]) -> tuple:
-    point = row["point"]
-    return (0, point, "") if isinstance(point, int) else (1, 0, str(point))
-
-
-def sorted_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """By point; a point's records (with --all, its superseded ones) keep their store order."""
-    return sorted(records, key=lambda r: _sort_key({"point": point_of(r)}))
-
-
-def results_table(records: Iterable[Mapping[str, Any]]) -> list[dict]:
-    """One row per record (TABLE_COLUMNS), sorted by point."""
-    return [table_row(r) for r in sorted_records(records)]
-
-
-def to_csv(records: Iterable[Mapping[str, Any]], path: Path) -> Path:
-    """Write results_table(records) as CSV (empty cells for missing values), atomically; one more column per
-    setting the records differ in (varying_settings), so a table of a sweep says what each point was."""
-    records = sorted_records(records)
-    varying = varying_settings(records)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*TABLE_COLUMNS, *varying], lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        settings = flat_config(record)
-        writer.writerow({k: ("" if v is None else v) for k, v in table_row(record).items()}
-                        | {k: settings.get(k, "") for k in varying})
-    return atomic.write_text(Path(path), buffer.getvalue())

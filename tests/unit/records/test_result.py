@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures.sample_records import make_record
 from vit_dt.analysis import scaling
 from vit_dt.records import result
-from vit_dt.records.store import results_table
+from vit_dt.records.table import results_table
 
 # Fields vit_dt/run/record.py writes today that records of older versions lack, or that other writers leave out:
 # the steady-state means (derivable from the epochs), the global batch (from micro x accum x world) and the shape.
