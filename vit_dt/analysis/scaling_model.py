@@ -20,11 +20,11 @@ all-reduce times. Pure: no I/O; vit_dt/commands/predict.py does the reading and 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vit_dt.config.batch import steps_per_epoch
 from vit_dt.config.choices import LAYOUTS
 from vit_dt.records import result
 
@@ -128,17 +128,6 @@ def shape(world_size: int, layout: str, gpus_per_node: int | None = None) -> tup
     if world_size % per_node:
         raise ModelError(f"world size {world_size} is not a multiple of gpus_per_node {gpus_per_node}")
     return world_size // per_node, per_node
-
-
-def steps_per_epoch(samples: int, world_size: int, micro_batch: int, grad_accum: int = 1, drop_last: bool = True,
-                    max_steps: int | None = None) -> int:
-    """Optimizer steps per epoch, as vit-dt's loader counts them (drop_last) or a loader that keeps the tail."""
-    if drop_last:
-        micro_steps = (samples // world_size) // micro_batch
-    else:
-        micro_steps = math.ceil(math.ceil(samples / world_size) / micro_batch)
-    steps = micro_steps // grad_accum if drop_last else math.ceil(micro_steps / grad_accum)
-    return min(steps, max_steps) if max_steps else steps
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def _device(env: DistEnv):
 
 def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.config.batch import resolve_batch
+    from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch   # the local name is taken below
     from vit_dt.config.ds_config import bf16_mode_for, derive_deepspeed_config
     from vit_dt.data.build import build_datasets
     from vit_dt.engines import DDPEngine, DeepSpeedEngine
@@ -114,9 +115,9 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"), balance=trainer_cfg.get("balance", "off"))
     _slow_down_on_purpose(model, _test_delay(trainer_cfg, env.rank),
                           _test_delay(trainer_cfg, env.rank, "straggler_test_delay_per_sample"))
-    steps_per_epoch = max(1, info.train_samples // batch.global_)
-    if trainer_cfg.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
+    cap = trainer_cfg.get("max_steps_per_epoch")
+    steps_per_epoch = max(1, batch_steps_per_epoch(info.train_samples, batch.world_size, batch.micro, batch.grad_accum,
+                                                   max_steps=int(cap) if cap else None))
     schedule = {"warmup_steps": int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_per_epoch),
                 "total_steps": steps_per_epoch * settings.epochs,
                 "schedule": trainer_cfg.get("lr_schedule", "cosine")}
