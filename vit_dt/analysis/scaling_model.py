@@ -26,6 +26,7 @@ from typing import Any
 
 from vit_dt.config.batch import steps_per_epoch
 from vit_dt.config.choices import LAYOUTS
+from vit_dt.config.interconnect import Interconnect
 from vit_dt.records import result
 
 SCALINGS = ("strong", "weak")
@@ -39,27 +40,9 @@ class ModelError(ValueError):
 
 # ---------------------------------------------------------------- inputs
 
-@dataclass(frozen=True)
-class Interconnect:
-    intra_node_gbps: float = 10.0     # Gb/s between ranks of one node (NVLink, PCIe, shared memory)
-    inter_node_gbps: float = 10.0     # Gb/s between nodes (InfiniBand, Ethernet)
-    latency_us: float = 20.0          # per ring hop
-
-    @classmethod
-    def from_config(cls, interconnect: Mapping[str, Any] | None) -> Interconnect:
-        data = dict(interconnect or {})
-        unknown = sorted(set(data) - {"intra_node_gbps", "inter_node_gbps", "latency_us"})
-        if unknown:
-            raise ModelError(f"unknown interconnect keys {unknown}; valid: intra_node_gbps, inter_node_gbps, latency_us")
-        values = {k: float(v) for k, v in data.items() if v is not None}
-        made = cls(**values)
-        for name, value in asdict(made).items():
-            if value < 0 or (name != "latency_us" and value == 0):
-                raise ModelError(f"interconnect {name}={value} is invalid: bandwidths must be > 0, latency >= 0")
-        return made
-
-    def bandwidth_gbps(self, nodes: int) -> float:
-        return self.inter_node_gbps if nodes > 1 else self.intra_node_gbps
+def interconnect_from_config(interconnect: Mapping[str, Any] | None) -> Interconnect:
+    """A `cluster.interconnect` mapping as the model's Interconnect (vit_dt.config.interconnect); ModelError if bad."""
+    return Interconnect.from_config(interconnect, error=ModelError)
 
 
 @dataclass(frozen=True)
@@ -302,7 +285,7 @@ def full_epochs(profile: Profile) -> tuple[Profile, str | None]:
 
 def interconnect_of(record: Mapping[str, Any]) -> Interconnect | None:
     interconnect = result.config_value(record, "cluster", "interconnect")
-    return Interconnect.from_config(interconnect) if interconnect else None
+    return interconnect_from_config(interconnect) if interconnect else None
 
 
 # ---------------------------------------------------------------- calibration

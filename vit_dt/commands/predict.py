@@ -60,7 +60,7 @@ def cluster_interconnect(name: str) -> sm.Interconnect:
     from vit_dt.config import compose, to_container
 
     cluster = to_container(compose([f"cluster={name}"]))["cluster"]
-    return sm.Interconnect.from_config(cluster.get("interconnect"))
+    return sm.interconnect_from_config(cluster.get("interconnect"))
 
 
 # Record fields that shape the compute profile besides the swept config knobs (scaling.SERIES_KNOBS).
