@@ -23,6 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vit_dt.records import result
+from vit_dt.records.result import epoch_time, final_train_acc, global_batch, ranks_per_node
+
 KINDS = ("strong", "weak")
 LAYOUT_ORDER = {"intra": 0, "inter": 1}
 
@@ -59,50 +62,9 @@ def kind_of(scaling_mode: str | None) -> str:
 
 # ---------------------------------------------------------------- reading records
 
-def _cfg(record: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    node: Any = record.get("config") or {}
-    for key in keys:
-        if not isinstance(node, Mapping) or key not in node:
-            return default
-        node = node[key]
-    return node if node is not None else default
-
-
-def epoch_time(record: Mapping[str, Any]) -> float | None:
-    """Mean train-epoch seconds over the steady-state epochs (vit_dt.records.store.steady_epochs: without each attempt's
-    first, warm-up epoch); with no other epoch, all of them."""
-    value = record.get("epoch_time_s_mean")
-    if value is None:
-        from vit_dt.records.store import steady_epoch_values
-
-        steady = steady_epoch_values(record, "time_s")
-        value = statistics.fmean(steady) if steady else None
-    return float(value) if value is not None and value > 0 else None
-
-
-def global_batch(record: Mapping[str, Any]) -> int | None:
-    if record.get("global_batch") is not None:
-        return int(record["global_batch"])
-    micro, accum, world = record.get("micro_batch"), record.get("grad_accum") or 1, record.get("world_size")
-    return int(micro) * int(accum) * int(world) if micro and world else None
-
-
-def final_train_acc(record: Mapping[str, Any]) -> float | None:
-    epochs = record.get("epochs") or []
-    return epochs[-1].get("train_acc") if epochs else None
-
-
-def ranks_per_node(record: Mapping[str, Any]) -> int:
-    if record.get("ranks_per_node"):
-        return int(record["ranks_per_node"])
-    return max(1, int(record.get("world_size") or 1) // max(1, int(record.get("nodes") or 1)))
-
-
 def record_identity(record: Mapping[str, Any]) -> tuple:
     """Which sweep point a record belongs to: (sweep_dir, point); a record without a point is its own run_dir."""
-    from vit_dt.records.store import point_of
-
-    return (str(record.get("sweep_dir") or ""), point_of(record))
+    return (str(record.get("sweep_dir") or ""), result.point_of(record))
 
 
 @dataclass
@@ -122,8 +84,8 @@ def select(records: Iterable[Mapping[str, Any]]) -> Selection:
         if key in latest:
             superseded.append(latest.pop(key))   # re-insert so the order follows the latest append
         latest[key] = dict(record)
-    used = [r for r in latest.values() if r.get("status") == "completed" and epoch_time(r) is not None]
-    rest = [r for r in latest.values() if not (r.get("status") == "completed" and epoch_time(r) is not None)]
+    used = [r for r in latest.values() if result.is_completed(r) and epoch_time(r) is not None]
+    rest = [r for r in latest.values() if not (result.is_completed(r) and epoch_time(r) is not None)]
     return Selection(used=used, not_completed=rest, superseded=superseded)
 
 
@@ -157,9 +119,9 @@ class SeriesKey:
 
 
 def _scaling_label(record: Mapping[str, Any]) -> str:
-    mode = record.get("scaling") or _cfg(record, "scaling", "mode", default="none")
+    mode = result.value(record, "scaling", default="none")
     if mode == "weak":
-        fraction = _cfg(record, "scaling", "fraction_per_gpu")
+        fraction = result.config_value(record, "scaling", "fraction_per_gpu")
         return f"weak {fraction:g}/GPU" if isinstance(fraction, (int, float)) else "weak"
     return str(mode)
 
@@ -175,27 +137,28 @@ def _layout_label(record: Mapping[str, Any]) -> str:
 
 
 def _fixed_global(record: Mapping[str, Any]) -> bool:
-    return _cfg(record, "scaling", "fixed") == "global" or _cfg(record, "trainer", "global_batch") is not None
+    return (result.config_value(record, "scaling", "fixed") == "global"
+            or result.config_value(record, "trainer", "global_batch") is not None)
 
 
 def _batch_label(record: Mapping[str, Any]) -> str:
-    accum = int(record.get("grad_accum") or 1)
+    accum = result.grad_accum(record)
     accum_text = f" (accum {accum})" if accum > 1 else ""
     if _fixed_global(record):
         return f"global batch {global_batch(record)}{accum_text}"
-    return f"micro-batch {record.get('micro_batch')}{accum_text}"
+    return f"micro-batch {result.micro_batch(record)}{accum_text}"
 
 
 def _engine_label(record: Mapping[str, Any]) -> str:
     """ZeRO stages are separate series: a stage-0 and a stage-2 point must not average into one speed-up."""
-    engine = str(record.get("engine") or _cfg(record, "engine", default="?"))
+    engine = str(result.value(record, "engine", default="?"))
     stage = record.get("zero_stage")
     return f"{engine} ZeRO-{stage}" if engine == "deepspeed" and stage not in (None, 0) else engine
 
 
 def _model_label(record: Mapping[str, Any]) -> str:
     """The model name, plus its geometry where it is not the name's own (ViT-B at patch 8 is another workload)."""
-    name = str(record.get("model") or _cfg(record, "model", "name", default="?"))
+    name = str(result.value(record, "model", default="?"))
     patch, image = record.get("patch_size"), record.get("image_size")
     own = {"vit_b_16": (16, 224)}.get(name)
     if own and patch is not None and image is not None and (patch, image) != own:
@@ -217,9 +180,7 @@ SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "dee
 
 def _knob_values(record: Mapping[str, Any]) -> dict[str, str]:
     """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots)."""
-    from vit_dt.records.store import flat_config
-
-    return {k: v for k, v in flat_config(record).items() if k.startswith(SERIES_KNOBS)}
+    return {k: v for k, v in result.flat_config(record).items() if k.startswith(SERIES_KNOBS)}
 
 
 def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -256,9 +217,9 @@ def series_key(record: Mapping[str, Any], knobs: Sequence[str] = ()) -> SeriesKe
     """The record's series; `knobs` (swept_knobs of the records analysed together) split it further."""
     values = _knob_values(record) if knobs else {}
     return SeriesKey(scaling=_scaling_label(record), layout=_layout_label(record), batch=_batch_label(record),
-                     precision=str(record.get("precision") or _cfg(record, "precision", default="?")),
+                     precision=str(result.value(record, "precision", default="?")),
                      engine=_engine_label(record), model=_model_label(record),
-                     dataset=str(record.get("dataset") or _cfg(record, "dataset", "name", default="?")),
+                     dataset=str(result.value(record, "dataset", default="?")),
                      knobs=", ".join(f"{k}={values.get(k, 'unset')}" for k in knobs))
 
 
@@ -366,10 +327,10 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapp
         first = runs[-1]
         points.append(Point(
             world_size=n, nodes=int(first.get("nodes") or 1), ranks_per_node=ranks_per_node(first),
-            micro_batch=first.get("micro_batch"), global_batch=global_batch(first),
+            micro_batch=result.micro_batch(first), global_batch=global_batch(first),
             epoch_time_s=t, ideal_epoch_time_s=ideal_epoch_time(kind, t_base, n_base, n),
             speedup=speedup(kind, t_base, n_base, t, n), efficiency=efficiency(kind, t_base, n_base, t, n),
-            img_per_s=_mean_or_none(r.get("img_per_s") for r in runs),
+            img_per_s=_mean_or_none(result.img_per_s(r) for r in runs),
             comm_share=_mean_or_none(r.get("comm_share") for r in runs),
             data_wait_share=_mean_or_none(r.get("data_wait_share") for r in runs),
             final_val_acc=_mean_or_none(r.get("final_val_acc") for r in runs),
@@ -443,11 +404,11 @@ def run_rows(records: Sequence[Mapping[str, Any]], series: Sequence[Series],
         s, sp, eff = own.get(id(record), (None, None, None))
         rows.append(RunRow(
             series=(s.key if s else keys[id(record)]).short_label(),
-            kind=kind_of(record.get("scaling")), layout=_layout_label(record),
+            kind=kind_of(result.value(record, "scaling")), layout=_layout_label(record),
             world_size=int(record["world_size"]), nodes=int(record.get("nodes") or 1),
-            ranks_per_node=ranks_per_node(record), micro_batch=record.get("micro_batch"),
+            ranks_per_node=ranks_per_node(record), micro_batch=result.micro_batch(record),
             global_batch=global_batch(record), train_samples=record.get("train_samples"),
-            epoch_time_s=float(epoch_time(record)), img_per_s=record.get("img_per_s"), speedup=sp, efficiency=eff,
+            epoch_time_s=float(epoch_time(record)), img_per_s=result.img_per_s(record), speedup=sp, efficiency=eff,
             comm_share=record.get("comm_share"), data_wait_share=record.get("data_wait_share"),
             final_val_acc=record.get("final_val_acc"), final_train_acc=final_train_acc(record),
             mfu=record.get("mfu"), peak_mem_gb=record.get("peak_mem_gb"),
@@ -469,7 +430,7 @@ def comm_share_by_batch(records: Sequence[Mapping[str, Any]], knobs: Sequence[st
         if int(record.get("world_size") or 1) < 2 or parts is None:
             continue
         rows.append({"world_size": int(record["world_size"]), "nodes": int(record.get("nodes") or 1),
-                     "layout": _layout_label(record), "micro_batch": record.get("micro_batch"),
+                     "layout": _layout_label(record), "micro_batch": result.micro_batch(record),
                      "knobs": knob_values_text(record, knobs),
                      "global_batch": global_batch(record), "allreduce_ms": parts["allreduce"],
                      "step_time_ms": parts["step_time"],
@@ -482,10 +443,10 @@ def accuracy_by_batch(records: Sequence[Mapping[str, Any]], knobs: Sequence[str]
     """Final validation and train accuracy vs global batch (same epochs, so fewer steps at larger batches)."""
     knobs = swept_knobs(records) if knobs is None else knobs
     rows = [{"global_batch": global_batch(r), "world_size": int(r["world_size"]), "scaling": _scaling_label(r),
-             "layout": _layout_label(r), "micro_batch": r.get("micro_batch"), "knobs": knob_values_text(r, knobs),
+             "layout": _layout_label(r), "micro_batch": result.micro_batch(r), "knobs": knob_values_text(r, knobs),
              "final_val_acc": r.get("final_val_acc"),
              "final_train_acc": final_train_acc(r), "epochs": len(r.get("epochs") or []),
-             "steps_per_epoch": (r.get("epochs") or [{}])[-1].get("steps")}
+             "steps_per_epoch": result.steps_per_epoch(r)}
             for r in records if r.get("final_val_acc") is not None or final_train_acc(r) is not None]
     return sorted(rows, key=lambda r: (r["scaling"], r["knobs"], r["global_batch"] or 0, r["world_size"]))
 
@@ -541,7 +502,7 @@ def breakdown_rows(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | 
         if parts is None:
             continue
         rows.append({"world_size": int(r["world_size"]), "nodes": int(r.get("nodes") or 1),
-                     "layout": _layout_label(r), "scaling": _scaling_label(r), "micro_batch": r.get("micro_batch"),
+                     "layout": _layout_label(r), "scaling": _scaling_label(r), "micro_batch": result.micro_batch(r),
                      "knobs": knob_values_text(r, knobs),
                      "global_batch": global_batch(r), **parts})
     return sorted(rows, key=lambda x: (x["micro_batch"] or 0, x["scaling"], LAYOUT_ORDER.get(x["layout"], 2),
@@ -577,7 +538,7 @@ def _brief(record: Mapping[str, Any]) -> dict:
 
 
 def _capped(record: Mapping[str, Any]) -> bool:
-    cap = _cfg(record, "trainer", "max_steps_per_epoch")
+    cap = result.config_value(record, "trainer", "max_steps_per_epoch")
     steps = [e.get("steps") for e in record.get("epochs") or []]
     return bool(cap) and bool(steps) and steps[-1] == int(cap)
 

@@ -20,12 +20,14 @@ all-reduce times. Pure: no I/O; vit_dt/commands/predict.py does the reading and 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vit_dt.config.batch import steps_per_epoch
 from vit_dt.config.choices import LAYOUTS
+from vit_dt.config.interconnect import Interconnect
+from vit_dt.records import result
 
 SCALINGS = ("strong", "weak")
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
@@ -38,27 +40,9 @@ class ModelError(ValueError):
 
 # ---------------------------------------------------------------- inputs
 
-@dataclass(frozen=True)
-class Interconnect:
-    intra_node_gbps: float = 10.0     # Gb/s between ranks of one node (NVLink, PCIe, shared memory)
-    inter_node_gbps: float = 10.0     # Gb/s between nodes (InfiniBand, Ethernet)
-    latency_us: float = 20.0          # per ring hop
-
-    @classmethod
-    def from_config(cls, interconnect: Mapping[str, Any] | None) -> Interconnect:
-        data = dict(interconnect or {})
-        unknown = sorted(set(data) - {"intra_node_gbps", "inter_node_gbps", "latency_us"})
-        if unknown:
-            raise ModelError(f"unknown interconnect keys {unknown}; valid: intra_node_gbps, inter_node_gbps, latency_us")
-        values = {k: float(v) for k, v in data.items() if v is not None}
-        result = cls(**values)
-        for name, value in asdict(result).items():
-            if value < 0 or (name != "latency_us" and value == 0):
-                raise ModelError(f"interconnect {name}={value} is invalid: bandwidths must be > 0, latency >= 0")
-        return result
-
-    def bandwidth_gbps(self, nodes: int) -> float:
-        return self.inter_node_gbps if nodes > 1 else self.intra_node_gbps
+def interconnect_from_config(interconnect: Mapping[str, Any] | None) -> Interconnect:
+    """A `cluster.interconnect` mapping as the model's Interconnect (vit_dt.config.interconnect); ModelError if bad."""
+    return Interconnect.from_config(interconnect, error=ModelError)
 
 
 @dataclass(frozen=True)
@@ -127,17 +111,6 @@ def shape(world_size: int, layout: str, gpus_per_node: int | None = None) -> tup
     if world_size % per_node:
         raise ModelError(f"world size {world_size} is not a multiple of gpus_per_node {gpus_per_node}")
     return world_size // per_node, per_node
-
-
-def steps_per_epoch(samples: int, world_size: int, micro_batch: int, grad_accum: int = 1, drop_last: bool = True,
-                    max_steps: int | None = None) -> int:
-    """Optimizer steps per epoch, as vit-dt's loader counts them (drop_last) or a loader that keeps the tail."""
-    if drop_last:
-        micro_steps = (samples // world_size) // micro_batch
-    else:
-        micro_steps = math.ceil(math.ceil(samples / world_size) / micro_batch)
-    steps = micro_steps // grad_accum if drop_last else math.ceil(micro_steps / grad_accum)
-    return min(steps, max_steps) if max_steps else steps
 
 
 @dataclass(frozen=True)
@@ -243,9 +216,7 @@ def _steps(record: Mapping[str, Any]) -> int | None:
 
 def measured_step_ms(record: Mapping[str, Any]) -> float:
     """Mean wall-clock ms per optimizer step: epoch time / steps (falls back on the sampled step_time)."""
-    from vit_dt.analysis.scaling import epoch_time
-
-    t, steps = epoch_time(record), _steps(record)
+    t, steps = result.epoch_time(record), _steps(record)
     if t is not None and steps:
         return 1e3 * t / steps
     mean = _mean_breakdown(record) or {}
@@ -258,7 +229,7 @@ def grad_bytes_of(record: Mapping[str, Any], bytes_per_elem: int | None = None) 
     params = record.get("num_params")
     if not params:
         raise ModelError(f"record {record.get('run_dir')!r} has no num_params: cannot size the all-reduce")
-    precision = record.get("precision") or (record.get("config") or {}).get("precision") or "fp32"
+    precision = result.value(record, "precision") or "fp32"
     return float(params) * (bytes_per_elem or bytes_per_element(precision))
 
 
@@ -271,8 +242,8 @@ def profile_from_record(record: Mapping[str, Any], bytes_per_elem: int | None = 
     out (the model adds its own); a 1-rank run's small bwd_allreduce stays in the overhead, since the model's
     comm(1) is 0. Without timers the whole step counts as forward time (nothing can overlap).
     """
-    micro = int(record.get("micro_batch") or 0)
-    accum = int(record.get("grad_accum") or 1)
+    micro = int(result.micro_batch(record) or 0)
+    accum = result.grad_accum(record)
     world = int(record.get("world_size") or 1)
     if micro < 1:
         raise ModelError(f"record {record.get('run_dir')!r} has no micro_batch")
@@ -290,13 +261,12 @@ def profile_from_record(record: Mapping[str, Any], bytes_per_elem: int | None = 
     else:
         parts = {"fwd": step, "bwd": 0.0, "optimizer": 0.0, "data_wait": 0.0}
         overhead = 0.0
-    config = record.get("config") or {}
-    scaling = "weak" if record.get("scaling") == "weak" else "strong"
+    scaling = "weak" if result.value(record, "scaling") == "weak" else "strong"
     return Profile(fwd_ms_per_image=parts["fwd"] / images, bwd_ms_per_image=parts["bwd"] / images,
                    optimizer_ms=parts["optimizer"], data_wait_ms_per_image=parts["data_wait"] / images,
                    overhead_ms=overhead, grad_bytes=grad_bytes_of(record, bytes_per_elem), micro_batch=micro,
                    grad_accum=accum, train_samples=record.get("train_samples"), world_size=world, scaling=scaling,
-                   max_steps_per_epoch=(config.get("trainer") or {}).get("max_steps_per_epoch"),
+                   max_steps_per_epoch=result.config_value(record, "trainer", "max_steps_per_epoch"),
                    source=str(record.get("run_dir") or ""))
 
 
@@ -314,8 +284,8 @@ def full_epochs(profile: Profile) -> tuple[Profile, str | None]:
 
 
 def interconnect_of(record: Mapping[str, Any]) -> Interconnect | None:
-    cluster = (record.get("config") or {}).get("cluster") or {}
-    return Interconnect.from_config(cluster["interconnect"]) if cluster.get("interconnect") else None
+    interconnect = result.config_value(record, "cluster", "interconnect")
+    return interconnect_from_config(interconnect) if interconnect else None
 
 
 # ---------------------------------------------------------------- calibration
@@ -350,7 +320,7 @@ def _comm_observation(record: Mapping[str, Any], profile: Profile | None) -> tup
         return mean["bwd_allreduce"], "bwd_allreduce"
     if profile is None:
         return None
-    micro, accum = int(record.get("micro_batch") or profile.micro_batch), int(record.get("grad_accum") or 1)
+    micro, accum = int(result.micro_batch(record) or profile.micro_batch), result.grad_accum(record)
     excess = measured_step_ms(record) - sum(profile.compute_ms(micro, accum).values())
     return (excess, "epoch excess") if excess > 0 else None
 

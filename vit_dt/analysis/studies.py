@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vit_dt.analysis.scaling import epoch_time
+from vit_dt.records.result import epoch_time
 from vit_dt.measure.hardware import describe_rank
 
 MEMORY_PARTS = ("params", "gradients", "optimizer_states", "master_params")

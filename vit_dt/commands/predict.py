@@ -60,7 +60,7 @@ def cluster_interconnect(name: str) -> sm.Interconnect:
     from vit_dt.config import compose, to_container
 
     cluster = to_container(compose([f"cluster={name}"]))["cluster"]
-    return sm.Interconnect.from_config(cluster.get("interconnect"))
+    return sm.interconnect_from_config(cluster.get("interconnect"))
 
 
 # Record fields that shape the compute profile besides the swept config knobs (scaling.SERIES_KNOBS).
@@ -69,7 +69,7 @@ PROFILE_FIELDS = ("cluster", "gpu_model", "model", "dataset", "precision", "engi
 
 
 def _setting(record: dict, key: str) -> str | None:
-    from vit_dt.records.store import flat_config
+    from vit_dt.records.result import flat_config
 
     value = flat_config(record).get(key)
     if value is None and record.get(key) is not None:

@@ -6,18 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vit_dt.records.store import (
-    SOURCES,
-    TABLE_COLUMNS,
-    SourceError,
-    latest_by_point,
-    read_source,
-    settings_text,
-    sorted_records,
-    table_row,
-    to_csv,
-    varying_settings,
-)
+from vit_dt.records.store import SOURCES, SourceError, latest_by_point, read_source
+from vit_dt.records.table import TABLE_COLUMNS, settings_text, sorted_records, table_row, to_csv, varying_settings
 
 HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
            "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",

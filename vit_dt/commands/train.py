@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.config.compose import error_message
+from vit_dt.records.result import RESULT_NAME
 from vit_dt.records.wandb_run import scrub_secrets
 
 HELP = """usage: vit-dt train [key=value ...]
@@ -90,5 +91,5 @@ def main(argv: list[str]) -> int:
         from vit_dt.run.local_launch import launch
 
         code = launch(run_dir, nproc)
-    print(f"result: {run_dir / 'result.json'}", flush=True)
+    print(f"result: {run_dir / RESULT_NAME}", flush=True)
     return code

@@ -1,6 +1,8 @@
-"""Micro-batch, gradient accumulation and global batch: one rule, used by validation and the DeepSpeed config."""
+"""Micro-batch, gradient accumulation and global batch: one rule, used by validation and the DeepSpeed config; and
+the steps an epoch of them takes, one rule for the loader, the training loop, its lr schedule and the scaling model."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -18,6 +20,29 @@ class Batch:
     @property
     def global_(self) -> int:
         return self.micro * self.grad_accum * self.world_size
+
+
+def micro_steps_per_epoch(samples: int, world_size: int, micro_batch: int, drop_last: bool = True) -> int:
+    """Micro-batches each rank takes in one epoch (the same on every rank): the sampler deals `samples` out evenly
+    over the ranks; with drop_last the ragged tail is dropped (training), without it the last batch is short."""
+    if drop_last:
+        return (samples // world_size) // micro_batch
+    return math.ceil(math.ceil(samples / world_size) / micro_batch)
+
+
+def optimizer_steps(micro_steps: int, grad_accum: int = 1, drop_last: bool = True, max_steps: int | None = None) -> int:
+    """Optimizer steps of an epoch of `micro_steps` micro-batches per rank: whole groups of grad_accum (with
+    drop_last; else a short last group counts too), capped at `max_steps` (trainer.max_steps_per_epoch) when set."""
+    steps = micro_steps // grad_accum if drop_last else math.ceil(micro_steps / grad_accum)
+    return min(steps, max_steps) if max_steps else steps
+
+
+def steps_per_epoch(samples: int, world_size: int, micro_batch: int, grad_accum: int = 1, drop_last: bool = True,
+                    max_steps: int | None = None) -> int:
+    """Optimizer steps per epoch of `samples` training samples on `world_size` ranks, as vit-dt's loader and
+    training loop count them (drop_last) or as a loader that keeps the tail would."""
+    return optimizer_steps(micro_steps_per_epoch(samples, world_size, micro_batch, drop_last), grad_accum,
+                           drop_last, max_steps)
 
 
 def resolve_batch(trainer: Mapping[str, Any], scaling: Mapping[str, Any], world_size: int) -> Batch:

@@ -32,16 +32,16 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vit_dt.config.batch import micro_steps_per_epoch
+
 from .tensors import TensorImages
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def steps_per_epoch(n: int, *, world_size: int, batch_size: int, drop_last: bool) -> int:
-    """Steps every rank takes in one epoch (the same on all ranks)."""
-    if drop_last:
-        return (n // world_size) // batch_size
-    return math.ceil(math.ceil(n / world_size) / batch_size)
+    """Batches every rank takes in one epoch (the same on all ranks): vit_dt.config.batch.micro_steps_per_epoch."""
+    return micro_steps_per_epoch(n, world_size, batch_size, drop_last)
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from vit_dt.config.batch import Batch
+from vit_dt.config.batch import Batch, optimizer_steps
 from vit_dt.data.augment import DeviceAugment
 from vit_dt.data.build import DatasetInfo
 from vit_dt.data.loader import make_loader
@@ -99,9 +99,8 @@ class Trainer:
                                       drop_last=False)
         self.train_augment = DeviceAugment(image_size, info.mean, info.std, train=True, hflip=hflip)
         self.val_augment = DeviceAugment(image_size, info.mean, info.std, train=False)
-        self.steps_per_epoch = len(self.train_loader) // batch.grad_accum
-        if settings.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, settings.max_steps_per_epoch)
+        self.steps_per_epoch = optimizer_steps(len(self.train_loader), batch.grad_accum,
+                                               max_steps=settings.max_steps_per_epoch)
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"the training set gives each rank {len(self.train_loader)} micro-batches of {batch.micro}, fewer than "
@@ -119,7 +118,7 @@ class Trainer:
             record.update(self._validate())
             record["epoch"] = epoch
             # The first epoch of this attempt (the run's start or a resume) pays for compile, allocator and loader
-            # warm-up: steady-state figures leave it out (vit_dt.records.store.steady_epochs).
+            # warm-up: steady-state figures leave it out (vit_dt.records.result.steady_epochs).
             record["warmup"] = epoch == first
             if self.env.is_main:
                 record.update(self._epoch_breakdown_fields(per_rank))

@@ -89,6 +89,7 @@ def _device(env: DistEnv):
 
 def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.config.batch import resolve_batch
+    from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch   # the local name is taken below
     from vit_dt.config.ds_config import bf16_mode_for, derive_deepspeed_config
     from vit_dt.data.build import build_datasets
     from vit_dt.engines import DDPEngine, DeepSpeedEngine
@@ -115,9 +116,9 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     debug_cfg = cfg.get("debug") or {}    # absent unless a test asked for it (debug=slow_rank)
     _slow_down_on_purpose(model, _debug_delay(debug_cfg, "delay_s", env.rank),
                           _debug_delay(debug_cfg, "delay_per_sample_s", env.rank))
-    steps_per_epoch = max(1, info.train_samples // batch.global_)
-    if trainer_cfg.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(trainer_cfg["max_steps_per_epoch"]))
+    cap = trainer_cfg.get("max_steps_per_epoch")
+    steps_per_epoch = max(1, batch_steps_per_epoch(info.train_samples, batch.world_size, batch.micro, batch.grad_accum,
+                                                   max_steps=int(cap) if cap else None))
     schedule = {"warmup_steps": int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_per_epoch),
                 "total_steps": steps_per_epoch * settings.epochs,
                 "schedule": trainer_cfg.get("lr_schedule", "cosine")}
@@ -190,9 +191,9 @@ def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: B
             from vit_dt.run.record import failed_result, store_for
 
             result = failed_result(cfg, run_dir, env, started, _now(), f"{type(exc).__name__}: {exc}")
-            from vit_dt.records import store as results_io
+            from vit_dt.records.result import write_result
 
-            results_io.write_result(run_dir, result)
+            write_result(run_dir, result)
             store_for(cfg).append(result)
     except Exception:  # the original error matters more than a failure to record it
         log.exception("could not record the failure of rank %d", env.rank)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from submitit.helpers import Checkpointable
 
 from vit_dt import atomic
+from vit_dt.records.result import RESULT_NAME
 
 DEFAULT_ENTRY = "vit_dt.run.rank:run_rank"
 # Entries of sweeps queued before the package took its wings (vit_dt/run/): their sweep.json and pickled tasks still
@@ -104,7 +105,7 @@ def _clear_own_error(run_dir: Path) -> None:
 def completed_result(run_dir: Path) -> dict[str, Any] | None:
     """The run's result.json when it says `completed`, else None (missing, failed, unreadable)."""
     try:
-        result = json.loads((run_dir / "result.json").read_text())
+        result = json.loads((run_dir / RESULT_NAME).read_text())
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) and result.get("status") == "completed" else None

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vit_dt.config.choices import LAUNCHERS, SCHEDULERS
-from vit_dt.config.schema import ClusterSchema, InterconnectSchema, PartitionSchema
+from vit_dt.config.interconnect import Interconnect
+from vit_dt.config.schema import ClusterSchema, PartitionSchema
 
 
 class ProfileError(ValueError):
@@ -39,13 +40,6 @@ class Partition:
     @property
     def has_gpus(self) -> bool:
         return self.gpus_per_node > 0
-
-
-@dataclass(frozen=True)
-class Interconnect:
-    intra_node_gbps: float = InterconnectSchema.intra_node_gbps
-    inter_node_gbps: float = InterconnectSchema.inter_node_gbps
-    latency_us: float = InterconnectSchema.latency_us
 
 
 @dataclass(frozen=True)
@@ -128,7 +122,7 @@ _PROFILE_FIELDS = (
 )
 _PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
                      "cpus_per_node", "node_gpus")
-_INTERCONNECT_FIELDS = ("intra_node_gbps", "inter_node_gbps", "latency_us")
+_INTERCONNECT_FIELDS = Interconnect.FIELDS
 
 
 def _partition(name: str, spec: Any) -> Partition:

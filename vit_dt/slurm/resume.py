@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vit_dt.records.result import RESULT_NAME
 from vit_dt.slurm.job_entry import DEFAULT_ENTRY
 from vit_dt.slurm.manifest import read_manifest, write_manifest
 from vit_dt.slurm.status import rebase_paths, same_dir, sweep_status
@@ -39,7 +40,7 @@ from vit_dt.slurm.submit import (
 )
 
 ACTIVE = ("pending", "running")
-STALE_OUTPUTS = ("result.json", "error-rank*.txt")
+STALE_OUTPUTS = (RESULT_NAME, "error-rank*.txt")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vit_dt.records.result import RESULT_NAME
 from vit_dt.slurm.manifest import read_manifest
 
 # sacct/squeue states -> the few that matter to a sweep
@@ -257,7 +258,7 @@ def _timestamp(iso: str | None) -> float | None:
 
 
 def _result_status(run_dir: Path) -> str | None:
-    path = run_dir / "result.json"
+    path = run_dir / RESULT_NAME
     if not path.is_file():
         return None
     try:

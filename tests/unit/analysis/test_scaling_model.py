@@ -199,7 +199,7 @@ def test_bad_inputs_name_the_value_and_the_valid_ones() -> None:
     with pytest.raises(sm.ModelError, match="gpus_per_node"):
         sm.shape(4, "grid")
     with pytest.raises(sm.ModelError, match="valid: intra_node_gbps"):
-        sm.Interconnect.from_config({"intra_gbps": 5})
+        sm.interconnect_from_config({"intra_gbps": 5})
     with pytest.raises(sm.ModelError, match="valid: fp32"):
         sm.bytes_per_element("int8")
 

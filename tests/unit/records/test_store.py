@@ -1,4 +1,4 @@
-"""vit_dt.records.store and `vit-dt results`: atomic result.json, the JSON-lines store under concurrent writers, the table."""
+"""vit_dt.records.store, .result and .table, and `vit-dt results`: atomic result.json, the JSON-lines store under concurrent writers, the table."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,9 @@ import pytest
 
 from tests.helpers import REPO
 from vit_dt.commands import results as results_cmd
-from vit_dt.records.store import ResultsStore, point_of, read_result, results_table, write_result
+from vit_dt.records.result import point_of, read_result, write_result
+from vit_dt.records.store import ResultsStore
+from vit_dt.records.table import results_table
 
 
 def test_write_result_is_atomic_and_strict_json(tmp_path):

@@ -7,7 +7,8 @@ import torch
 from vit_dt.config.batch import Batch
 from vit_dt.data.build import DatasetInfo
 from vit_dt.data.tensors import TensorImages
-from vit_dt.records.store import steady_epochs, steady_mask, table_row, warmup_flags
+from vit_dt.records.result import steady_epochs, steady_mask, warmup_flags
+from vit_dt.records.table import table_row
 from vit_dt.run.distributed import DistEnv
 from vit_dt.run.loop import LoopSettings, Trainer, TrainState
 
