@@ -20,7 +20,7 @@ PLUGIN = REPO / "launchers" / "hydra_plugins"
 # must validate in seconds.
 LOGIN_WINGS = ("config", "slurm", "records", "analysis", "commands", "localcluster")
 LOGIN_MODULES_ELSEWHERE = ("vit_dt.cli", "vit_dt.paths", "vit_dt.models.catalog", "vit_dt.data.verify",
-                           "vit_dt.data.errors")
+                           "vit_dt.data.errors", "vit_dt.atomic", "vit_dt.textable")
 
 # Which wing may import which at module level (docs/design.md, "Who may import whom"). The rank side (run) wires
 # everything below it; the login side never reaches into the rank side's torch code.

@@ -155,7 +155,7 @@ def predict(profile: Profile, interconnect: Interconnect, gpus: Sequence[int], l
     The micro-batch is `micro_batch` (default: the profile's) at every N, or, given `global_batch` (strong
     scaling with a fixed global batch), global_batch / (N * grad_accum), which must divide evenly.
     """
-    from vit_dt.analysis.scaling import efficiency, speedup
+    from vit_dt.analysis.formulas import efficiency, speedup
 
     if not gpus:
         raise ModelError("no world sizes to predict: pass at least one, e.g. gpus=[1, 2, 4, 8]")

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vit_dt.analysis import scaling_model as sm
+from vit_dt.textable import format_columns
 
 EPILOG = """The compute profile comes from the completed run with the fewest ranks in --from (best: a 1-GPU run);
 when several such runs differ in their settings (a sweep over batch sizes, optimizers, ...), --where picks one,
@@ -184,9 +185,7 @@ def format_table(result: dict) -> str:
                      str(a["steps_per_epoch"]), f"{a['allreduce_ms']:.1f}", f"{a['step_ms']:.1f}",
                      f"{a['epoch_s']:.1f}", f"{a['speedup']:.2f}", f"{100 * a['efficiency']:.1f}%",
                      f"{100 * a['allreduce_share']:.1f}%", f"{b['epoch_s']:.1f}", f"{100 * b['efficiency']:.1f}%"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    lines += format_columns(rows, right=range(len(header)))
     lines += [f"note: {note}" for note in result.get("notes") or []]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from vit_dt.data.verify import dataset_key
 from vit_dt.run.preflight import FAIL, PASS, SEVERITY, SKIP
+from vit_dt.textable import format_columns
 
 ENTRY = "vit_dt.run.preflight:run_rank"
 DEFAULT_TIME_MIN = 5
@@ -278,9 +279,8 @@ def format_table(base_dir: Path, jobs: list[ShapeJob]) -> str:
     lines = [f"vit-dt preflight: {len(jobs)} shape(s), reports in {base_dir}"]
     for job in jobs:
         lines.append(f"shape {job.index}: {job.label} (job {job.job_id or '-'})")
-        width = max(len(r["check"]) for r in job.rows)
-        for row in job.rows:
-            lines.append(f"  {row['check']:<{width}}  {row['verdict']:<4}  {row['detail']}")
+        cells = [(str(r["check"]), str(r["verdict"]), str(r["detail"])) for r in job.rows]
+        lines += format_columns(cells, pad_last=False, min_widths=(0, 4), indent="  ")
     overall = verdict_of(jobs)
     failed = sorted({f"{r['check']} (shape {j.index})" for j in jobs for r in j.rows if r["verdict"] == FAIL})
     lines.append(f"verdict: {overall}" + (f": {', '.join(failed)} failed" if failed else ""))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vit_dt.records.store import SOURCES, SourceError, latest_by_point, read_source
 from vit_dt.records.table import TABLE_COLUMNS, settings_text, sorted_records, table_row, to_csv, varying_settings
+from vit_dt.textable import format_columns
 
 HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
            "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",
@@ -32,15 +33,8 @@ def format_table(rows: list[dict]) -> str:
     """Aligned columns; a `settings` column (what the points differ in) where the rows carry one."""
     columns = [*TABLE_COLUMNS, *(["settings"] if any(row.get("settings") for row in rows) else [])]
     cells = [[HEADERS[c] for c in columns]] + [[_cell(c, row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    text_columns = {"status", "settings"}
-    lines = []
-    for line in cells:
-        parts = [cell.ljust(w) if columns[i] in text_columns else cell.rjust(w)
-                 for i, (cell, w) in enumerate(zip(line, widths))]
-        lines.append("  ".join(parts).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    numbers = {i for i, c in enumerate(columns) if c not in ("status", "settings")}
+    return "\n".join(format_columns(cells, right=numbers, rule_after_first=True, strip=True))
 
 
 def csv_path_problem(path: Path) -> str | None:

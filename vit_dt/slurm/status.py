@@ -14,6 +14,7 @@ from typing import Any
 
 from vit_dt.records.result import RESULT_NAME
 from vit_dt.slurm.manifest import read_manifest
+from vit_dt.textable import format_columns
 
 # sacct/squeue states -> the few that matter to a sweep
 STATE_MAP = {
@@ -280,9 +281,7 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
     header = ("point", "job", "state", "result", "tries", "overrides")
     table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", str(r.attempts or "-"),
                          " ".join(r.overrides) or "-") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    lines += format_columns(table, pad_last=False)        # overrides: free text, last
     failed = [r for r in rows if r.reason]
     if failed:
         lines.append("why (not completed):")
