@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vit_dt.analysis.plots import PART_COLORS, _legend, _panels, _save, plt   # plt: with the Agg backend set
-
+from vit_dt.analysis.plots import PART_COLORS, _legend, _panels, _save, plt  # plt: with the Agg backend set
 
 STAGE_COLORS = {0: "#4C72B0", 1: "#DD8452", 2: "#55A868", 3: "#C44E52"}
 MEMORY_COLORS = {"params": "#4C72B0", "gradients": "#DD8452", "optimizer_states": "#55A868",

@@ -18,6 +18,7 @@ from vit_dt.analysis import plots, plots_studies, scaling, studies
 from vit_dt.analysis import scaling_model as sm
 from vit_dt.analysis.report_render import PLOT_TITLES, render_html, render_markdown
 from vit_dt.analysis.report_tables import Table, tables
+from vit_dt.analysis.series import Series
 
 REPORT_DIR = "report"
 
@@ -46,7 +47,7 @@ def load_records(sources: Sequence[Path | str]) -> list[dict]:
 
 # ---------------------------------------------------------------- the model next to the measurements
 
-def _baseline_record(records: Sequence[dict], series: scaling.Series) -> dict | None:
+def _baseline_record(records: Sequence[dict], series: Series) -> dict | None:
     """The latest completed run at the series' baseline world size (a borrowed 1-rank run included)."""
     wanted = set(series.points[0].run_dirs)
     matches = [r for r in records if str(r.get("run_dir") or "") in wanted
@@ -54,11 +55,11 @@ def _baseline_record(records: Sequence[dict], series: scaling.Series) -> dict | 
     return matches[-1] if matches else None
 
 
-def _gpus_per_node(series: scaling.Series) -> int | None:
+def _gpus_per_node(series: Series) -> int | None:
     return max(p.ranks_per_node for p in series.points) if series.key.layout.startswith("grid") else None
 
 
-def model_section(records: Sequence[dict], series: Sequence[scaling.Series]) -> dict:
+def model_section(records: Sequence[dict], series: Sequence[Series]) -> dict:
     """Calibrate the interconnect on the store's multi-rank runs, then predict every series from its baseline."""
     prior = sm.Interconnect()
     for record in records:

@@ -47,7 +47,7 @@ def _table(title: str, items: Sequence[Any], columns: Sequence[Column], note: st
 
 
 def _swept_column(analysis: scaling.SweepAnalysis) -> list[Column]:
-    """A column of the swept settings' values (scaling.swept_knobs), headed by their names; none if none."""
+    """A column of the swept settings' values (swept_knobs), headed by their names; none if none."""
     return [(", ".join(analysis.knobs), lambda r: r["knobs"], "")] if analysis.knobs else []
 
 

@@ -25,9 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vit_dt.analysis.formulas import KINDS, efficiency, ideal_epoch_time, kind_of, speedup  # noqa: F401
-from vit_dt.analysis.run_views import (  # noqa: F401
-    BREAKDOWN_PARTS,
+from vit_dt.analysis.run_views import (
     RunRow,
     accuracy_by_batch,
     breakdown_rows,
@@ -35,22 +33,16 @@ from vit_dt.analysis.run_views import (  # noqa: F401
     epoch_curves,
     layout_pairs,
     run_rows,
-    time_breakdown,
 )
-from vit_dt.analysis.series import (  # noqa: F401
-    LAYOUT_ORDER,
-    Point,
+from vit_dt.analysis.series import (
     Selection,
     Series,
-    SeriesKey,
     build_series,
-    record_identity,
     select,
-    series_key,
 )
-from vit_dt.analysis.swept_knobs import SERIES_KNOBS, knob_values_text, swept_knobs  # noqa: F401
+from vit_dt.analysis.swept_knobs import swept_knobs
 from vit_dt.records import result
-from vit_dt.records.result import epoch_time, final_train_acc, global_batch, ranks_per_node  # noqa: F401
+
 
 @dataclass
 class SweepAnalysis:

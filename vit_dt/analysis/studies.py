@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vit_dt.records.result import epoch_time
 from vit_dt.measure.hardware import describe_rank
+from vit_dt.records.result import epoch_time
 
 MEMORY_PARTS = ("params", "gradients", "optimizer_states", "master_params")
 

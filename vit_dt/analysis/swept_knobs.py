@@ -7,8 +7,6 @@ from typing import Any
 
 from vit_dt.records import result
 
-
-
 # Config settings that change a run's speed or what it learns and do not follow from its world size. When the
 # records of a report differ in one, runs that differ in it are separate series (labelled with its value) instead of
 # averaging into one point. Not among them: a seed (runs that differ only in it are repeats of one point) and the

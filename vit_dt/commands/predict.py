@@ -8,6 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vit_dt.analysis import scaling_model as sm
+from vit_dt.analysis.series import select
+from vit_dt.analysis.swept_knobs import swept_knobs
 from vit_dt.textable import format_columns
 
 EPILOG = """The compute profile comes from the completed run with the fewest ranks in --from (best: a 1-GPU run);
@@ -64,7 +66,7 @@ def cluster_interconnect(name: str) -> sm.Interconnect:
     return sm.interconnect_from_config(cluster.get("interconnect"))
 
 
-# Record fields that shape the compute profile besides the swept config knobs (scaling.SERIES_KNOBS).
+# Record fields that shape the compute profile besides the swept config knobs (swept_knobs.SERIES_KNOBS).
 PROFILE_FIELDS = ("cluster", "gpu_model", "model", "dataset", "precision", "engine", "zero_stage", "micro_batch",
                   "grad_accum")
 
@@ -102,8 +104,6 @@ def filter_where(records: list[dict], clauses: list[str]) -> list[dict]:
 
 def _differences(records: list[dict]) -> dict[str, list[str]]:
     """The profile-shaping settings the records differ in, with their values."""
-    from vit_dt.analysis.scaling import swept_knobs
-
     keys = [*(k for k in PROFILE_FIELDS if len({str(r.get(k)) for r in records}) > 1), *swept_knobs(records)]
     return {k: sorted({str(_setting(r, k)) for r in records}) for k in keys}
 
@@ -144,7 +144,6 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from vit_dt.analysis.report import load_records
-    from vit_dt.analysis.scaling import select, swept_knobs
 
     check_counts(args)
     records = filter_where(select(load_records([Path(args.source)])).used, args.where)

@@ -13,7 +13,11 @@ import pytest
 
 from tests.fixtures.sample_records import make_record, simulated_sweep, write_store
 from vit_dt.analysis import scaling
+from vit_dt.analysis.formulas import efficiency, ideal_epoch_time, kind_of, speedup
 from vit_dt.analysis.report import load_records
+from vit_dt.analysis.run_views import BREAKDOWN_PARTS, time_breakdown
+from vit_dt.analysis.series import build_series, series_key
+from vit_dt.analysis.swept_knobs import swept_knobs
 
 PARTS = {"fwd": 700.0, "bwd_inner": 1400.0, "bwd_allreduce": 0.0, "step": 60.0, "data_wait": 50.0}
 
@@ -124,24 +128,24 @@ def test_layout_comes_from_the_shape_and_pairs_compare_equal_gpu_counts(mixed_st
     assert pair["inter_over_intra"] == pytest.approx(pair["inter_epoch_time_s"] / pair["intra_epoch_time_s"])
     grid = make_record(world_size=8, nodes=2, layout="grid", epoch_time_s=100.0, micro_batch=64)
     one = make_record(world_size=1, layout="inter", epoch_time_s=700.0, micro_batch=64)
-    assert scaling.series_key(grid).layout == "grid 4/node"
-    assert scaling.series_key(one).layout == "intra"
+    assert series_key(grid).layout == "grid 4/node"
+    assert series_key(one).layout == "intra"
 
 
 def test_fixed_global_batch_is_its_own_series_and_breakdown_splits_the_step() -> None:
     fixed = [make_record(world_size=n, epoch_time_s=800.0 / n, micro_batch=256 // n, fixed="global", point=n,
                          step_parts_ms=dict(PARTS, bwd_allreduce=50.0 * (n > 1))) for n in (1, 2, 4)]
     micro = [make_record(world_size=n, epoch_time_s=800.0 / n, micro_batch=64, point=10 + n) for n in (1, 2)]
-    series = scaling.build_series(fixed + micro)
+    series = build_series(fixed + micro)
     labels = sorted(s.key.batch for s in series)
     assert labels == ["global batch 256", "micro-batch 64"]
-    parts = scaling.time_breakdown(fixed[1])
+    parts = time_breakdown(fixed[1])
     assert parts["compute"] == pytest.approx(PARTS["fwd"] + PARTS["bwd_inner"])
     assert parts["allreduce"] == pytest.approx(50.0)
     assert parts["optimizer"] == pytest.approx(PARTS["step"])
     total = fixed[1]["breakdown_ms"]["mean"]["step_time"]
-    assert sum(parts[k] for k in scaling.BREAKDOWN_PARTS) == pytest.approx(max(total, parts["step_time"]))
-    assert scaling.time_breakdown(micro[0]) is None
+    assert sum(parts[k] for k in BREAKDOWN_PARTS) == pytest.approx(max(total, parts["step_time"]))
+    assert time_breakdown(micro[0]) is None
 
 
 def test_comm_share_falls_with_the_micro_batch_and_accuracy_rows_follow_the_global_batch(mixed_store: Path) -> None:
@@ -156,18 +160,18 @@ def test_comm_share_falls_with_the_micro_batch_and_accuracy_rows_follow_the_glob
 
 
 def test_formulas_and_bad_kinds() -> None:
-    assert scaling.speedup("strong", 100.0, 1, 25.0, 4) == 4.0
-    assert scaling.efficiency("strong", 100.0, 2, 25.0, 8) == 1.0
-    assert scaling.speedup("weak", 10.0, 1, 12.5, 8) == pytest.approx(6.4)
-    assert scaling.efficiency("weak", 10.0, 1, 12.5, 8) == pytest.approx(0.8)
-    assert scaling.ideal_epoch_time("weak", 10.0, 1, 8) == 10.0
+    assert speedup("strong", 100.0, 1, 25.0, 4) == 4.0
+    assert efficiency("strong", 100.0, 2, 25.0, 8) == 1.0
+    assert speedup("weak", 10.0, 1, 12.5, 8) == pytest.approx(6.4)
+    assert efficiency("weak", 10.0, 1, 12.5, 8) == pytest.approx(0.8)
+    assert ideal_epoch_time("weak", 10.0, 1, 8) == 10.0
     with pytest.raises(ValueError, match="valid: strong, weak"):
-        scaling.speedup("linear", 1.0, 1, 1.0, 1)
-    assert scaling.kind_of("none") == "strong"
+        speedup("linear", 1.0, 1, 1.0, 1)
+    assert kind_of("none") == "strong"
 
 
 def test_zero_stages_and_geometries_are_separate_series():
-    from vit_dt.analysis.scaling import series_key
+
 
     base = {"scaling": "strong", "nodes": 1, "micro_batch": 32, "precision": "bf16", "engine": "deepspeed",
             "model": "vit_b_16", "dataset": "cifar10", "image_size": 224, "patch_size": 16}
@@ -194,7 +198,7 @@ def test_a_swept_knob_splits_series_and_a_seed_does_not():
         record["config"]["optimizer"] = {"name": "adamw", "lr": 1e-3, "master_update": update}
         record["config"]["trainer"]["seed"] = seed
         records.append(record)
-    assert scaling.swept_knobs(records) == ("optimizer.master_update",)
+    assert swept_knobs(records) == ("optimizer.master_update",)
     analysis = scaling.analyse(records)
     by_label = {s.key.short_label(): s for s in analysis.series}
     assert set(by_label) == {"strong intra, micro-batch 32, optimizer.master_update=separate",
@@ -208,8 +212,8 @@ def test_a_swept_knob_splits_series_and_a_seed_does_not():
     assert {row.series for row in analysis.runs} == set(by_label)
     # Nothing swept: no knob in any label.
     plain = [make_record(world_size=n, epoch_time_s=t, micro_batch=32, point=n) for n, t in ((1, 10.0), (2, 6.0))]
-    assert scaling.swept_knobs(plain) == ()
-    assert [s.key.short_label() for s in scaling.build_series(plain)] == ["strong intra, micro-batch 32"]
+    assert swept_knobs(plain) == ()
+    assert [s.key.short_label() for s in build_series(plain)] == ["strong intra, micro-batch 32"]
 
 
 def test_a_geometry_sweep_of_a_model_without_a_fixed_geometry_splits_series():
@@ -220,7 +224,7 @@ def test_a_geometry_sweep_of_a_model_without_a_fixed_geometry_splits_series():
                              first_epoch_factor=1.0)
         record["config"]["model"] |= {"patch_size": patch, "image_size": 32}
         records.append(record)
-    assert scaling.swept_knobs(records) == ("model.patch_size",)
+    assert swept_knobs(records) == ("model.patch_size",)
     baselines = {s.key.knobs: s.baseline_epoch_time_s for s in scaling.analyse(records).series}
     assert baselines == {"model.patch_size=4": pytest.approx(10.0), "model.patch_size=2": pytest.approx(40.0)}
 
@@ -237,19 +241,19 @@ def test_swept_knobs_are_the_fewest_that_tell_runs_apart_and_ignore_settings_old
     lamb = {"name": "lamb", "lr": 2e-3, "betas": [0.9, 0.999], "eps": 1e-6}
     # A group swap: its name tells the runs apart, the keys that follow from it add nothing.
     swap = [rec(i, opt) for i, opt in enumerate([adamw, adamw, sgd, sgd, lamb, lamb])]
-    assert scaling.swept_knobs(swap) == ("optimizer.name",)
-    assert {s.key.knobs for s in scaling.build_series(swap)} == {
+    assert swept_knobs(swap) == ("optimizer.name",)
+    assert {s.key.knobs for s in build_series(swap)} == {
         "optimizer.name=adamw", "optimizer.name=sgd", "optimizer.name=lamb"}
     # A setting vit-dt added later (absent from an older store) does not split a merged report ...
     older = [rec(i, {k: v for k, v in adamw.items() if k != "master_update"}) for i in range(2)]
     newer = [rec(10 + i, adamw) for i in range(2)]
-    assert scaling.swept_knobs(older + newer) == ()
+    assert swept_knobs(older + newer) == ()
     # ... nor does a record without any config; two settings swept together both show.
     bare = make_record(world_size=4, epoch_time_s=10.0, micro_batch=32, point=20)
     bare.pop("config")
     both = [rec(30 + i, adamw | {"master_update": u}, model={"name": "vit_b_16", "fast_attention": fa})
             for i, (u, fa) in enumerate([("separate", True), ("fused", False)])]
-    assert scaling.swept_knobs(newer + [bare]) == ()
-    assert scaling.swept_knobs(both) == ("model.fast_attention", "optimizer.master_update")   # both, though together
+    assert swept_knobs(newer + [bare]) == ()
+    assert swept_knobs(both) == ("model.fast_attention", "optimizer.master_update")   # both, though together
     lrs = [rec(40 + i, opt) for i, opt in enumerate([adamw, adamw | {"lr": 1e-2}, sgd, sgd | {"lr": 1e-2}])]
-    assert scaling.swept_knobs(lrs) == ("optimizer.lr", "optimizer.name")   # lr splits runs of one optimizer
+    assert swept_knobs(lrs) == ("optimizer.lr", "optimizer.name")   # lr splits runs of one optimizer

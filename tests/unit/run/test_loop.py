@@ -7,7 +7,7 @@ import torch
 from vit_dt.config.batch import Batch
 from vit_dt.data.build import DatasetInfo
 from vit_dt.data.tensors import TensorImages
-from vit_dt.records.result import steady_epochs, steady_mask, warmup_flags
+from vit_dt.records.result import epoch_time, steady_epochs, steady_mask, warmup_flags
 from vit_dt.records.table import table_row
 from vit_dt.run.distributed import DistEnv
 from vit_dt.run.loop import LoopSettings, Trainer, TrainState
@@ -125,7 +125,7 @@ def test_result_json_steady_state_leaves_out_the_resumed_attempts_first_epoch(tm
     assert result["img_per_s"] == 100.0
     assert result["breakdown_ms"]["mean"]["fwd"] == 1.0
     # The analysis, from the epochs alone (as for a record without the summary fields), agrees.
-    from vit_dt.analysis.scaling import epoch_time
+
 
     bare = {"epochs": epochs}
     assert epoch_time(bare) == 1.0 and table_row(bare)["epoch_time_s"] == 1.0 and table_row(bare)["img_per_s"] == 100.0
