@@ -192,3 +192,12 @@ def test_each_wing_imports_only_the_wings_it_may():
                 wrong[module].add(target)
     assert not wrong, "imports that cross the wings' rules (docs/design.md):\n" + "\n".join(
         f"  {m} -> {', '.join(sorted(t))}" for m, t in sorted(wrong.items()))
+
+
+MODULE_LINES = 400   # "about 400": a module that grows past it does more than one thing
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in _all_modules().values()
+            if (n := len(p.read_text().splitlines())) > MODULE_LINES}
+    assert not long, f"modules over {MODULE_LINES} lines (split them by job): {long}"
