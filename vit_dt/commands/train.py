@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.config.compose import error_message
 from vit_dt.records.result import RESULT_NAME
-from vit_dt.records.wandb_run import scrub_secrets
+from vit_dt.records.secrets import scrub_secrets
 
 HELP = """usage: vit-dt train [key=value ...]
 

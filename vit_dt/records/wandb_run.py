@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vit_dt.config.choices import WANDB_MODES
+from vit_dt.records.secrets import scrub_secrets, secret_values
 from vit_dt.records.wandb_files import last_logged_step, run_id_for, segment_files
 
 log = logging.getLogger("vit_dt.wandb")
 DEFAULT_MODE = "offline"
 DEFAULT_PROJECT = "vit-dt"
-REDACTED = "<redacted>"
-SECRET_KEY_PARTS = ("key", "token", "secret", "password")
-_MIN_SECRET_LEN = 8     # shorter env values would redact ordinary words and numbers
 RESUME_MODE = "allow"   # resume the run when W&B knows the id, create it otherwise (offline: always a new segment)
 
 
-# ---------------------------------------------------------------- configuration and scrubbing
+# ---------------------------------------------------------------- configuration
 
 def resolve_mode(cfg: Mapping[str, Any]) -> str:
     """cfg.wandb.mode if set (the default config reads $WANDB_MODE), else $WANDB_MODE, else offline."""
@@ -51,45 +49,6 @@ def flatten(tree: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[s
         else:
             flat[name] = value
     return flat
-
-
-def _secret_values() -> list[str]:
-    value = os.environ.get("WANDB_API_KEY", "")
-    return [value] if len(value) >= _MIN_SECRET_LEN else []
-
-
-def looks_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
-
-
-def scrub_secrets(value: Any, secrets: list[str] | None = None) -> Any:
-    """A copy with values under secret-looking keys and every occurrence of $WANDB_API_KEY's value redacted."""
-    secrets = _secret_values() if secrets is None else secrets
-    if isinstance(value, Mapping):
-        return {k: (REDACTED if looks_secret(str(k)) and v is not None else scrub_secrets(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):   # lists, tuples, OmegaConf ListConfig
-        return [scrub_secrets(v, secrets) for v in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    return value
-
-
-def holds_secret(text: Any) -> bool:
-    """Whether `text` contains $WANDB_API_KEY's value (however it got there: typed, or an interpolation)."""
-    return any(secret in str(text) for secret in _secret_values())
-
-
-def scrub_override(override: str) -> str:
-    """A command-line override `key=value` fit to write down: the value redacted under a secret-looking key, and
-    $WANDB_API_KEY's value redacted anywhere."""
-    key, sep, _ = override.partition("=")
-    if sep and looks_secret(key):
-        return f"{key}={REDACTED}"
-    return scrub_secrets(override)
 
 
 def flat_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,7 +103,7 @@ class WandbRun:
         if rank != 0 or mode == "disabled":
             return cls()
         wb_cfg = cfg.get("wandb") or {}
-        secrets = _secret_values()
+        secrets = secret_values()
         init_kwargs = dict(
             project=wb_cfg.get("project") or DEFAULT_PROJECT,
             entity=wb_cfg.get("entity") or None,

@@ -89,7 +89,7 @@ def _device(env: DistEnv):
 
 def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.config.batch import resolve_batch
-    from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch   # the local name is taken below
+    from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch  # the local name is taken below
     from vit_dt.config.ds_config import bf16_mode_for, derive_deepspeed_config
     from vit_dt.data.build import build_datasets
     from vit_dt.engines import DDPEngine, DeepSpeedEngine

@@ -13,8 +13,8 @@ from vit_dt.measure import breakdown, hardware, metrics
 from vit_dt.measure import memory as memory_model
 from vit_dt.optim import optimizers
 from vit_dt.records.result import SCHEMA_VERSION, STORE_NAME, steady_epochs, steady_mask, write_result
+from vit_dt.records.secrets import scrub_secrets
 from vit_dt.records.store import ResultsStore
-from vit_dt.records.wandb_run import scrub_secrets
 from vit_dt.run import balance
 from vit_dt.run.distributed import DistEnv, gather_to_all_ranks
 

@@ -56,7 +56,7 @@ class PointTask(Checkpointable):
     """One sweep point: `entry(cfg, run_dir)` in every rank of its job."""
 
     def __init__(self, cfg: dict[str, Any], run_dir: str, entry: str = DEFAULT_ENTRY) -> None:
-        from vit_dt.records.wandb_run import scrub_secrets
+        from vit_dt.records.secrets import scrub_secrets
 
         # submitit pickles the task into the sweep folder: no secret goes with it. The job reads the W&B key from
         # the environment sbatch passes on, as W&B itself does.

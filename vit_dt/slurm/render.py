@@ -93,7 +93,7 @@ def build_spec(
     description: str = "",
 ) -> SbatchSpec:
     """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
-    from vit_dt.records.wandb_run import holds_secret
+    from vit_dt.records.secrets import holds_secret
 
     folder = str(folder)
     job_part = "%A_%a" if array_size is not None else "%j"

@@ -164,7 +164,7 @@ def write_point_config(point: SweepPoint) -> Path:
     `python -m vit_dt.run.rank <run_dir>` reruns the point by hand."""
     import yaml
 
-    from vit_dt.records.wandb_run import scrub_secrets
+    from vit_dt.records.secrets import scrub_secrets
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the C dumper: 48 points must not cost seconds
     # Secrets never reach disk; a job takes them from the environment sbatch exports, as the first attempt did.
@@ -320,7 +320,7 @@ def _error_line(exc: BaseException) -> str:
 
 # --- manifest records --------------------------------------------------------------------------------
 def _point_record(point: SweepPoint) -> dict[str, Any]:
-    from vit_dt.records.wandb_run import scrub_override
+    from vit_dt.records.secrets import scrub_override
 
     return {"index": point.index, "overrides": [scrub_override(o) for o in point.overrides],
             "run_dir": str(point.run_dir),

@@ -141,7 +141,7 @@ class VitDtLauncher(Launcher):
 
     def _argv(self) -> list[str]:
         """The typed overrides with secrets redacted: what sweep.json keeps to recognise the same sweep again."""
-        from vit_dt.records.wandb_run import scrub_override
+        from vit_dt.records.secrets import scrub_override
 
         return [scrub_override(o) for o in self._typed_overrides()]
 
@@ -165,13 +165,13 @@ class VitDtLauncher(Launcher):
 def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
     """Hydra saves the multirun's config, command line included, as <sweep>/multirun.yaml before any launcher runs:
     redact what the command line typed under a secret-looking key, and $WANDB_API_KEY's value."""
-    from vit_dt.records.wandb_run import REDACTED, _secret_values, looks_secret
+    from vit_dt.records.secrets import REDACTED, looks_secret, secret_values
 
     dump = sweep_dir / HYDRA_DUMP
     if not dump.is_file():
         return
     typed = [o.partition("=") for o in typed_overrides]
-    secrets = [value for key, sep, value in typed if sep and value and looks_secret(key)] + _secret_values()
+    secrets = [value for key, sep, value in typed if sep and value and looks_secret(key)] + secret_values()
     text = original = dump.read_text()
     for secret in secrets:
         text = text.replace(secret, REDACTED)

@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 
 from vit_dt.config.compose import compose, to_container
-from vit_dt.records.wandb_run import REDACTED, scrub_override
+from vit_dt.records.secrets import REDACTED, scrub_override
 from vit_dt.slurm.executor import job_spec
 from vit_dt.slurm.job_entry import PointTask
 from vit_dt.slurm.profile import ClusterProfile

@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import isolate_wandb
 from vit_dt.commands import sync as sync_cmd
+from vit_dt.records.secrets import REDACTED, scrub_secrets
 from vit_dt.records.wandb_files import (
     RUN_ID_FILE,
     find_offline_runs,
@@ -20,7 +21,7 @@ from vit_dt.records.wandb_files import (
     run_id_of,
     segment_sort_key,
 )
-from vit_dt.records.wandb_run import REDACTED, WandbRun, flat_config, flatten, resolve_mode, scrub_secrets
+from vit_dt.records.wandb_run import WandbRun, flat_config, flatten, resolve_mode
 
 BREAKDOWN_KEYS = ("fwd", "bwd", "bwd_inner", "bwd_allreduce", "step")
 
