@@ -1,21 +1,8 @@
 """Scaling analysis of a sweep's records: series, speed-up, efficiency, ideal lines, shares. Pure functions.
 
-A *series* is a set of completed runs that differ only in their world size (N ranks): same scaling mode,
-layout, batch setting, precision, engine, model and dataset. Every number is relative to the series' baseline,
-its SMALLEST world size N1 with mean epoch time T1 (TN: mean epoch time at N ranks, first epoch left out):
+The formulas and what a series is: formulas.py. docs/report.md explains each number and plot.
 
-strong scaling (same data for every N; also scaling mode `none`, where every run sees the whole dataset):
-    speed-up    S(N) = T1 / TN
-    efficiency  E(N) = T1 * N1 / (TN * N)          = S(N) / (N / N1)
-    ideal time       = T1 * N1 / N
-weak scaling (data grows with N, the same amount per rank):
-    speed-up    S(N) = (N / N1) * T1 / TN           (scaled speed-up: N/N1 times the work in TN)
-    efficiency  E(N) = T1 / TN
-    ideal time       = T1                           (flat)
-
-docs/report.md explains each number and plot.
-
-The parts, by job: formulas.py (the formulas above), series.py (selecting records, series and their points),
+The parts, by job: formulas.py (the formulas), series.py (selecting records, series and their points),
 swept_knobs.py (settings that split series), run_views.py (per-run tables and plots' rows); this module puts them
 together (`analyse`) and notes what a reader should know about the numbers.
 """
