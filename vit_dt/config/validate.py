@@ -28,6 +28,12 @@ class ConfigError(ValueError):
     pass
 
 
+# Characters no path may hold that reaches a job script: `#SBATCH` lines cannot be quoted, and a newline there
+# ends the directive, so the rest of the path would run as a shell command.
+UNSAFE_CHARACTERS = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte"}
+PATH_KEYS = (("out_dir",), ("dataset", "root"), ("sweep_dir",))
+
+
 def _one_of(key: str, value: Any, valid: tuple) -> None:
     if value not in valid:
         raise ConfigError(f"{key}={value!r} is invalid; valid: {', '.join(map(str, valid))}")
@@ -56,6 +62,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     from vit_dt.models.catalog import geometry_errors
     from vit_dt.optim.optimizers import OptimizerConfigError, OptimizerSpec, zero_stage_error
 
+    _check_paths(cfg)
     _one_of("precision", cfg["precision"], PRECISIONS)
     _one_of("engine", cfg["engine"], ENGINES)
     _one_of("dataset.name", cfg["dataset"]["name"], DATASETS)
@@ -160,3 +167,22 @@ def _check_debug(cfg: Mapping[str, Any]) -> None:
             isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 for s in delays.values()):
         raise ConfigError(f"debug.delay_per_sample_s={delays!r} is invalid: it must map ranks to "
                           f"seconds >= 0 per sample, e.g. {{1: 0.005}}")
+
+
+def unsafe_path_problem(key: str, value: object) -> str | None:
+    """Why `key=value` cannot go into a job script, or None when it can."""
+    text = str(value)
+    found = [name for char, name in UNSAFE_CHARACTERS.items() if char in text]
+    if not found:
+        return None
+    return (f"{key}={text!r} holds {' and '.join(found)}: a path that reaches an sbatch script cannot; "
+            f"choose a path without control characters")
+
+
+def _check_paths(cfg: Mapping[str, Any]) -> None:
+    for keys in PATH_KEYS:
+        node: Any = cfg
+        for key in keys:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if node is not None and (problem := unsafe_path_problem(".".join(keys), node)):
+            raise ConfigError(problem)

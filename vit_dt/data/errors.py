@@ -1,6 +1,7 @@
 """The one error type for data that is missing or unreadable on disk."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 
@@ -23,4 +24,4 @@ class DatasetError(ValueError):
 
 def prepare_hint(name: str, root: str | Path) -> str:
     """The command line that (re)creates dataset `name` under `root`."""
-    return f"vit-dt data prepare {name} --root {root}"
+    return f"vit-dt data prepare {name} --root {shlex.quote(str(root))}"

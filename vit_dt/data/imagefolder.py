@@ -12,6 +12,7 @@ happen later, batched, on the training device (see augment.DeviceAugment).
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import torch
@@ -122,7 +123,7 @@ class ImageFolderImages(Dataset):
             root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
             raise DatasetError(
                 path, f"cannot decode image ({exc})",
-                f"replace or delete the file, then check the tree: vit-dt data verify {self.name} --root {root}",
+                f"replace or delete the file, then check the tree: vit-dt data verify {self.name} --root {shlex.quote(str(root))}",
             ) from exc
         return self.transform(rgb), label
 

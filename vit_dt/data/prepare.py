@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -283,13 +284,13 @@ def verify_imagefolder(root: str | Path, *, num_classes: int = 100, name: str = 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(root, "missing directory (expected train/ and val/ class-folder trees)",
-                           f"vit-dt data prepare {name} --root {root}  (prints how to build it)")
+                           f"vit-dt data prepare {name} --root {shlex.quote(str(root))}  (prints how to build it)")
     train_classes, train_samples = scan_split(root / "train", name, root)
     val_classes, val_samples = scan_split(root / "val", name, root)
     check_same_classes(train_classes, val_classes, root / "val", name, root)
     if len(train_classes) != num_classes:
         raise DatasetError(root / "train", f"{len(train_classes)} class folders, expected {num_classes}",
-                           f"vit-dt data prepare {name} --root {root}  (prints how to build it)")
+                           f"vit-dt data prepare {name} --root {shlex.quote(str(root))}  (prints how to build it)")
     report = VerifyReport(name, root, len(train_samples), len(val_samples), len(train_classes))
     if name == "imagenet100" and set(train_classes) != set(IMAGENET100_CLASSES):
         report.notes.append("class folders are not the CMC ImageNet-100 list (results will not compare to papers)")

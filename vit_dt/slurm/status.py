@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shlex
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -288,7 +289,7 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
         for r in failed:
             lines += [f"  {r.index}: {line}" if i == 0 else f"     {line}"
                       for i, line in enumerate(r.reason.splitlines())]
-        lines.append(f"  resume: vit-dt sweep --resume {manifest['sweep_dir']}")
+        lines.append(f"  resume: vit-dt sweep --resume {shlex.quote(str(manifest['sweep_dir']))}")
     lines.append("logs (task 0; task k: _k_log.*):")
     for r in rows:
         lines.append(f"  {r.index}: {r.stdout or '-'}" + (f"\n     {r.stderr}" if r.stderr else ""))

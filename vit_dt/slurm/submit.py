@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ def _refuse_after_submission_failure(sweep_dir: Path, manifest: dict[str, Any], 
     if not resumed:
         point_latest_at(sweep_dir)
     raise PartialSubmissionError(f"{what}\nthe job(s) queued before it are recorded in {manifest_path(sweep_dir)}; "
-                                 f"once sbatch works again, `vit-dt sweep --resume {sweep_dir}` submits the rest") from None
+                                 f"once sbatch works again, `vit-dt sweep --resume {shlex.quote(str(sweep_dir))}` submits the rest") from None
 
 
 def write_point_config(point: SweepPoint) -> Path:
@@ -305,7 +306,7 @@ def summary_lines(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None = 
             lines.append(f"  would run here, one after another: point(s) {','.join(map(str, job['points']))} "
                          f"({shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s))")
     lines.append(f"sweep dir: {sweep_dir}")
-    lines.append(f"status:    vit-dt status {sweep_dir}")
+    lines.append(f"status:    vit-dt status {shlex.quote(str(sweep_dir))}")
     return lines
 
 

@@ -8,6 +8,7 @@ Heavy imports stay inside methods: Hydra imports every plugin module whenever it
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,12 +53,8 @@ class VitDtLauncher(Launcher):
         if manifest_path(sweep_dir).exists():  # the same sweep again: idempotent, only what did not complete
             self._refuse_batches(job_overrides, initial_job_idx)
             return self._resume(sweep_dir, job_overrides)
-        try:
-            self._refuse_batches(job_overrides, initial_job_idx)
-            return self._launch_new(sweep_dir, job_overrides, tic)
-        except Exception:
-            _remove_hydra_leftover(sweep_dir)
-            raise
+        self._refuse_batches(job_overrides, initial_job_idx)
+        return self._launch_new(sweep_dir, job_overrides, tic)   # refused: the sweeper removes the directory
 
     def _refuse_batches(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> None:
         """Refused at the first batch, before anything is queued: a later batch would find part of the sweep queued."""
@@ -122,7 +119,7 @@ class VitDtLauncher(Launcher):
         if manifest.get("argv") is not None and list(manifest["argv"]) != argv:
             raise SweepError(f"{sweep_dir} already holds a sweep made with other overrides\n  there: "
                              f"{' '.join(manifest['argv'])}\n  now:   {' '.join(argv)}\n"
-                             f"resume it with `vit-dt sweep --resume {sweep_dir}`, or pass hydra.sweep.dir=<new dir>")
+                             f"resume it with `vit-dt sweep --resume {shlex.quote(str(sweep_dir))}`, or pass hydra.sweep.dir=<new dir>")
         manifest = resume_sweep(sweep_dir, dry_run=self.dry_run, verify_data=self.verify_data)
         by_index = {p["index"]: p for p in manifest["points"]}
         returns = []
@@ -177,16 +174,6 @@ def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
         text = text.replace(secret, REDACTED)
     if text != original:
         atomic.write_text(dump, text)
-
-
-def _remove_hydra_leftover(sweep_dir: Path) -> None:
-    """A sweep refused before submission leaves no directory behind: Hydra made it for its multirun.yaml alone."""
-    try:
-        if [p.name for p in sweep_dir.iterdir()] == [HYDRA_DUMP]:
-            (sweep_dir / HYDRA_DUMP).unlink()
-            sweep_dir.rmdir()
-    except OSError:
-        pass
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
