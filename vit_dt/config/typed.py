@@ -46,11 +46,21 @@ def typed_config(cfg: Mapping[str, Any] | DictConfig) -> RootSchema:
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = {k: v for k, v in cfg.items() if k != "hydra"}   # Hydra's own node, when a caller kept it
     root_types = _field_types(RootSchema)
-    for group, key in OPTION_KEY.items():
-        node = cfg.get(group)
-        if isinstance(node, Mapping):
-            root_types[group] = option_schemas(str(conf_dir()), group).get(node.get(key), root_types[group])
+    for group in OPTION_KEY:
+        root_types[group] = _group_schema(group, cfg.get(group))
     return _dataclass(RootSchema, cfg, "", root_types)
+
+
+def typed_group(group: str, node: Mapping[str, Any]) -> Any:
+    """One group's node (`cfg[group]`, a plain mapping) as its schema instance, as typed_config types it."""
+    return _dataclass(_group_schema(group, node), node, group)
+
+
+def _group_schema(group: str, node: Any) -> type:
+    base = _hints(RootSchema)[group]
+    if group in OPTION_KEY and isinstance(node, Mapping):
+        return option_schemas(str(conf_dir()), group).get(node.get(OPTION_KEY[group]), base)
+    return base
 
 
 @functools.lru_cache(maxsize=None)
