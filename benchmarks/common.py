@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from vit_dt.config.typed import typed_config, typed_group
+
 StepFn = Callable[[], torch.Tensor]
 
 
@@ -50,7 +52,7 @@ def _fresh_model(cfg: dict, seed: int, stock: bool = False) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     model_cfg = dict(cfg["model"], fast_attention=False) if stock else cfg["model"]
-    return build_model(model_cfg, int(cfg["dataset"]["num_classes"]))
+    return build_model(typed_group("model", model_cfg), int(cfg["dataset"]["num_classes"]))
 
 
 def _schedule() -> dict:
@@ -63,7 +65,7 @@ def bf16_mode(cfg: dict, engine: str, requested: str | None = None) -> str | Non
     from vit_dt.config.ds_config import bf16_mode_for
 
     deepspeed = dict(cfg["deepspeed"], **({"bf16_mode": requested} if requested else {}))
-    return bf16_mode_for(dict(cfg, engine=engine, deepspeed=deepspeed))
+    return bf16_mode_for(typed_config(dict(cfg, engine=engine, deepspeed=deepspeed)))
 
 
 @dataclass
@@ -89,7 +91,7 @@ def reference_path(cfg: dict, device: torch.device, seed: int = 0, ddp: bool = F
 
     images, labels = synthetic_batch(cfg, device, seed)
     model = _fresh_model(cfg, seed, stock=True).to(device)
-    optimizer = build_optimizer(model.parameters(), OptimizerSpec.from_config(cfg["optimizer"], images.shape[0]),
+    optimizer = build_optimizer(model.parameters(), OptimizerSpec.from_config(typed_group("optimizer", cfg["optimizer"]), images.shape[0]),
                                 device)
     net: torch.nn.Module = model
     if ddp:
@@ -132,7 +134,7 @@ def ceiling_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     if master:
         model.to(torch.bfloat16)
         images = images.to(torch.bfloat16)
-    spec = OptimizerSpec.from_config(cfg["optimizer"], images.shape[0])
+    spec = OptimizerSpec.from_config(typed_group("optimizer", cfg["optimizer"]), images.shape[0])
     clip = float(cfg["trainer"].get("grad_clip") or 0.0)
     optimizer = build_master_weights_optimizer(model.parameters(), spec, device, clip=clip)
     compiled = bool(cfg["trainer"]["compile"])
@@ -197,14 +199,14 @@ def deepspeed_path(cfg: dict, device: torch.device, seed: int = 0, requested: st
     from vit_dt.optim.optimizers import OptimizerSpec
 
     world = dist.get_world_size() if dist.is_initialized() else 1
-    batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
+    batch = resolve_batch(typed_group("trainer", cfg["trainer"]), typed_group("scaling", cfg["scaling"]), world)
     mode = bf16_mode(cfg, "deepspeed", requested)
     ds_config = derive_deepspeed_config(
         batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
         grad_clip=cfg["trainer"].get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
         overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=mode or "auto")
-    spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
-    engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, cfg["trainer"], device, _schedule(), spec,
+    spec = OptimizerSpec.from_config(typed_group("optimizer", cfg["optimizer"]), batch.global_)
+    engine = DeepSpeedEngine(_fresh_model(cfg, seed), ds_config, typed_group("trainer", cfg["trainer"]), device, _schedule(), spec,
                              master_weights=mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DeepSpeedEngine", "precision": cfg["precision"], "bf16_mode": mode,
@@ -231,10 +233,10 @@ def ddp_path(cfg: dict, device: torch.device, seed: int = 0) -> Path:
     from vit_dt.optim.optimizers import OptimizerSpec
 
     world = dist.get_world_size() if dist.is_initialized() else 1
-    batch = resolve_batch(cfg["trainer"], cfg["scaling"], world)
-    spec = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+    batch = resolve_batch(typed_group("trainer", cfg["trainer"]), typed_group("scaling", cfg["scaling"]), world)
+    spec = OptimizerSpec.from_config(typed_group("optimizer", cfg["optimizer"]), batch.global_)
     mode = bf16_mode(cfg, "ddp")
-    engine = DDPEngine(_fresh_model(cfg, seed), cfg["trainer"], device, cfg["precision"], _schedule(),
+    engine = DDPEngine(_fresh_model(cfg, seed), typed_group("trainer", cfg["trainer"]), device, cfg["precision"], _schedule(),
                        batch.grad_accum, spec, master_weights=mode == "master")
     images, labels = synthetic_batch(cfg, device, seed)
     settings = {"loop": "vit-dt DDPEngine", "precision": cfg["precision"], "compile": engine.compiled,

@@ -1,20 +1,41 @@
 """Shared by the tests: running vit-dt as a user would (its CLI, in a subprocess) and reading what it wrote."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from vit_dt.config import compose, to_container
+from vit_dt.config.schema import RootSchema
+from vit_dt.config.typed import OPTION_KEY, typed_group
 
 REPO = Path(__file__).resolve().parent.parent   # the checkout the tests run from
 
 # Fast, learnable settings for the embedded digits dataset on a 2-core CPU.
 DIGITS_FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "optimizer.lr=2e-3", "wandb.mode=disabled"]
+
+
+@functools.lru_cache(maxsize=None)
+def _composed_group(group: str, option: str | None) -> dict:
+    return to_container(compose([f"{group}={option}"] if option else []))[group]
+
+
+def typed(group: str, **keys):
+    """The typed config of `group` (what a rank hands the component: vit_dt.config.typed), as composed from conf/
+    with `keys` changed. dataset/optimizer/scaling start from the option named by `keys` (name=, mode=); a name
+    conf/ has no option for (an invalid one, for a test of its error) starts from the keys all options share."""
+    option = keys.get(OPTION_KEY.get(group, ""))
+    if option is None or (REPO / "conf" / group / f"{option}.yaml").exists():
+        return typed_group(group, {**_composed_group(group, option), **keys})
+    shared = {f.name for f in dataclasses.fields(typing.get_type_hints(RootSchema)[group])}
+    return typed_group(group, {**{k: v for k, v in _composed_group(group, None).items() if k in shared}, **keys})
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.helpers import run_cli
+from tests.helpers import typed
 from vit_dt.config import compose, to_container
 from vit_dt.config.validate import ConfigError, validate
 from vit_dt.measure import metrics
@@ -30,7 +31,7 @@ SMALL = {"name": "vit_tiny", "image_size": 32, "patch_size": 4, "num_layers": 2,
 def counted(model_cfg: dict, batch: int = 2) -> tuple[float, float]:
     """(training FLOPs per image, of them in bmm: attention) as FlopCounterMode counts one forward + backward."""
     torch.manual_seed(0)
-    model = build_model(model_cfg, num_classes=10).train()
+    model = build_model(typed("model", **model_cfg), num_classes=10).train()
     images = torch.randn(batch, 3, model_cfg["image_size"], model_cfg["image_size"])
     # The math backend runs attention as bmm calls, which FlopCounterMode counts (the CPU's fused kernel: 0).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -43,7 +44,7 @@ def counted(model_cfg: dict, batch: int = 2) -> tuple[float, float]:
 @pytest.mark.parametrize("patch, tokens", [(8, 17), (4, 65), (2, 257)])
 def test_flops_per_image_match_the_flop_counter_at_each_patch_size(patch, tokens):
     cfg = SMALL | {"patch_size": patch}
-    assert metrics.tokens_per_image(cfg) == tokens == build_model(cfg, 10).seq_length
+    assert metrics.tokens_per_image(cfg) == tokens == build_model(typed("model", **cfg), 10).seq_length
     total, _ = counted(cfg)
     assert metrics.vit_flops_per_image(cfg, 10) == pytest.approx(total, rel=1e-9)   # exact
     assert metrics.hardware_flops_per_image(cfg, 10) == metrics.vit_flops_per_image(cfg, 10)   # no recompute
@@ -87,7 +88,7 @@ def test_vit_b_with_patch_8_composes_and_builds_785_tokens():
     assert (cfg["model"]["image_size"], cfg["model"]["patch_size"]) == (224, 8)
     assert metrics.tokens_per_image(cfg["model"]) == 28 * 28 + 1
     torch.manual_seed(0)
-    model = build_model(cfg["model"], num_classes=100)
+    model = build_model(typed("model", **cfg["model"]), num_classes=100)
     assert model.seq_length == 785 and model.patch_size == 8 and model.conv_proj.kernel_size == (8, 8)
     assert (len(model.encoder.layers), model.hidden_dim, model.encoder.layers[0].mlp[0].out_features) == (12, 768, 3072)
     assert model.encoder.pos_embedding.shape == (1, 785, 768)
@@ -100,7 +101,7 @@ def test_vit_b_16_at_patch_16_is_still_torchvisions_vit_b_16():
     cfg = _validated(["model=vit_b_16"])["model"]
     assert (cfg["image_size"], cfg["patch_size"]) == (224, 16)
     torch.manual_seed(5)
-    ours = build_model(cfg, num_classes=10)
+    ours = build_model(typed("model", **cfg), num_classes=10)
     torch.manual_seed(5)
     theirs = torchvision.models.vit_b_16(weights=None, num_classes=10)
     assert type(ours) is type(theirs) and ours.seq_length == 197
@@ -116,7 +117,7 @@ def test_vit_b_at_384_composes_with_the_dataset_at_384():
 def test_vit_tiny_patch_override_builds_more_tokens():
     cfg = _validated(["model=vit_tiny", "dataset=synthetic", "dataset.image_size=32", "model.patch_size=2"])
     assert cfg["model"]["image_size"] == 32        # vit_tiny follows dataset.image_size
-    assert build_model(cfg["model"], 10).seq_length == 257 == metrics.tokens_per_image(cfg["model"])
+    assert build_model(typed("model", **cfg["model"]), 10).seq_length == 257 == metrics.tokens_per_image(cfg["model"])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -139,7 +140,7 @@ def test_bad_patch_message_lists_the_patch_sizes_that_fit():
         _validated(["model=vit_b_16", "model.patch_size=12"])
     assert "patch sizes that divide 224: 2, 4, 7, 8, 14, 16, 28, 32, 56" in str(err.value)
     with pytest.raises(ModelConfigError, match="not a multiple of model.patch_size=12"):
-        build_model(SMALL | {"patch_size": 12}, 10)
+        build_model(typed("model", **(SMALL | {"patch_size": 12})), 10)
 
 
 # --- activation checkpointing at many tokens: same gradients, less memory -----------------------------------
@@ -161,9 +162,9 @@ def _peak_allocated_mib(model: torch.nn.Module, images: torch.Tensor) -> float:
 def test_checkpointing_at_257_tokens_same_gradients_recomputed_blocks_and_lower_peak_memory():
     cfg = SMALL | {"patch_size": 2, "num_layers": 4}
     torch.manual_seed(1)
-    plain = build_model(cfg, 10).train()
+    plain = build_model(typed("model", **cfg), 10).train()
     torch.manual_seed(1)
-    checkpointed = build_model(cfg | {"activation_checkpointing": True}, 10).train()
+    checkpointed = build_model(typed("model", **(cfg | {"activation_checkpointing": True})), 10).train()
     blocks = [m for m in checkpointed.modules() if isinstance(m, CheckpointedEncoderBlock)]
     assert len(blocks) == 4
     calls = {"n": 0}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+
+from vit_dt.config.schema import ScalingSchema, TrainerSchema
 
 
 class BatchError(ValueError):
@@ -45,20 +47,21 @@ def steps_per_epoch(samples: int, world_size: int, micro_batch: int, grad_accum:
                            drop_last, max_steps)
 
 
-def resolve_batch(trainer: Mapping[str, Any], scaling: Mapping[str, Any], world_size: int) -> Batch:
-    """The batch sizes for `world_size` ranks.
+def resolve_batch(trainer: TrainerSchema, scaling: ScalingSchema, world_size: int) -> Batch:
+    """The batch sizes for `world_size` ranks, from the typed trainer and scaling configs (vit_dt.config.typed).
 
     With a fixed global batch (`trainer.global_batch`, required by `scaling.fixed=global`) the micro-batch is derived
     and must divide evenly; otherwise `trainer.micro_batch` is kept and the global batch grows with the world size.
     """
-    grad_accum = _count(trainer.get("grad_accum"), "trainer.grad_accum")
+    grad_accum = _count(trainer.grad_accum, "trainer.grad_accum")
     if world_size < 1:
         raise BatchError(f"world size {world_size} is invalid: it must be >= 1")
-    global_batch = trainer.get("global_batch")
-    if scaling.get("mode") == "strong" and scaling.get("fixed") == "global" and global_batch is None:
+    global_batch = trainer.global_batch
+    # only StrongScalingSchema declares `fixed`
+    if scaling.mode == "strong" and getattr(scaling, "fixed", None) == "global" and global_batch is None:
         raise BatchError("scaling.fixed=global needs trainer.global_batch (e.g. trainer.global_batch=256)")
     if global_batch is None:
-        micro = _count(trainer.get("micro_batch"), "trainer.micro_batch")
+        micro = _count(trainer.micro_batch, "trainer.micro_batch")
         return Batch(micro=micro, grad_accum=grad_accum, world_size=world_size)
     global_batch = _count(global_batch, "trainer.global_batch", optional=True)
     per_step = world_size * grad_accum

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from vit_dt.config.batch import Batch
 from vit_dt.config.choices import BF16_MODES, PRECISIONS
+from vit_dt.config.schema import RootSchema
 
 # Top-level keys DeepSpeed 0.19 reads (docs "DeepSpeed Configuration JSON"); anything else it would silently ignore.
 KNOWN_TOP_LEVEL_KEYS = frozenset({
@@ -64,12 +65,11 @@ def resolve_bf16_mode(mode: str, zero_stage: int, engine: str = "deepspeed", gra
     return mode
 
 
-def bf16_mode_for(cfg: Mapping[str, Any]) -> str | None:
-    """The resolved bf16 mode of a composed config; None unless precision=bf16."""
-    if cfg["precision"] != "bf16":
+def bf16_mode_for(cfg: RootSchema) -> str | None:
+    """The resolved bf16 mode of a typed config (vit_dt.config.typed); None unless precision=bf16."""
+    if cfg.precision != "bf16":
         return None
-    return resolve_bf16_mode(cfg["deepspeed"].get("bf16_mode", "auto"), int(cfg["deepspeed"]["zero_stage"]),
-                             cfg.get("engine", "deepspeed"), int(cfg["trainer"].get("grad_accum", 1)))
+    return resolve_bf16_mode(cfg.deepspeed.bf16_mode, cfg.deepspeed.zero_stage, cfg.engine, cfg.trainer.grad_accum)
 
 
 def vit_dt_clips(zero_stage: int, deepspeed_half_precision: bool) -> bool:

@@ -57,10 +57,15 @@ def _number(key: str, value: Any, minimum: float, *, integer: bool = False, opti
 
 
 def validate(cfg: Mapping[str, Any], world_size: int) -> None:
-    """Raise ConfigError for the first impossible setting of a run with `world_size` ranks."""
+    """Raise ConfigError for the first impossible setting of a run with `world_size` ranks.
+
+    `cfg` is the resolved plain dict of a composed config. Its own checks read that dict first, so a value of the
+    wrong type put there (not through composition, which types every value) gets the message naming the valid
+    ones; the checks that the run's components make themselves then run on the typed config they will receive."""
     from vit_dt.config.ds_config import DeepSpeedConfigError, bf16_mode_for, validate_overrides
+    from vit_dt.config.typed import ConfigTypeError, typed_config
     from vit_dt.models.catalog import geometry_errors
-    from vit_dt.optim.optimizers import OptimizerConfigError, OptimizerSpec, zero_stage_error
+    from vit_dt.optim.optimizers import OptimizerConfigError, OptimizerSpec, unknown_name_error, zero_stage_error
 
     _check_paths(cfg)
     _one_of("precision", cfg["precision"], PRECISIONS)
@@ -71,9 +76,9 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     scaling = cfg["scaling"]
     _one_of("scaling.mode", scaling["mode"], SCALING_MODES)
     if scaling["mode"] == "strong":
-        _one_of("scaling.fixed", scaling.get("fixed"), STRONG_FIXED)
+        _one_of("scaling.fixed", scaling["fixed"], STRONG_FIXED)
     if scaling["mode"] == "weak":
-        fraction = scaling.get("fraction_per_gpu")
+        fraction = scaling["fraction_per_gpu"]
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"scaling.fraction_per_gpu={fraction!r} is invalid: it must be in (0, 1]")
     trainer = cfg["trainer"]
@@ -83,66 +88,80 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     _check_dataset_settings(cfg["dataset"])
     _check_balance(cfg)
     _check_debug(cfg)
-    model_errors = geometry_errors(cfg["model"])
-    if model_errors:
-        raise ConfigError(model_errors[0])
-    _one_of("model.activation_checkpointing", cfg["model"].get("activation_checkpointing", False), (False, True))
-    _one_of("model.fast_attention", cfg["model"].get("fast_attention", True), (False, True))
+    for key in ("image_size", "patch_size"):   # geometry_errors' own first check, before typing refuses a str
+        value = cfg["model"][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model.{key}={value!r} is invalid: it must be an integer >= 1")
+    _one_of("model.activation_checkpointing", cfg["model"]["activation_checkpointing"], (False, True))
+    _one_of("model.fast_attention", cfg["model"]["fast_attention"], (False, True))
     _check_precision_on_partition(cfg)
     _one_of("deepspeed.zero_stage", cfg["deepspeed"]["zero_stage"], ZERO_STAGES)
-    _one_of("deepspeed.bf16_mode", cfg["deepspeed"].get("bf16_mode", "auto"), BF16_MODES)
+    _one_of("deepspeed.bf16_mode", cfg["deepspeed"]["bf16_mode"], BF16_MODES)
+    _one_of("trainer.compile", trainer["compile"], (False, True))
+    _one_of("trainer.compile_mode", trainer["compile_mode"], COMPILE_MODES)
+
+    if unknown_name_error(cfg["optimizer"]["name"]):    # before typing: the name picks the optimizer's schema
+        raise ConfigError(unknown_name_error(cfg["optimizer"]["name"]))
+    try:
+        config = typed_config(cfg)
+    except ConfigTypeError as exc:
+        raise ConfigError(str(exc)) from None
+    model_errors = geometry_errors(config.model)
+    if model_errors:
+        raise ConfigError(model_errors[0])
     bf16_mode = None
-    if cfg["precision"] == "bf16":
+    if config.precision == "bf16":
         try:
-            bf16_mode = bf16_mode_for(cfg)
+            bf16_mode = bf16_mode_for(config)
         except DeepSpeedConfigError as exc:
             raise ConfigError(str(exc)) from None
-    if cfg["optimizer"].get("master_update", "separate") == "fused" and bf16_mode != "master":
+    # only AdamW declares master_update; the other optimizers always step separately
+    if getattr(config.optimizer, "master_update", "separate") == "fused" and bf16_mode != "master":
         # The fused update steps fp32 masters of a bf16 module; without them it would silently not be used.
         raise ConfigError(
-            f"optimizer.master_update=fused needs bf16 master weights, but this run has precision={cfg['precision']}"
+            f"optimizer.master_update=fused needs bf16 master weights, but this run has precision={config.precision}"
             + (f" with deepspeed.bf16_mode resolving to {bf16_mode}" if bf16_mode else "")
             + "; valid: precision=bf16 with deepspeed.bf16_mode=master (or auto at ZeRO-0, grad_accum 1), or "
               "optimizer.master_update=separate")
-    zero_error = zero_stage_error(cfg["optimizer"].get("name"), cfg["deepspeed"]["zero_stage"])
-    if cfg["engine"] == "deepspeed" and zero_error:
+    zero_error = zero_stage_error(config.optimizer.name, config.deepspeed.zero_stage)
+    if config.engine == "deepspeed" and zero_error:
         raise ConfigError(zero_error)
-    _one_of("trainer.compile", trainer.get("compile", False), (False, True))
-    _one_of("trainer.compile_mode", trainer.get("compile_mode", "default"), COMPILE_MODES)
     try:
-        batch = resolve_batch(trainer, scaling, world_size)
-        validate_overrides(cfg["deepspeed"].get("overrides") or {})
-        OptimizerSpec.from_config(cfg["optimizer"], batch.global_)
+        batch = resolve_batch(config.trainer, config.scaling, world_size)
+        validate_overrides(config.deepspeed.overrides)
+        OptimizerSpec.from_config(config.optimizer, batch.global_)
     except (BatchError, DeepSpeedConfigError, OptimizerConfigError) as exc:
         raise ConfigError(str(exc)) from None
 
 
 def _check_trainer_settings(trainer: Mapping[str, Any]) -> None:
     """The trainer keys a run reads only once it has started: refused here instead of on a compute node."""
-    _one_of("trainer.lr_schedule", trainer.get("lr_schedule", "cosine"), LR_SCHEDULES)
-    _number("trainer.warmup_epochs", trainer.get("warmup_epochs", 0), 0)
-    _number("trainer.grad_clip", trainer.get("grad_clip"), 0, optional=True)
-    _number("trainer.seed", trainer.get("seed", 0), 0, integer=True)
-    _number("trainer.timer_warmup_steps", trainer.get("timer_warmup_steps", 0), 0, integer=True)
-    _number("trainer.log_every", trainer.get("log_every", 0), 0, integer=True)
-    _number("trainer.dist_timeout_s", trainer.get("dist_timeout_s", 120), 0, above=True)
-    _number("trainer.max_steps_per_epoch", trainer.get("max_steps_per_epoch"), 1, integer=True, optional=True)
-    _number("trainer.num_workers", trainer.get("num_workers"), 0, integer=True, optional=True)
-    _one_of("trainer.checkpoint", trainer.get("checkpoint", True), (False, True))
+    _one_of("trainer.lr_schedule", trainer["lr_schedule"], LR_SCHEDULES)
+    _number("trainer.warmup_epochs", trainer["warmup_epochs"], 0)
+    _number("trainer.grad_clip", trainer["grad_clip"], 0, optional=True)
+    _number("trainer.seed", trainer["seed"], 0, integer=True)
+    _number("trainer.timer_warmup_steps", trainer["timer_warmup_steps"], 0, integer=True)
+    _number("trainer.log_every", trainer["log_every"], 0, integer=True)
+    _number("trainer.dist_timeout_s", trainer["dist_timeout_s"], 0, above=True)
+    _number("trainer.max_steps_per_epoch", trainer["max_steps_per_epoch"], 1, integer=True, optional=True)
+    _number("trainer.num_workers", trainer["num_workers"], 0, integer=True, optional=True)
+    _one_of("trainer.checkpoint", trainer["checkpoint"], (False, True))
 
 
 def _check_dataset_settings(dataset: Mapping[str, Any]) -> None:
-    _one_of("dataset.hflip", dataset.get("hflip", True), (False, True))
-    fraction = dataset.get("val_fraction")
+    if "hflip" in dataset:     # not a key of synthetic data
+        _one_of("dataset.hflip", dataset["hflip"], (False, True))
+    fraction = dataset.get("val_fraction")     # a key of digits only
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                  or not 0 < fraction < 1):
         raise ConfigError(f"dataset.val_fraction={fraction!r} is invalid: it must lie strictly between 0 and 1")
 
 
 def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
-    cluster = cfg.get("cluster") or {}
-    partition = (cfg.get("resources") or {}).get("partition") or cluster.get("default_partition")
-    gpu_model = str(((cluster.get("partitions") or {}).get(partition) or {}).get("gpu_model") or "")
+    cluster = cfg["cluster"]
+    partition = cfg["resources"]["partition"] or cluster["default_partition"]
+    # an unknown partition is resolve_shape's error to report; gpu_model is optional in a profile
+    gpu_model = str((cluster["partitions"].get(partition) or {}).get("gpu_model") or "")
     if cfg["precision"] == "bf16" and gpu_model.upper().startswith(NO_BF16_GPUS):
         raise ConfigError(f"precision=bf16 is invalid on partition {partition!r} ({gpu_model}: no bf16 support); "
                           f"valid there: fp32, fp16")
@@ -151,7 +170,7 @@ def _check_precision_on_partition(cfg: Mapping[str, Any]) -> None:
 def _check_balance(cfg: Mapping[str, Any]) -> None:
     """trainer.balance (vit_dt/run/balance.py)."""
     trainer = cfg["trainer"]
-    mode = trainer.get("balance", "off")
+    mode = trainer["balance"]
     _one_of("trainer.balance", mode, BALANCE_MODES)
     if mode == "speed" and cfg["engine"] != "ddp":
         raise ConfigError(f"trainer.balance=speed is invalid with engine={cfg['engine']}: DeepSpeed needs the same "
@@ -162,6 +181,7 @@ def _check_balance(cfg: Mapping[str, Any]) -> None:
 def _check_debug(cfg: Mapping[str, Any]) -> None:
     """The test-only `debug` node (conf/debug/), absent unless asked for: debug.delay_per_sample_s, the per-image
     slowdown that trainer.balance=speed is tested against."""
+    # `debug` is optional (RootSchema gives it a default, None) and null unless a test asks for it
     delays = (cfg.get("debug") or {}).get("delay_per_sample_s") or {}
     if not isinstance(delays, Mapping) or any(
             isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 for s in delays.values()):

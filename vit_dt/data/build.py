@@ -2,7 +2,6 @@
 about them (DatasetInfo)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,11 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vit_dt.config.choices import DATASETS
+from vit_dt.config.schema import DatasetSchema, ScalingSchema
 
 from .augment import DeviceAugment
 from .cifar import CIFAR10_STATS, CIFAR100_STATS, load_cifar10, load_cifar100
-from .digits import DEFAULT_SPLIT_SEED, DIGITS_MEAN, DIGITS_STD, load_digits
+from .digits import DIGITS_MEAN, DIGITS_STD, load_digits
 from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder
 from .subsets import apply_scaling
 from .synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD, load_synthetic
@@ -43,75 +43,59 @@ class DatasetInfo:
         return DeviceAugment(model_image_size, self.mean, self.std, train=train)
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    """A DictConfig (resolved) or a mapping as a plain dict."""
-    if cfg is None:
-        return {}
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        DictConfig = ()  # type: ignore[assignment]
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    raise TypeError(f"expected a DictConfig or a mapping, got {type(cfg).__name__}")
-
-
-def _require(cfg: dict[str, Any], key: str) -> Any:
-    value = cfg.get(key)
+def _require(dataset: DatasetSchema, key: str) -> Any:
+    """A key that is optional in the schema (dataset.root: null for datasets without files) but this dataset needs."""
+    value = getattr(dataset, key)
     if value is None:
-        raise ValueError(f"dataset {cfg.get('name')!r} needs dataset.{key} (got {value!r})")
+        raise ValueError(f"dataset {dataset.name!r} needs dataset.{key} (got {value!r})")
     return value
 
 
-def _load_splits(cfg: dict[str, Any], seed: int) -> tuple[Dataset, Dataset, tuple[float, ...], tuple[float, ...]]:
-    name = cfg["name"]
+def _load_splits(cfg: Any, seed: int) -> tuple[Dataset, Dataset, tuple[float, ...], tuple[float, ...]]:
+    """`cfg`: the typed dataset config, an instance of the schema of dataset `cfg.name` (vit_dt.config.typed)."""
+    name = cfg.name
     if name == "cifar10":
         train, val = load_cifar10(Path(_require(cfg, "root")))
         return train, val, CIFAR10_STATS.mean, CIFAR10_STATS.std
     if name == "cifar100":
-        train, val = load_cifar100(Path(_require(cfg, "root")), label_type=cfg.get("label_type") or "fine")
+        train, val = load_cifar100(Path(_require(cfg, "root")), label_type=cfg.label_type)
         return train, val, CIFAR100_STATS.mean, CIFAR100_STATS.std
     if name == "digits":
-        train, val = load_digits(float(cfg.get("val_fraction", 0.2)),
-                                 split_seed=int(cfg.get("split_seed", DEFAULT_SPLIT_SEED)))
+        train, val = load_digits(cfg.val_fraction, split_seed=cfg.split_seed)
         return train, val, DIGITS_MEAN, DIGITS_STD
     if name == "imagenet100":
-        train, val = load_imagefolder(Path(_require(cfg, "root")), int(_require(cfg, "image_size")), name=name)
+        train, val = load_imagefolder(Path(_require(cfg, "root")), cfg.image_size, name=name)
         return train, val, IMAGENET_MEAN, IMAGENET_STD
     if name == "synthetic":
-        train, val = load_synthetic(int(_require(cfg, "train_size")), int(_require(cfg, "val_size")),
-                                    int(_require(cfg, "image_size")), int(_require(cfg, "num_classes")), seed=seed)
+        train, val = load_synthetic(cfg.train_size, cfg.val_size, cfg.image_size, cfg.num_classes, seed=seed)
         return train, val, SYNTHETIC_MEAN, SYNTHETIC_STD
     raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
 
 
 def build_datasets(
-    dataset_cfg: Any, *, scaling_cfg: Any = None, world_size: int = 1, seed: int = 0
+    dataset: DatasetSchema, *, scaling_cfg: ScalingSchema | None = None, world_size: int = 1, seed: int = 0
 ) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """(train, val, info) for the composed `dataset` config; weak scaling subsets the train split only.
-
-    Validation always uses the whole val split, so accuracies of different world sizes compare.
+    """(train, val, info) for the typed `dataset` config (vit_dt.config.typed); weak scaling subsets the train
+    split only. Validation always uses the whole val split, so accuracies of different world sizes compare.
     """
-    cfg = _plain(dataset_cfg)
-    name = cfg.get("name")
+    cfg = dataset
+    name = cfg.name
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
     full_train, val, mean, std = _load_splits(cfg, seed)
     classes = list(full_train.classes)  # type: ignore[attr-defined]
-    expected = cfg.get("num_classes")
-    if expected is not None and int(expected) != len(classes):
+    expected = cfg.num_classes
+    if expected != len(classes):
         hint = " (label_type=coarse has 20)" if name == "cifar100" else ""
         raise ValueError(
             f"dataset.num_classes={expected} but {name} has {len(classes)} classes{hint}; "
             f"set dataset.num_classes={len(classes)}"
         )
-    train = apply_scaling(full_train, _plain(scaling_cfg), world_size=world_size, seed=seed)
+    train = apply_scaling(full_train, scaling_cfg, world_size=world_size, seed=seed)
     if isinstance(full_train, TensorImages):
         channels, native = full_train.channels, full_train.image_size
     else:
-        channels, native = 3, int(cfg["image_size"])
+        channels, native = 3, cfg.image_size
     info = DatasetInfo(
         name=name,
         num_classes=len(classes),
@@ -119,7 +103,7 @@ def build_datasets(
         mean=tuple(mean),
         std=tuple(std),
         native_image_size=native,
-        image_size=int(cfg.get("image_size") or native),
+        image_size=cfg.image_size,
         train_samples=len(train),
         val_samples=len(val),
         train_samples_full=len(full_train),

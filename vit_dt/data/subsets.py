@@ -9,7 +9,6 @@ weak:          a seeded RANDOM subset of fraction_per_gpu x world_size x len(spl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -44,22 +43,14 @@ def take(dataset: Dataset, indices: torch.Tensor) -> Dataset:
     return Subset(dataset, indices.tolist())
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def apply_scaling(dataset: Dataset, scaling_cfg: Any, *, world_size: int, seed: int) -> Dataset:
-    """The training split a run uses; scaling_cfg has `mode` (+ `fraction_per_gpu` for weak), None means none."""
-    mode = _get(scaling_cfg, "mode", "none") or "none"
+    """The training split a run uses; `scaling_cfg` is the typed scaling config (None: no scaling)."""
+    mode = scaling_cfg.mode if scaling_cfg is not None else "none"
     if mode not in SCALING_MODES:
         raise ValueError(f"unknown scaling.mode {mode!r}; valid: {', '.join(SCALING_MODES)}")
     if mode != "weak":
         return dataset
-    fraction = _get(scaling_cfg, "fraction_per_gpu")
+    fraction = getattr(scaling_cfg, "fraction_per_gpu", None)   # only WeakScalingSchema declares it
     if fraction is None:
         raise ValueError("scaling.mode=weak needs scaling.fraction_per_gpu (e.g. 0.1)")
     n = len(dataset)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
-from typing import Any, Mapping
 
 import torch
 
 from vit_dt.config.choices import COMPILE_MODES, LR_SCHEDULES
+from vit_dt.config.schema import TrainerSchema
 
 
 class TrainEngine(ABC):
@@ -44,28 +44,25 @@ class TrainEngine(ABC):
         return float(self.optimizer.param_groups[0]["lr"])
 
 
-def compile_requested(trainer_cfg: Mapping[str, Any]) -> bool:
-    value = trainer_cfg.get("compile", False)
-    if not isinstance(value, bool):
-        raise ValueError(f"trainer.compile={value!r} is invalid; valid: true, false")
-    return value
+def compile_requested(trainer: TrainerSchema) -> bool:
+    return trainer.compile
 
 
 # torch.compile modes; reduce-overhead replays the compiled forward and backward as CUDA graphs (one launch each):
 # worth it where the host cannot keep up with the GPU (small micro-batches, docs/performance.md).
 
 
-def compile_options(trainer_cfg: Mapping[str, Any]) -> dict[str, str]:
-    mode = trainer_cfg.get("compile_mode", "default")
+def compile_options(trainer: TrainerSchema) -> dict[str, str]:
+    mode = trainer.compile_mode
     if mode not in COMPILE_MODES:
         raise ValueError(f"trainer.compile_mode={mode!r} is invalid; valid: {', '.join(COMPILE_MODES)}")
     return {} if mode == "default" else {"mode": mode}
 
 
-def cuda_graphs_requested(trainer_cfg: Mapping[str, Any]) -> bool:
+def cuda_graphs_requested(trainer: TrainerSchema) -> bool:
     """Whether the compiled forward and backward replay as CUDA graphs: each step must then say that a new one
     begins (`torch.compiler.cudagraph_mark_step_begin()`), so the last step's graph outputs may be overwritten."""
-    return compile_requested(trainer_cfg) and compile_options(trainer_cfg).get("mode") == "reduce-overhead"
+    return compile_requested(trainer) and trainer.compile_mode == "reduce-overhead"
 
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from vit_dt.config.schema import TrainerSchema
 from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
 from vit_dt.measure.breakdown import TIMER_KEYS
 from vit_dt.measure.step_timing import DeviceClock, Mark
@@ -17,7 +17,7 @@ from vit_dt.optim.optimizers import OptimizerSpec, build_optimizer
 class DDPEngine(TrainEngine):
     """Plain PyTorch DDP: the comparison the paper left as future work (DDP overlaps all-reduce with backward)."""
 
-    def __init__(self, model, trainer_cfg: Mapping[str, Any], device: torch.device, precision: str, schedule: dict,
+    def __init__(self, model, trainer: TrainerSchema, device: torch.device, precision: str, schedule: dict,
                  grad_accum: int, optimizer: OptimizerSpec, master_weights: bool = False):
         from torch.nn.parallel import DistributedDataParallel
 
@@ -31,16 +31,16 @@ class DDPEngine(TrainEngine):
         # One rank has nothing to reduce: DDP's reducer would only copy every gradient through its buckets, and
         # compiled, its graph splits at bucket boundaries cost launch overhead at small batches.
         self.ddp = DistributedDataParallel(model, device_ids=ids) if world > 1 else model
-        self.compiled = compile_requested(trainer_cfg)
+        self.compiled = compile_requested(trainer)
         if self.compiled:
             # The DDP wrapper, not the bare model: dynamo's DDPOptimizer then splits graphs at bucket boundaries
             # so the all-reduce still overlaps backward.
-            self.ddp.compile(**compile_options(trainer_cfg))
-        self._cuda_graphs = cuda_graphs_requested(trainer_cfg)
+            self.ddp.compile(**compile_options(trainer))
+        self._cuda_graphs = cuda_graphs_requested(trainer)
         self.module = model
         self.device = device
         self.optimizer_spec = optimizer
-        self.grad_clip = float(trainer_cfg.get("grad_clip") or 0.0)
+        self.grad_clip = float(trainer.grad_clip or 0.0)   # null: no clipping
         if precision == "fp16":
             self.optimizer = build_optimizer(model.parameters(), optimizer, device)
         else:

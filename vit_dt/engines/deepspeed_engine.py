@@ -1,12 +1,12 @@
 """vit-dt's step on DeepSpeed: ZeRO 0-3, bf16 master weights / autocast / native, DeepSpeed's sampled timers."""
 from __future__ import annotations
 
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from vit_dt.config.ds_config import vit_dt_clips
+from vit_dt.config.schema import TrainerSchema
 from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
 from vit_dt.engines.deepspeed_timers import quiet_engine_timer_log, read_engine_timers, set_engine_timing
 from vit_dt.optim.master_weights import build_master_weights_optimizer
@@ -14,7 +14,7 @@ from vit_dt.optim.optimizers import OptimizerSpec, build_optimizer, zero_stage_e
 
 
 class DeepSpeedEngine(TrainEngine):
-    def __init__(self, model, ds_config: dict, trainer_cfg: Mapping[str, Any], device: torch.device, schedule: dict,
+    def __init__(self, model, ds_config: dict, trainer: TrainerSchema, device: torch.device, schedule: dict,
                  optimizer: OptimizerSpec, master_weights: bool = False):
         import deepspeed
 
@@ -31,7 +31,7 @@ class DeepSpeedEngine(TrainEngine):
         if vit_dt_clips(stage, deepspeed_half_precision=ds_config["fp16"]["enabled"] or ds_config["bf16"]["enabled"]):
             # vit-dt's step: fp32 masters for a bf16 module, foreach clipping (ds_config.vit_dt_clips).
             torch_optimizer = build_master_weights_optimizer(model.parameters(), optimizer, device,
-                                                             clip=float(trainer_cfg.get("grad_clip") or 0.0))
+                                                             clip=float(trainer.grad_clip or 0.0))   # null: no clipping
         else:
             torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -46,11 +46,11 @@ class DeepSpeedEngine(TrainEngine):
         # One rank has nothing to reduce: DeepSpeed would still copy every gradient through an all-reduce.
         self.engine.enable_backward_allreduce = self.engine.dp_world_size > 1 or stage > 0
         quiet_engine_timer_log(self.engine)
-        self.compiled = compile_requested(trainer_cfg)
+        self.compiled = compile_requested(trainer)
         if self.compiled:
             # In place (nn.Module.compile): DeepSpeed's hooks and the state_dict keys stay as they were.
-            self.engine.compile(compile_kwargs=compile_options(trainer_cfg))
-        self._cuda_graphs = cuda_graphs_requested(trainer_cfg)
+            self.engine.compile(compile_kwargs=compile_options(trainer))
+        self._cuda_graphs = cuda_graphs_requested(trainer)
         self._timers_wanted = bool(ds_config.get("wall_clock_breakdown"))
         self._timing: bool | None = None
         self.set_timing(False)

@@ -12,23 +12,24 @@ def tokens_per_image(image_size: int, patch_size: int) -> int:
     return (int(image_size) // int(patch_size)) ** 2 + 1
 
 
-def geometry_errors(model_cfg) -> list[str]:
-    """What is wrong with the model config's sizes, as messages naming the bad value and what would be valid."""
+def geometry_errors(model) -> list[str]:
+    """What is wrong with the typed model config's sizes (a config.schema.ModelSchema), as messages naming the bad
+    value and what would be valid."""
     errors = []
     for key in ("image_size", "patch_size"):
-        value = model_cfg.get(key)
+        value = getattr(model, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             errors.append(f"model.{key}={value!r} is invalid: it must be an integer >= 1")
     if errors:
         return errors
-    image, patch = model_cfg["image_size"], model_cfg["patch_size"]
+    image, patch = model.image_size, model.patch_size
     if image % patch:
         divisors = [p for p in range(2, min(image, 64) + 1) if image % p == 0]
         errors.append(f"model.image_size={image} is not a multiple of model.patch_size={patch}; "
                       f"patch sizes that divide {image}: {', '.join(map(str, divisors)) or 'none up to 64'}")
-    for key, expected in FIXED_DIMS.get(model_cfg.get("name"), {}).items():
-        if model_cfg.get(key) != expected:
-            errors.append(f"model.{key}={model_cfg.get(key)!r} is invalid for model.name={model_cfg['name']}: "
+    for key, expected in FIXED_DIMS.get(model.name, {}).items():
+        if getattr(model, key) != expected:
+            errors.append(f"model.{key}={getattr(model, key)!r} is invalid for model.name={model.name}: "
                           f"it is fixed at {expected} (only image_size and patch_size may change; "
                           f"model=vit_tiny takes any dimensions)")
     return errors

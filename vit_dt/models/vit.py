@@ -5,14 +5,13 @@ torchvision's EncoderBlock calls nn.MultiheadAttention with need_weights=False, 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import VisionTransformer, vit_b_16
 from torchvision.models.vision_transformer import EncoderBlock
 
 from vit_dt.config.choices import MODEL_NAMES
+from vit_dt.config.schema import ModelSchema
 from vit_dt.models.attention import enable_fast_attention
 from vit_dt.models.catalog import geometry_errors
 
@@ -21,30 +20,29 @@ class ModelConfigError(ValueError):
     pass
 
 
-def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
-    name = model_cfg["name"]
+def build_model(model: ModelSchema, num_classes: int) -> torch.nn.Module:
+    """The ViT the typed `model` config describes (every key present: vit_dt.config.typed)."""
+    name = model.name
     if name not in MODEL_NAMES:
         raise ModelConfigError(f"model.name={name!r} is unknown; valid: {', '.join(MODEL_NAMES)}")
-    errors = geometry_errors(model_cfg)
+    errors = geometry_errors(model)
     if errors:
         raise ModelConfigError(errors[0])
-    image_size, patch_size = int(model_cfg["image_size"]), int(model_cfg["patch_size"])
-    dropout = float(model_cfg.get("dropout", 0.0))
+    image_size, patch_size, dropout = model.image_size, model.patch_size, model.dropout
     if name == "vit_b_16" and patch_size == 16:
         # torchvision's own constructor (weights=None: trained from scratch, as in the paper).
-        model = vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, dropout=dropout)
+        vit = vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, dropout=dropout)
     else:
         # vit_tiny, or ViT-B with another patch size (model=vit_b_16 model.patch_size=8: ViT-B/8; torchvision's
         # vit_b_16() fixes the patch at 16, and this is the constructor it calls, with the same dimensions).
-        model = VisionTransformer(
-            image_size=image_size, patch_size=patch_size, num_layers=int(model_cfg["num_layers"]),
-            num_heads=int(model_cfg["num_heads"]), hidden_dim=int(model_cfg["hidden_dim"]),
-            mlp_dim=int(model_cfg["mlp_dim"]), dropout=dropout, num_classes=num_classes)
-    if model_cfg.get("activation_checkpointing"):
-        enable_activation_checkpointing(model)
-    if model_cfg.get("fast_attention", True):
-        enable_fast_attention(model)
-    return model
+        vit = VisionTransformer(
+            image_size=image_size, patch_size=patch_size, num_layers=model.num_layers, num_heads=model.num_heads,
+            hidden_dim=model.hidden_dim, mlp_dim=model.mlp_dim, dropout=dropout, num_classes=num_classes)
+    if model.activation_checkpointing:
+        enable_activation_checkpointing(vit)
+    if model.fast_attention:
+        enable_fast_attention(vit)
+    return vit
 
 
 class CheckpointedEncoderBlock(EncoderBlock):

@@ -145,4 +145,5 @@ def build_master_weights_optimizer(params: Iterable[torch.nn.Parameter], spec: O
                                    clip: float) -> MasterWeightsOptimizer:
     """vit-dt's optimizer step for the `optimizer` config group: the named torch optimizer on fp32 masters."""
     return MasterWeightsOptimizer(params, lambda masters: build_optimizer(masters, spec, device), clip=clip,
+                                  # only AdamW has the key (the fused bf16 master step); the others step separately
                                   update=spec.options.get("master_update", "separate"))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from vit_dt.config.choices import LR_RULES, MASTER_UPDATES, OPTIMIZERS
+from vit_dt.config.schema import OptimizerSchema
 
 if TYPE_CHECKING:  # torch is imported where optimizers are built: validating a sweep on a login node stays fast
     import torch
@@ -30,6 +31,11 @@ _OWN_KEYS = {
 
 class OptimizerConfigError(ValueError):
     pass
+
+
+def unknown_name_error(name: Any) -> str | None:
+    """Why `optimizer.name` is no optimizer's, or None (checked before typing: the name picks the schema)."""
+    return None if name in OPTIMIZERS else f"optimizer={name!r} is unknown; valid: {', '.join(OPTIMIZERS)}"
 
 
 def zero_stage_error(name: str, stage: int) -> str | None:
@@ -70,28 +76,31 @@ class OptimizerSpec:
     options: Mapping[str, Any]   # the optimizer's own keys (betas, momentum, ...)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], global_batch: int) -> "OptimizerSpec":
-        name = cfg.get("name")
-        if name not in OPTIMIZERS:
-            raise OptimizerConfigError(f"optimizer={name!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+    def from_config(cls, cfg: OptimizerSchema, global_batch: int) -> "OptimizerSpec":
+        """The typed `optimizer` group (vit_dt.config.typed: an instance of the option's own schema)."""
+        name = cfg.name
+        if unknown_name_error(name):
+            raise OptimizerConfigError(unknown_name_error(name))
         valid = _COMMON_KEYS | _OWN_KEYS[name]
-        unknown = sorted(set(cfg) - valid)
-        if unknown:
+        declared = {f.name for f in fields(cfg)}
+        unknown = sorted(declared - valid)
+        if unknown:   # another optimizer's schema under this name: a key this optimizer would not read
             raise OptimizerConfigError(
                 f"optimizer.{unknown[0]} is not a setting of optimizer {name}; valid: {', '.join(sorted(valid))}")
         for key in ("lr", "weight_decay"):
-            if not isinstance(cfg.get(key), (int, float)) or isinstance(cfg.get(key), bool) or cfg[key] < 0:
-                raise OptimizerConfigError(f"optimizer.{key}={cfg.get(key)!r} is invalid: it must be a number >= 0")
-        update = cfg.get("master_update", "separate")
+            value = getattr(cfg, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise OptimizerConfigError(f"optimizer.{key}={value!r} is invalid: it must be a number >= 0")
+        # only AdamW declares master_update (the fused bf16 master step); the others always step separately
+        update = getattr(cfg, "master_update", "separate")
         if update not in MASTER_UPDATES:
             raise OptimizerConfigError(
                 f"optimizer.master_update={update!r} is invalid; valid: {', '.join(MASTER_UPDATES)}")
-        rule = cfg.get("lr_scaling", "none")
-        base_batch = cfg.get("base_batch")
-        lr = scale_lr(float(cfg["lr"]), int(global_batch), rule, base_batch)
-        options = {k: v for k, v in cfg.items() if k in _OWN_KEYS[name]}
-        return cls(name=name, lr_base=float(cfg["lr"]), lr_effective=lr, lr_rule=rule, base_batch=base_batch,
-                   global_batch=int(global_batch), weight_decay=float(cfg["weight_decay"]), options=options)
+        lr = scale_lr(float(cfg.lr), int(global_batch), cfg.lr_scaling, cfg.base_batch)
+        options = {key: getattr(cfg, key) for key in sorted(declared & _OWN_KEYS[name])}
+        return cls(name=name, lr_base=float(cfg.lr), lr_effective=lr, lr_rule=cfg.lr_scaling,
+                   base_batch=cfg.base_batch, global_batch=int(global_batch), weight_decay=float(cfg.weight_decay),
+                   options=options)
 
     def record(self) -> dict[str, Any]:
         """The fields result.json carries, so a results table shows which lr each run really trained with."""
@@ -99,9 +108,9 @@ class OptimizerSpec:
                 "lr_base_batch": self.base_batch, "lr_effective": self.lr_effective}
 
 
-def lr_record(optimizer_cfg: Mapping[str, Any] | None, global_batch: int) -> dict[str, Any]:
-    """result.json's optimizer fields for a composed config (all None when the config has no optimizer group)."""
-    if not optimizer_cfg:
+def lr_record(optimizer_cfg: OptimizerSchema | None, global_batch: int) -> dict[str, Any]:
+    """result.json's optimizer fields for the typed `optimizer` group (all None without one)."""
+    if optimizer_cfg is None:
         return dict.fromkeys(("optimizer", "lr_rule", "lr_base", "lr_base_batch", "lr_effective"))
     return OptimizerSpec.from_config(optimizer_cfg, global_batch).record()
 
@@ -118,20 +127,19 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec,
     cuda = device.type == "cuda"
     if spec.name in ("adamw", "sgd"):
         # torch's fused kernels exist for CUDA only; `fused: null` means "where they exist".
-        fused = cuda if opts.get("fused") is None else bool(opts["fused"]) and cuda
+        fused = cuda if opts["fused"] is None else bool(opts["fused"]) and cuda
     if spec.name == "adamw":
         # torch's AdamW, never DeepSpeed's "AdamW" (FusedAdam: a JIT build that crashes on H100's arch "9.0a").
         return torch.optim.AdamW(params, lr=spec.lr_effective, weight_decay=spec.weight_decay,
-                                 betas=tuple(opts.get("betas", (0.9, 0.999))), eps=float(opts.get("eps", 1e-8)),
+                                 betas=tuple(opts["betas"]), eps=float(opts["eps"]),
                                  fused=fused)
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr_effective, weight_decay=spec.weight_decay,
-                               momentum=float(opts.get("momentum", 0.9)), nesterov=bool(opts.get("nesterov", False)),
+                               momentum=float(opts["momentum"]), nesterov=bool(opts["nesterov"]),
                                fused=fused)
-    betas = tuple(opts.get("betas", (0.9, 0.999)))
-    eps = float(opts.get("eps", 1e-6))
-    trust = dict(max_trust=float(opts.get("max_trust", 10.0)), min_trust=float(opts.get("min_trust", 0.01)))
-    if opts.get("fused"):
+    betas, eps = tuple(opts["betas"]), float(opts["eps"])
+    trust = dict(max_trust=float(opts["max_trust"]), min_trust=float(opts["min_trust"]))
+    if opts["fused"]:
         # LAMB's `fused: true` is an explicit request for DeepSpeed's CUDA kernel, never a silent default.
         if not cuda:
             raise OptimizerConfigError(

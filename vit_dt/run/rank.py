@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+from vit_dt.config.schema import RootSchema
 from vit_dt.run import distributed
 from vit_dt.run.distributed import DistEnv
 
@@ -61,14 +62,17 @@ def loader_workers(configured: int | None, environ: Mapping[str, str]) -> int:
 
 def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
     """Train one rank of the run described by the resolved config `cfg`; rank 0 returns and records the result."""
+    from vit_dt.config.typed import typed_config
+
     run_dir = Path(run_dir)
-    env = distributed.discover(cfg["cluster"].get("launcher"))
+    config = typed_config(cfg)   # once: each component gets its own typed part; the plain dict is kept as data
+    env = distributed.discover(config.cluster.launcher)
     configure_logging(env.rank)
     distributed.prepare_accelerator_env()
     started = _now()
     try:
-        distributed.init_process_group(env, timeout_s=float(cfg["trainer"]["dist_timeout_s"]))
-        result = _train(cfg, run_dir, env, started)
+        distributed.init_process_group(env, timeout_s=config.trainer.dist_timeout_s)
+        result = _train(cfg, config, run_dir, env, started)
     except Exception as exc:  # record the failure, then let the job fail (SystemExit on requeue is no failure)
         _record_failure(cfg, run_dir, env, started, exc)
         raise
@@ -87,7 +91,8 @@ def _device(env: DistEnv):
     return torch.device("cpu")
 
 
-def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
+def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: str) -> dict | None:
+    """`config`: the typed config every component reads; `cfg`: the same as plain data, for the record."""
     from vit_dt.config.batch import resolve_batch
     from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch  # the local name is taken below
     from vit_dt.config.ds_config import bf16_mode_for, derive_deepspeed_config
@@ -100,48 +105,46 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
     from vit_dt.run.record import RunRecorder
 
     _threads_per_rank(env)
-    trainer_cfg = cfg["trainer"]
-    seed = int(trainer_cfg["seed"])
+    trainer = config.trainer
+    seed = trainer.seed
     device = _device(env)
-    batch = resolve_batch(trainer_cfg, cfg["scaling"], env.world_size)
-    train_set, val_set, info = build_datasets(cfg["dataset"], scaling_cfg=cfg["scaling"],
+    batch = resolve_batch(trainer, config.scaling, env.world_size)
+    train_set, val_set, info = build_datasets(config.dataset, scaling_cfg=config.scaling,
                                               world_size=env.world_size, seed=seed)
     seed_everything(seed)  # same initial weights on every rank (the engines broadcast rank 0's anyway)
-    model = build_model(cfg["model"], info.num_classes)
+    model = build_model(config.model, info.num_classes)
     settings = LoopSettings(
-        epochs=int(trainer_cfg["epochs"]), batch=batch, seed=seed,
-        timer_sample_every=int(trainer_cfg["timer_sample_every"]),
-        timer_warmup_steps=int(trainer_cfg["timer_warmup_steps"]), log_every=int(trainer_cfg["log_every"] or 0),
-        max_steps_per_epoch=trainer_cfg.get("max_steps_per_epoch"), balance=trainer_cfg.get("balance", "off"))
-    debug_cfg = cfg.get("debug") or {}    # absent unless a test asked for it (debug=slow_rank)
-    _slow_down_on_purpose(model, _debug_delay(debug_cfg, "delay_s", env.rank),
-                          _debug_delay(debug_cfg, "delay_per_sample_s", env.rank))
-    cap = trainer_cfg.get("max_steps_per_epoch")
+        epochs=trainer.epochs, batch=batch, seed=seed, timer_sample_every=trainer.timer_sample_every,
+        timer_warmup_steps=trainer.timer_warmup_steps, log_every=trainer.log_every,
+        max_steps_per_epoch=trainer.max_steps_per_epoch, balance=trainer.balance)
+    debug = config.debug    # None unless a test asked for it (debug=slow_rank)
+    _slow_down_on_purpose(model, _debug_delay(debug and debug.delay_s, env.rank),
+                          _debug_delay(debug and debug.delay_per_sample_s, env.rank))
     steps_per_epoch = max(1, batch_steps_per_epoch(info.train_samples, batch.world_size, batch.micro, batch.grad_accum,
-                                                   max_steps=int(cap) if cap else None))
-    schedule = {"warmup_steps": int(float(trainer_cfg.get("warmup_epochs") or 0) * steps_per_epoch),
-                "total_steps": steps_per_epoch * settings.epochs,
-                "schedule": trainer_cfg.get("lr_schedule", "cosine")}
-    optimizer = OptimizerSpec.from_config(cfg["optimizer"], batch.global_)  # lr scaled for this global batch
-    bf16_mode = bf16_mode_for(cfg)
-    master_weights = cfg["precision"] == "bf16" and bf16_mode == "master"
-    if cfg["engine"] == "deepspeed":
+                                                   max_steps=trainer.max_steps_per_epoch))
+    schedule = {"warmup_steps": int(trainer.warmup_epochs * steps_per_epoch),
+                "total_steps": steps_per_epoch * settings.epochs, "schedule": trainer.lr_schedule}
+    optimizer = OptimizerSpec.from_config(config.optimizer, batch.global_)  # lr scaled for this global batch
+    bf16_mode = bf16_mode_for(config)
+    master_weights = config.precision == "bf16" and bf16_mode == "master"
+    if config.engine == "deepspeed":
         ds_config = derive_deepspeed_config(
-            batch=batch, precision=cfg["precision"], zero_stage=int(cfg["deepspeed"]["zero_stage"]),
-            grad_clip=trainer_cfg.get("grad_clip"), wall_clock_breakdown=cfg["deepspeed"]["wall_clock_breakdown"],
-            overrides=cfg["deepspeed"].get("overrides") or {}, bf16_mode=bf16_mode or "auto")
-        engine = DeepSpeedEngine(model, ds_config, trainer_cfg, device, schedule, optimizer,
+            batch=batch, precision=config.precision, zero_stage=config.deepspeed.zero_stage,
+            grad_clip=trainer.grad_clip, wall_clock_breakdown=config.deepspeed.wall_clock_breakdown,
+            overrides=config.deepspeed.overrides, bf16_mode=bf16_mode or "auto")
+        engine = DeepSpeedEngine(model, ds_config, trainer, device, schedule, optimizer,
                                  master_weights=master_weights)
     else:
         ds_config = None
-        engine = DDPEngine(model, trainer_cfg, device, cfg["precision"], schedule, batch.grad_accum, optimizer,
+        engine = DDPEngine(model, trainer, device, config.precision, schedule, batch.grad_accum, optimizer,
                            master_weights=master_weights)
     seed_everything(seed + 1000 * env.rank)  # augmentation differs per rank, reproducibly
 
-    recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config)
+    recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config,
+                           config=config)
     recorder.watch_memory(engine)
-    num_workers = loader_workers(trainer_cfg.get("num_workers"), os.environ)
-    checkpointer = Checkpointer(run_dir) if trainer_cfg.get("checkpoint", True) else None
+    num_workers = loader_workers(trainer.num_workers, os.environ)
+    checkpointer = Checkpointer(run_dir) if trainer.checkpoint else None
     state = TrainState()
     if checkpointer and (resumed := checkpointer.load_latest(engine, TrainState)):
         state = resumed[0]
@@ -152,10 +155,11 @@ def _train(cfg: dict, run_dir: Path, env: DistEnv, started: str) -> dict | None:
         if checkpointer:
             checkpointer.save(engine, train_state)
 
-    trainer = Trainer(engine, train_set, val_set, info, int(cfg["model"]["image_size"]),
-                      bool(cfg["dataset"].get("hflip", True)), settings, env, device,
-                      num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
-    state = trainer.fit(state)
+    # synthetic data has no hflip key: random images need no flips
+    loop = Trainer(engine, train_set, val_set, info, config.model.image_size,
+                   getattr(config.dataset, "hflip", True), settings, env, device,
+                   num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
+    state = loop.fit(state)
     return recorder.finish(state, engine.module)
 
 
@@ -174,10 +178,11 @@ def _slow_down_on_purpose(model, delay_s: float, per_sample_s: float = 0.0) -> N
         model.register_forward_hook(sleep, prepend=True)
 
 
-def _debug_delay(debug_cfg: Mapping[str, Any], key: str, rank: int) -> float:
-    """debug.delay_s = {rank: seconds} (per forward) and debug.delay_per_sample_s = {rank: seconds per image}
-    (conf/debug/slow_rank.yaml): test-only knobs that slow one rank on purpose."""
-    delays = debug_cfg.get(key) or {}
+def _debug_delay(delays: Mapping[Any, float] | None, rank: int) -> float:
+    """This rank's entry of debug.delay_s = {rank: seconds} (per forward) or debug.delay_per_sample_s = {rank:
+    seconds per image} (conf/debug/slow_rank.yaml): test-only knobs that slow one rank on purpose. Ranks not
+    named are not slowed; the keys may be ints or strings (as YAML or the command line wrote them)."""
+    delays = delays or {}
     return float(delays.get(rank, delays.get(str(rank), 0.0)))
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from vit_dt.config.batch import Batch
+from vit_dt.config.schema import RootSchema
 from vit_dt.measure import breakdown, hardware, metrics
 from vit_dt.measure import memory as memory_model
 from vit_dt.optim import optimizers
@@ -60,9 +61,11 @@ def _bf16_mode(cfg: dict) -> str | None:
     """The bf16 mode the run used (`auto` resolved); None unless precision=bf16 (or when the config is invalid)."""
     from vit_dt.config.ds_config import DeepSpeedConfigError, bf16_mode_for
 
+    from vit_dt.config.typed import typed_config
+
     try:
-        return bf16_mode_for(cfg)
-    except (DeepSpeedConfigError, KeyError, TypeError, ValueError):
+        return bf16_mode_for(typed_config(cfg))
+    except (DeepSpeedConfigError, KeyError, TypeError, ValueError):   # ConfigTypeError is a ValueError
         return None
 
 
@@ -137,7 +140,12 @@ def wandb_group(cfg: Mapping[str, Any]) -> str | None:
 
 class RunRecorder:
     def __init__(self, cfg: dict, run_dir: Path, env: DistEnv, device: torch.device, batch: Batch, info, model,
-                 started: str, ds_config: dict | None):
+                 started: str, ds_config: dict | None, config: RootSchema | None = None):
+        """`cfg`: the resolved config, recorded as data; `config`: the same typed (vit_dt.config.typed), for what
+        the recorder reads from it (built from `cfg` when not given)."""
+        from vit_dt.config.typed import typed_config
+
+        self.config = config if config is not None else typed_config(cfg)
         self.cfg, self.run_dir, self.env, self.device, self.batch, self.info = cfg, run_dir, env, device, batch, info
         self.started, self.ds_config = started, ds_config
         self.flops_per_image = metrics.vit_flops_per_image(cfg["model"], info.num_classes, training=True)
@@ -230,7 +238,7 @@ class RunRecorder:
             "ranks": hardware.ranks_for_run(self.cfg, self.rank_hardware),   # per rank: host, node, GPU model
             "device": self.device.type, "gpu_model": self.gpu_model,
             "micro_batch": self.batch.micro, "grad_accum": self.batch.grad_accum, "global_batch": self.batch.global_,
-            **optimizers.lr_record(self.cfg.get("optimizer"), self.batch.global_),  # lr_rule, lr_effective, ...
+            **optimizers.lr_record(self.config.optimizer, self.batch.global_),  # lr_rule, lr_effective, ...
             "train_samples": self.info.train_samples, "val_samples": self.info.val_samples,
             "num_params": self.num_params, "flops_per_image": self.flops_per_image,
             "hardware_flops_per_image": self.hardware_flops_per_image,
@@ -248,7 +256,7 @@ class RunRecorder:
             "data_wait_share": analysis["data_wait_share"] if analysis else None,
             "straggler": analysis["straggler"] if analysis else None,
             # per-rank micro-batches, speeds, compute-time spread per epoch (trainer.balance, vit_dt/run/balance.py)
-            "balance": balance.summarise(self.cfg["trainer"].get("balance", "off"), state.balance,
+            "balance": balance.summarise(self.config.trainer.balance, state.balance,
                                          self.batch.micro * self.env.world_size),
             "param_checksums": checksums,
             "replicas_in_sync": spread <= 1e-6 * max(1.0, abs(checksums[0])),

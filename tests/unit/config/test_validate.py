@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import typed
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.config.batch import resolve_batch
 from vit_dt.config.ds_config import derive_deepspeed_config
@@ -79,7 +80,7 @@ def test_unknown_zero_key_is_rejected_with_suggestion():
 
 
 def test_known_deepspeed_override_is_merged():
-    batch = resolve_batch({"micro_batch": 8, "grad_accum": 1}, {"mode": "none"}, 2)
+    batch = resolve_batch(typed("trainer", **{"micro_batch": 8, "grad_accum": 1}), typed("scaling", **{"mode": "none"}), 2)
     ds = derive_deepspeed_config(batch=batch, precision="fp32", zero_stage=2, grad_clip=1.0,
                                  wall_clock_breakdown=True,
                                  overrides={"zero_optimization": {"reduce_bucket_size": 1000}, "steps_per_print": 5})
@@ -125,7 +126,7 @@ def test_lamb_under_zero_is_refused_before_queueing():
 def _derive(overrides, world_size):
     cfg = to_container(compose(overrides))
     validate(cfg, world_size)
-    batch = resolve_batch(cfg["trainer"], cfg["scaling"], world_size)
+    batch = resolve_batch(typed("trainer", **cfg["trainer"]), typed("scaling", **cfg["scaling"]), world_size)
     return derive_deepspeed_config(batch=batch, precision=cfg["precision"], zero_stage=cfg["deepspeed"]["zero_stage"],
                                    grad_clip=cfg["trainer"]["grad_clip"], wall_clock_breakdown=True,
                                    overrides=cfg["deepspeed"]["overrides"], bf16_mode=cfg["deepspeed"]["bf16_mode"])

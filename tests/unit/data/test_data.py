@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from tests.fixtures.datasets import NotInMemory, dump_like_original, write_cifar10, write_cifar100, write_imagefolder
+from tests.helpers import typed
 from vit_dt.commands import data as data_cmd
 from vit_dt.data.augment import DeviceAugment
 from vit_dt.data.build import build_datasets
@@ -152,7 +153,8 @@ def test_imagefolder_corrupt_image_names_file(tmp_path):
 def test_imagefolder_through_build_and_dataloader(tmp_path):
     write_imagefolder(tmp_path)
     cfg = {"name": "imagenet100", "root": str(tmp_path), "image_size": 24, "num_classes": 3}
-    train, val, info = build_datasets(cfg, scaling_cfg={"mode": "strong"}, world_size=2, seed=0)
+    train, val, info = build_datasets(typed("dataset", **cfg), scaling_cfg=typed("scaling", mode="strong"),
+                                      world_size=2, seed=0)
     assert not info.in_memory and info.channels == 3 and info.native_image_size == 24 and info.num_classes == 3
     seen = []
     for rank in range(2):
@@ -167,7 +169,7 @@ def test_imagefolder_through_build_and_dataloader(tmp_path):
             seen.extend(labels.tolist())
     assert sorted(seen) == sorted(val.labels)  # each val image exactly once over the two ranks
     with pytest.raises(ValueError, match="dataset.num_classes=100 but imagenet100 has 3 classes"):
-        build_datasets({**cfg, "num_classes": 100}, world_size=1, seed=0)
+        build_datasets(typed("dataset", **{**cfg, "num_classes": 100}), world_size=1, seed=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -192,26 +194,22 @@ def test_digits_split_is_stratified_and_reproducible():
 
 
 def test_build_datasets_synthetic_and_errors():
-    cfg = {"name": "synthetic", "root": None, "image_size": 12, "num_classes": 5, "train_size": 40,
-           "val_size": 8}
+    cfg = typed("dataset", name="synthetic", root=None, image_size=12, num_classes=5, train_size=40, val_size=8)
     train, val, info = build_datasets(cfg, scaling_cfg=None, world_size=1, seed=3)
     assert train.images.shape == (40, 3, 12, 12) and len(val) == 8 and info.num_classes == 5
     assert int(train.labels.max()) < 5
     again, _, _ = build_datasets(cfg, world_size=1, seed=3)
     assert torch.equal(again.images, train.images)
     with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid: cifar10, cifar100, digits, imagenet100"):
-        build_datasets({"name": "mnist"}, world_size=1, seed=0)
+        build_datasets(typed("dataset", name="mnist"), world_size=1, seed=0)
     with pytest.raises(ValueError, match="unknown scaling.mode 'huge'; valid: none, strong, weak"):
-        build_datasets(cfg, scaling_cfg={"mode": "huge"}, world_size=1, seed=0)
+        build_datasets(cfg, scaling_cfg=typed("scaling", mode="huge"), world_size=1, seed=0)
 
 
-def test_build_datasets_cifar100_coarse_from_omegaconf(tmp_path):
-    from omegaconf import OmegaConf
-
+def test_build_datasets_cifar100_coarse(tmp_path):
     write_cifar100(tmp_path)
-    cfg = OmegaConf.create({"name": "cifar100", "root": str(tmp_path), "image_size": 32, "num_classes": 20,
-                            "label_type": "coarse"})
-    scaling = OmegaConf.create({"mode": "weak", "fraction_per_gpu": 0.25})
+    cfg = typed("dataset", name="cifar100", root=str(tmp_path), image_size=32, num_classes=20, label_type="coarse")
+    scaling = typed("scaling", mode="weak", fraction_per_gpu=0.25)
     train, val, info = build_datasets(cfg, scaling_cfg=scaling, world_size=2, seed=0)
     assert isinstance(train, TensorImages) and len(train) == 6 and info.train_samples_full == 12
     assert info.num_classes == 20 and info.val_samples == 6 and info.mean[0] == pytest.approx(0.5071)
@@ -226,20 +224,23 @@ def _indexed(n: int, channels: int = 1) -> TensorImages:
     return TensorImages(torch.zeros(n, channels, 2, 2, dtype=torch.uint8), torch.arange(n), [str(i) for i in range(n)])
 
 
+WEAK_10 = typed("scaling", mode="weak", fraction_per_gpu=0.1)
+
+
 def test_weak_subset_is_random_seeded_and_proportional():
     n = 1000
     ds = _indexed(n)
-    subsets = {ws: apply_scaling(ds, {"mode": "weak", "fraction_per_gpu": 0.1}, world_size=ws, seed=7).labels
+    subsets = {ws: apply_scaling(ds, WEAK_10, world_size=ws, seed=7).labels
                for ws in (1, 2, 4)}
     assert {ws: len(s) for ws, s in subsets.items()} == {1: 100, 2: 200, 4: 400}
     assert not torch.equal(subsets[1], torch.arange(100))  # not the first 10%
     assert int(subsets[1].max()) > 500  # spread over the whole range
     assert set(subsets[1].tolist()) <= set(subsets[2].tolist()) <= set(subsets[4].tolist())
-    again = apply_scaling(ds, {"mode": "weak", "fraction_per_gpu": 0.1}, world_size=2, seed=7).labels
+    again = apply_scaling(ds, WEAK_10, world_size=2, seed=7).labels
     assert torch.equal(again, subsets[2])  # every rank builds the same subset
-    other = apply_scaling(ds, {"mode": "weak", "fraction_per_gpu": 0.1}, world_size=2, seed=8).labels
+    other = apply_scaling(ds, WEAK_10, world_size=2, seed=8).labels
     assert not torch.equal(other, subsets[2])
-    assert len(apply_scaling(ds, {"mode": "strong"}, world_size=4, seed=0)) == n
+    assert len(apply_scaling(ds, typed("scaling", mode="strong"), world_size=4, seed=0)) == n
     assert weak_subset_size(50_000, 0.1, 3) == 15_000
     assert weak_subset_size(10, 0.5, 4) == 10  # capped at the dataset
     assert weak_subset_size(10, 0.01, 4) == 4  # at least one sample per rank

@@ -7,6 +7,7 @@ state_dict round trip that checkpoint/resume relies on.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import typed
 from vit_dt.config.batch import Batch
 from vit_dt.config.ds_config import DeepSpeedConfigError, derive_deepspeed_config, resolve_bf16_mode
 from vit_dt.engines import DDPEngine, DeepSpeedEngine, compile_options
@@ -53,7 +55,8 @@ def batch_of(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def spec_for(name: str, **extra) -> OptimizerSpec:
-    return OptimizerSpec.from_config({"name": name, "lr": TEST_LR[name], "weight_decay": 0.01, **extra}, MICRO)
+    return OptimizerSpec.from_config(typed("optimizer", **{"name": name, "lr": TEST_LR[name], "weight_decay": 0.01,
+                                                      "lr_scaling": "none", **extra}), MICRO)
 
 
 SCHEDULE = {"warmup_steps": 2, "total_steps": 50, "schedule": "cosine"}
@@ -63,15 +66,15 @@ def make_engine(kind: str, optimizer: str = "adamw", precision: str = "fp32", bf
                 seed: int = 0, model_cfg: dict | None = None, zero_stage: int = 0, grad_clip: float = 1.0,
                 weight_decay: float = 0.01):
     torch.manual_seed(seed)
-    model = build_model(model_cfg or TINY, num_classes=10)
+    model = build_model(typed("model", **(model_cfg or TINY)), num_classes=10)
     spec = spec_for(optimizer, weight_decay=weight_decay)
     trainer_cfg = {"grad_clip": grad_clip, "compile": False}
     if kind == "deepspeed":
         ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision=precision, zero_stage=zero_stage,
                                             grad_clip=grad_clip, wall_clock_breakdown=False, bf16_mode=bf16_mode)
-        return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec,
+        return DeepSpeedEngine(model, ds_config, typed("trainer", **trainer_cfg), CPU, dict(SCHEDULE), spec,
                                master_weights=precision == "bf16" and bf16_mode == "master")
-    return DDPEngine(model, trainer_cfg, CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec,
+    return DDPEngine(model, typed("trainer", **trainer_cfg), CPU, precision, dict(SCHEDULE), grad_accum=1, optimizer=spec,
                      master_weights=precision == "bf16" and bf16_mode == "master")
 
 
@@ -108,9 +111,9 @@ def test_bad_rule_or_base_batch_is_named_with_the_valid_values():
 
 def test_spec_and_result_fields_carry_the_effective_lr():
     cfg = {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "lr_scaling": "linear", "base_batch": 256}
-    spec = OptimizerSpec.from_config(cfg, global_batch=2048)
+    spec = OptimizerSpec.from_config(typed("optimizer", **cfg), global_batch=2048)
     assert spec.lr_effective == pytest.approx(0.8) and spec.lr_base == 0.1
-    assert lr_record(cfg, 2048) == {"optimizer": "sgd", "lr_rule": "linear", "lr_base": 0.1, "lr_base_batch": 256,
+    assert lr_record(typed("optimizer", **cfg), 2048) == {"optimizer": "sgd", "lr_rule": "linear", "lr_base": 0.1, "lr_base_batch": 256,
                                     "lr_effective": pytest.approx(0.8)}
     # The optimizer really starts from the scaled lr.
     optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), spec, CPU)
@@ -123,19 +126,21 @@ def test_composed_config_gives_every_optimizer_a_valid_spec():
     for name in OPTIMIZERS:
         for rule in LR_RULES:
             cfg = to_container(compose([f"optimizer={name}", f"optimizer.lr_scaling={rule}"]))
-            spec = OptimizerSpec.from_config(cfg["optimizer"], global_batch=1024)
+            spec = OptimizerSpec.from_config(typed("optimizer", **cfg["optimizer"]), global_batch=1024)
             expected = {"none": 1.0, "linear": 1024 / 256, "sqrt": math.sqrt(1024 / 256)}[rule]
             assert spec.name == name and spec.lr_effective == pytest.approx(cfg["optimizer"]["lr"] * expected)
 
 
 def test_unknown_optimizer_or_key_lists_the_valid_ones():
     with pytest.raises(OptimizerConfigError, match=r"optimizer='adam' is unknown; valid: adamw, sgd, lamb"):
-        OptimizerSpec.from_config({"name": "adam", "lr": 1e-3, "weight_decay": 0.0}, 32)
+        OptimizerSpec.from_config(typed("optimizer", **{"name": "adam", "lr": 1e-3, "weight_decay": 0.0}), 32)
     with pytest.raises(OptimizerConfigError, match=r"optimizer.momentum is not a setting of optimizer adamw; "
                                                    r"valid: base_batch, betas, eps, fused, lr"):
-        OptimizerSpec.from_config({"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}, 32)
+        # SGD's keys under the name adamw: composition cannot produce it (AdamW's schema refuses momentum)
+        OptimizerSpec.from_config(dataclasses.replace(typed("optimizer", name="sgd", lr=1e-3, weight_decay=0.0,
+                                                            momentum=0.9), name="adamw"), 32)
     with pytest.raises(OptimizerConfigError, match=r"optimizer.lr=-1 is invalid"):
-        OptimizerSpec.from_config({"name": "sgd", "lr": -1, "weight_decay": 0.0}, 32)
+        OptimizerSpec.from_config(dataclasses.replace(typed("optimizer", name="sgd", weight_decay=0.0), lr=-1), 32)
 
 
 def test_config_validation_rejects_a_bad_optimizer_before_the_run():
@@ -382,9 +387,9 @@ def test_master_weights_clip_through_a_fused_optimizers_grad_scale_like_torch(no
 
 def test_fast_attention_is_torchvisions_function_with_the_same_parameters():
     torch.manual_seed(5)
-    stock = build_model(TINY | {"fast_attention": False}, 10)
+    stock = build_model(typed("model", **(TINY | {"fast_attention": False})), 10)
     torch.nn.init.normal_(stock.heads.head.weight, std=0.2)   # torchvision's zero head would zero every gradient
-    fast = build_model(TINY, 10)
+    fast = build_model(typed("model", **TINY), 10)
     assert sum(isinstance(m, SelfAttention) for m in fast.modules()) == TINY["num_layers"]
     assert not any(isinstance(m, SelfAttention) for m in stock.modules())
     assert list(stock.state_dict()) == list(fast.state_dict())
@@ -396,8 +401,8 @@ def test_fast_attention_is_torchvisions_function_with_the_same_parameters():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
     # With dropout the masks differ (torchvision's output is a transposed view, so the same random stream lands on
     # other elements); the function itself is the same: compare it in eval mode.
-    stock_drop = build_model(TINY | {"fast_attention": False, "dropout": 0.3}, 10).eval()
-    fast_drop = build_model(TINY | {"dropout": 0.3}, 10).eval()
+    stock_drop = build_model(typed("model", **(TINY | {"fast_attention": False, "dropout": 0.3})), 10).eval()
+    fast_drop = build_model(typed("model", **(TINY | {"dropout": 0.3})), 10).eval()
     fast_drop.load_state_dict(stock.state_dict()), stock_drop.load_state_dict(stock.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fast_drop(images), stock_drop(images), rtol=1e-5, atol=1e-6)
@@ -428,9 +433,9 @@ def gradients(model: torch.nn.Module, images, labels) -> dict[str, torch.Tensor]
 def test_activation_checkpointing_gives_the_same_gradients(dropout):
     cfg = TINY | {"dropout": dropout}
     torch.manual_seed(3)
-    plain = build_model(cfg, 10)
+    plain = build_model(typed("model", **cfg), 10)
     torch.manual_seed(3)
-    checkpointed = build_model(cfg | {"activation_checkpointing": True}, 10)
+    checkpointed = build_model(typed("model", **(cfg | {"activation_checkpointing": True})), 10)
     blocks = [m for m in checkpointed.modules() if isinstance(m, CheckpointedEncoderBlock)]
     assert len(blocks) == TINY["num_layers"]
     assert list(plain.state_dict()) == list(checkpointed.state_dict())   # same names: checkpoints load either way
@@ -451,7 +456,7 @@ def test_activation_checkpointing_gives_the_same_gradients(dropout):
 
 def test_activation_checkpointing_is_off_in_eval_and_needs_encoder_blocks():
     torch.manual_seed(0)
-    model = build_model(TINY | {"activation_checkpointing": True}, 10).eval()
+    model = build_model(typed("model", **(TINY | {"activation_checkpointing": True})), 10).eval()
     calls = {"n": 0}
     next(m for m in model.modules() if isinstance(m, CheckpointedEncoderBlock)).mlp.register_forward_pre_hook(
         lambda *_: calls.__setitem__("n", calls["n"] + 1))
@@ -500,11 +505,11 @@ def test_state_dict_round_trip_gives_identical_next_steps(kind, optimizer, preci
 # --- compile (slow on a CPU: inductor builds C++ kernels) ---------------------------------------------------------
 
 def test_compile_mode_becomes_torch_compile_options_and_a_bad_one_lists_the_valid_ones():
-    assert compile_options({}) == {} and compile_options({"compile_mode": "default"}) == {}
-    assert compile_options({"compile_mode": "reduce-overhead"}) == {"mode": "reduce-overhead"}
+    assert compile_options(typed("trainer", **{})) == {} and compile_options(typed("trainer", **{"compile_mode": "default"})) == {}
+    assert compile_options(typed("trainer", **{"compile_mode": "reduce-overhead"})) == {"mode": "reduce-overhead"}
     with pytest.raises(ValueError, match=r"trainer.compile_mode='graphs' is invalid; valid: default, "
                                          r"reduce-overhead, max-autotune, max-autotune-no-cudagraphs"):
-        compile_options({"compile_mode": "graphs"})
+        compile_options(typed("trainer", **{"compile_mode": "graphs"}))
 
 
 @pytest.mark.slow
@@ -513,15 +518,15 @@ def test_compiled_engine_matches_eager(kind):
     eager = make_engine(kind, "adamw")
     expected = train_losses(eager, 3)
     torch.manual_seed(0)
-    model = build_model(TINY, num_classes=10)
+    model = build_model(typed("model", **TINY), num_classes=10)
     spec, trainer_cfg = spec_for("adamw"), {"grad_clip": 1.0, "compile": True}
     if kind == "deepspeed":
         ds_config = derive_deepspeed_config(batch=Batch(MICRO, 1, 1), precision="fp32", zero_stage=0, grad_clip=1.0,
                                             wall_clock_breakdown=False)
-        compiled = DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, dict(SCHEDULE), spec)
+        compiled = DeepSpeedEngine(model, ds_config, typed("trainer", **trainer_cfg), CPU, dict(SCHEDULE), spec)
         assert compiled.engine.is_compiled
     else:
-        compiled = DDPEngine(model, trainer_cfg, CPU, "fp32", dict(SCHEDULE), grad_accum=1, optimizer=spec)
+        compiled = DDPEngine(model, typed("trainer", **trainer_cfg), CPU, "fp32", dict(SCHEDULE), grad_accum=1, optimizer=spec)
     assert compiled.compiled
     got = train_losses(compiled, 3)
     np.testing.assert_allclose(got, expected, rtol=1e-4)

@@ -13,6 +13,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepsp
 import pytest
 import torch
 
+from tests.helpers import typed
 from vit_dt.measure.breakdown import TIMER_KEYS
 from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
 
@@ -108,16 +109,16 @@ def _engine(kind: str, device: torch.device):
     from vit_dt.optim.optimizers import OptimizerSpec
 
     torch.manual_seed(0)
-    model = build_model({"name": "vit_tiny", "image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2,
-                         "hidden_dim": 32, "mlp_dim": 64, "dropout": 0.0}, 10).to(device)
-    spec = OptimizerSpec.from_config({"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, 8)
+    model = build_model(typed("model", **{"name": "vit_tiny", "image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2,
+                         "hidden_dim": 32, "mlp_dim": 64, "dropout": 0.0}), 10).to(device)
+    spec = OptimizerSpec.from_config(typed("optimizer", **{"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}), 8)
     schedule = {"warmup_steps": 0, "total_steps": 100, "schedule": "constant"}
     trainer_cfg = {"grad_clip": 1.0, "compile": False}
     if kind == "deepspeed":
         config = derive_deepspeed_config(batch=Batch(8, 1, 1), precision="fp32", zero_stage=0, grad_clip=1.0,
                                          wall_clock_breakdown=True)
-        return DeepSpeedEngine(model, config, trainer_cfg, device, schedule, spec)
-    return DDPEngine(model, trainer_cfg, device, "fp32", schedule, 1, spec)
+        return DeepSpeedEngine(model, config, typed("trainer", **trainer_cfg), device, schedule, spec)
+    return DDPEngine(model, typed("trainer", **trainer_cfg), device, "fp32", schedule, 1, spec)
 
 
 def _run(engine, device, steps: int, every: int) -> dict:

@@ -5,6 +5,8 @@ Triton); the engines are real DeepSpeed (DS_ACCELERATOR=cpu) and DDP over the se
 """
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import os
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from tests.helpers import typed
 from vit_dt.config.batch import Batch
 from vit_dt.config.ds_config import derive_deepspeed_config
 from vit_dt.engines import DDPEngine, DeepSpeedEngine
@@ -170,12 +173,16 @@ def test_fused_update_refuses_what_it_does_not_implement():
 
 def test_config_validation_names_a_bad_master_update_and_where_it_is_valid():
     base = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-    assert OptimizerSpec.from_config(base | {"master_update": "fused"}, 256).options["master_update"] == "fused"
+    assert OptimizerSpec.from_config(typed("optimizer", **(base | {"master_update": "fused"})), 256).options["master_update"] == "fused"
     with pytest.raises(OptimizerConfigError, match=r"optimizer.master_update='one_pass' is invalid; valid: separate, "
                                                    r"fused"):
-        OptimizerSpec.from_config(base | {"master_update": "one_pass"}, 256)
+        OptimizerSpec.from_config(typed("optimizer", **(base | {"master_update": "one_pass"})), 256)
     with pytest.raises(OptimizerConfigError, match=r"optimizer.master_update is not a setting of optimizer sgd"):
-        OptimizerSpec.from_config({"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "master_update": "fused"}, 256)
+        # SGD's keys and master_update: composition cannot produce it (SGD's schema refuses master_update)
+        sgd_with_update = dataclasses.make_dataclass("SGDWithUpdate", [("master_update", str, "fused")],
+                                                     bases=(type(typed("optimizer", name="sgd")),))
+        OptimizerSpec.from_config(sgd_with_update(**{**vars(typed("optimizer", name="sgd", lr=0.1,
+                                                                  weight_decay=0.0))}), 256)
 
 
 def test_composed_config_carries_the_update_to_the_spec():
@@ -183,7 +190,7 @@ def test_composed_config_carries_the_update_to_the_spec():
 
     for overrides, expected in (([], "separate"), (["optimizer.master_update=fused"], "fused")):
         cfg = to_container(compose(overrides))
-        assert OptimizerSpec.from_config(cfg["optimizer"], 256).options["master_update"] == expected
+        assert OptimizerSpec.from_config(typed("optimizer", **cfg["optimizer"]), 256).options["master_update"] == expected
 
 
 def test_validation_refuses_the_fused_update_where_there_are_no_bf16_masters():
@@ -211,15 +218,15 @@ def _process_group(one_rank_group):
 
 def bf16_master_engine(kind: str, update: str, seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model(TINY, num_classes=10)
-    spec = OptimizerSpec.from_config({"name": "adamw", "lr": 2e-3, "weight_decay": 0.01, "master_update": update}, 16)
+    model = build_model(typed("model", **TINY), num_classes=10)
+    spec = OptimizerSpec.from_config(typed("optimizer", **{"name": "adamw", "lr": 2e-3, "weight_decay": 0.01, "master_update": update}), 16)
     trainer_cfg = {"grad_clip": 1.0, "compile": False}
     schedule = {"warmup_steps": 2, "total_steps": 50, "schedule": "cosine"}
     if kind == "deepspeed":
         ds_config = derive_deepspeed_config(batch=Batch(16, 1, 1), precision="bf16", zero_stage=0, grad_clip=1.0,
                                             wall_clock_breakdown=False, bf16_mode="master")
-        return DeepSpeedEngine(model, ds_config, trainer_cfg, CPU, schedule, spec, master_weights=True)
-    return DDPEngine(model, trainer_cfg, CPU, "bf16", schedule, grad_accum=1, optimizer=spec, master_weights=True)
+        return DeepSpeedEngine(model, ds_config, typed("trainer", **trainer_cfg), CPU, schedule, spec, master_weights=True)
+    return DDPEngine(model, typed("trainer", **trainer_cfg), CPU, "bf16", schedule, grad_accum=1, optimizer=spec, master_weights=True)
 
 
 @pytest.mark.parametrize("kind", ["deepspeed", "ddp"])

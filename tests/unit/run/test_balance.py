@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import DIGITS_FAST, REPO, read_result, run_cli, run_dir_from_output
+from tests.helpers import typed
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.data.loader import ShardBatchSampler, make_loader, shard_plan
 from vit_dt.data.tensors import TensorImages
@@ -125,7 +126,7 @@ def _grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
 
 def test_loss_weight_makes_the_average_of_uneven_shards_the_global_batch_gradient():
     torch.manual_seed(0)
-    model = build_model(TINY, num_classes=10)
+    model = build_model(typed("model", **TINY), num_classes=10)
     gen = torch.Generator().manual_seed(1)
     images, labels = torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
     full = _grads(model, F.cross_entropy(model(images), labels))
@@ -150,6 +151,7 @@ ENGINE_WORKER = textwrap.dedent('''
     from vit_dt.engines import DDPEngine
     from vit_dt.models.vit import build_model
     from vit_dt.optim.optimizers import OptimizerSpec
+    from tests.helpers import typed
 
     out, tiny, shares = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     torch.set_num_threads(1)
@@ -159,15 +161,15 @@ ENGINE_WORKER = textwrap.dedent('''
     images, labels = torch.randn(total, 3, 16, 16, generator=gen), torch.randint(0, 10, (total,), generator=gen)
     start = sum(shares[:rank])
     mine = slice(start, start + shares[rank])
-    spec = OptimizerSpec.from_config({"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "momentum": 0.0}, total)
+    spec = OptimizerSpec.from_config(typed("optimizer", **{"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "momentum": 0.0}), total)
     schedule = {"warmup_steps": 0, "total_steps": 10, "schedule": "constant"}
 
     def engine(slow=0.0):
         torch.manual_seed(0)
-        model = build_model(tiny, 10)
+        model = build_model(typed("model", **tiny), 10)
         if slow:
             model.register_forward_hook(lambda *_: time.sleep(slow), prepend=True)
-        return DDPEngine(model, {"grad_clip": 0.0}, torch.device("cpu"), "fp32", schedule, 1, spec)
+        return DDPEngine(model, typed("trainer", **{"grad_clip": 0.0}), torch.device("cpu"), "fp32", schedule, 1, spec)
 
     states = {}
     for weighted in (True, False):
@@ -215,7 +217,7 @@ def test_ddp_engine_on_two_ranks_with_uneven_shares_steps_like_the_global_batch(
     saved = torch.load(out, weights_only=False)
 
     torch.manual_seed(0)
-    model = build_model(TINY, num_classes=10)
+    model = build_model(typed("model", **TINY), num_classes=10)
     gen = torch.Generator().manual_seed(1)
     images, labels = torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
     before = {k: v.clone() for k, v in model.state_dict().items()}

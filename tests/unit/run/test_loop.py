@@ -108,10 +108,12 @@ def test_result_json_steady_state_leaves_out_the_resumed_attempts_first_epoch(tm
     from tests.helpers import DIGITS_FAST
     from vit_dt.config import compose, to_container
     from vit_dt.measure import hardware
+    from vit_dt.config.typed import typed_config
     from vit_dt.run.record import RunRecorder
 
     recorder = object.__new__(RunRecorder)
     recorder.cfg = to_container(compose([*DIGITS_FAST, f"out_dir={tmp_path}"]))
+    recorder.config = typed_config(recorder.cfg)
     recorder.run_dir, recorder.env, recorder.device, recorder.batch, recorder.info = tmp_path, ENV, CPU, \
         Batch(4, 1, 1), INFO
     recorder.started, recorder.ds_config, recorder.gpu_model, recorder.num_params = "t0", None, None, 1
