@@ -51,10 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(args) -> None:
     """One rank under torchrun: build every contender, alternate timed repeats, rank 0 writes the JSON."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import common
     import torch
     import torch.distributed as dist
-
-    import common
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo")

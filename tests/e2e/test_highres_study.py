@@ -16,8 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.helpers import run_cli
-from tests.helpers import typed
+from tests.helpers import run_cli, typed
 from vit_dt.config import compose, to_container
 from vit_dt.config.validate import ConfigError, validate
 from vit_dt.measure import metrics

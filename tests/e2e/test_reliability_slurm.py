@@ -22,7 +22,7 @@ from vit_dt.slurm.status import sweep_status
 
 FAST = ["dataset=digits", "model=vit_tiny", "trainer.micro_batch=16", "wandb.mode=disabled"]
 QUICK = FAST + ["trainer.epochs=1", "trainer.max_steps_per_epoch=3"]
-EPOCH_LINE = re.compile(r"\[rank 0\] vit_dt\.trainer: epoch (\d+): ([0-9.]+) s,")
+EPOCH_LINE = re.compile(r"\[rank 0\] vit_dt\.run\.loop: epoch (\d+): ([0-9.]+) s,")
 # 14 epochs x (5 train + 4 validation forwards) x 0.36 s of sleep = 45 s, + ~7 s of compute: more than a first
 # attempt's 25-55 s window (minus ~10 s of start-up) can hold, less than that plus one requeued attempt (~38 s)
 EPOCHS, STEPS, FORWARD_SLEEP_S = 14, 5, 0.36

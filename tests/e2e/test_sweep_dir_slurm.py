@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.sweeps import run_sweep_cli, wait_until_done
+from tests.fixtures.sweeps import wait_until_done
 from tests.helpers import REPO
 from vit_dt.records.store import ResultsStore
 from vit_dt.slurm.manifest import read_manifest

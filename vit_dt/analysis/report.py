@@ -234,11 +234,11 @@ def log_to_wandb(records: Sequence[dict], tables_: Sequence[Table], made: Mappin
     """
     import wandb as wb
 
-    from vit_dt.records.wandb_run import WandbRun
+    from vit_dt.records.wandb_run import DEFAULT_MODE, WandbRun
 
     wandb_cfg = next(((r.get("config") or {}).get("wandb") for r in records if (r.get("config") or {}).get("wandb")),
                      None) or {}
-    mode = os.environ.get("WANDB_MODE") or wandb_cfg.get("mode") or "offline"
+    mode = os.environ.get("WANDB_MODE") or wandb_cfg.get("mode") or DEFAULT_MODE
     cfg = {"wandb": {"mode": mode, "project": wandb_cfg.get("project"), "entity": wandb_cfg.get("entity")},
            "report": {"sources": meta["sources"], "records": meta["records"]}}
     group = wandb_cfg.get("group") or Path(meta["sources"][0]).name

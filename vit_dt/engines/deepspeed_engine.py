@@ -1,7 +1,6 @@
 """vit-dt's step on DeepSpeed: ZeRO 0-3, bf16 master weights / autocast / native, DeepSpeed's sampled timers."""
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -22,6 +22,8 @@ from vit_dt.records.secrets import scrub_secrets, secret_values
 from vit_dt.records.wandb_files import last_logged_step, run_id_for, segment_files
 
 log = logging.getLogger("vit_dt.wandb")
+# What a run's config says when it says nothing: conf/wandb/default.yaml for a composed config; these two serve the
+# report's W&B run, whose config comes from records (an older record may carry no wandb node).
 DEFAULT_MODE = "offline"
 DEFAULT_PROJECT = "vit-dt"
 RESUME_MODE = "allow"   # resume the run when W&B knows the id, create it otherwise (offline: always a new segment)

@@ -31,7 +31,9 @@ def store_for(cfg: dict) -> ResultsStore:
 
 
 def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
-    resources = cfg.get("resources", {})
+    """Who ran what. Also called for a failed run, whose config may be the reason it failed: a key it lacks is
+    recorded as missing (None), never as a default the run may not have had."""
+    resources = cfg.get("resources") or {}
     return {
         "schema_version": SCHEMA_VERSION,
         "run_dir": str(run_dir.resolve()),
@@ -45,7 +47,7 @@ def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
         "precision": cfg["precision"],
         "zero_stage": cfg["deepspeed"]["zero_stage"] if cfg["engine"] == "deepspeed" else None,
         "bf16_mode": _bf16_mode(cfg),
-        "fast_attention": bool(cfg["model"].get("fast_attention", True)),
+        "fast_attention": cfg["model"].get("fast_attention"),
         "dataset": cfg["dataset"]["name"],
         "model": cfg["model"]["name"],
         **_geometry(cfg["model"]),
@@ -60,7 +62,6 @@ def _identity(cfg: dict, run_dir: Path, env: DistEnv) -> dict:
 def _bf16_mode(cfg: dict) -> str | None:
     """The bf16 mode the run used (`auto` resolved); None unless precision=bf16 (or when the config is invalid)."""
     from vit_dt.config.ds_config import DeepSpeedConfigError, bf16_mode_for
-
     from vit_dt.config.typed import typed_config
 
     try:
@@ -75,7 +76,7 @@ def _geometry(model_cfg: dict) -> dict:
     valid = isinstance(image, int) and isinstance(patch, int) and patch > 0 and image % patch == 0
     return {"image_size": image, "patch_size": patch,
             "tokens_per_image": metrics.tokens_per_image(model_cfg) if valid else None,
-            "activation_checkpointing": bool(model_cfg.get("activation_checkpointing", False))}
+            "activation_checkpointing": model_cfg.get("activation_checkpointing")}
 
 
 def _slurm_job_id() -> str | None:

@@ -48,26 +48,26 @@ def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None)
     """The JobShape for a composed config (`resources` + `cluster`). `profile` saves re-parsing `cluster`."""
     res = cfg["resources"]
     profile = profile or ClusterProfile.from_config(cfg["cluster"])
-    layout = res.get("layout", "grid")
+    layout = res["layout"]
     if layout not in LAYOUTS:
         raise ShapeError(f"resources.layout={layout!r} is not valid; choose one of: {', '.join(LAYOUTS)}")
     if layout == "grid":
-        nodes = _positive(res.get("nodes", 1), "resources.nodes")
-        per_node = _positive(res.get("gpus_per_node", 1), "resources.gpus_per_node")
+        nodes = _positive(res["nodes"], "resources.nodes")
+        per_node = _positive(res["gpus_per_node"], "resources.gpus_per_node")
     else:
-        if res.get("gpus") is None:
+        if res["gpus"] is None:
             raise ShapeError(f"resources.layout={layout} needs resources.gpus (the total number of ranks), got null")
         gpus = _positive(res["gpus"], "resources.gpus")
         nodes, per_node = (1, gpus) if layout == "intra" else (gpus, 1)
-    partition = profile.partition(res.get("partition"))
-    cpus = res.get("cpus_per_task")
-    mem = res.get("mem_gb")
+    partition = profile.partition(res["partition"])
+    cpus = res["cpus_per_task"]
+    mem = res["mem_gb"]
     return JobShape(
         nodes=nodes,
         tasks_per_node=per_node,
         gpus_per_node=per_node if partition.has_gpus else 0,
         partition=partition.name,
-        time_min=_positive(res.get("time_min", 30), "resources.time_min"),
+        time_min=_positive(res["time_min"], "resources.time_min"),
         cpus_per_task=partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task"),
         mem_gb=partition.mem_gb if mem is None else _mem_gb(mem, "resources.mem_gb"),   # the profile checked its own
     )

@@ -8,8 +8,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from vit_dt.config import compose, to_container
-from vit_dt.config import schema
+from vit_dt.config import compose, schema, to_container
 from vit_dt.config.typed import ConfigTypeError, option_schemas, typed_config
 from vit_dt.paths import conf_dir
 

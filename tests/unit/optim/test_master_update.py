@@ -5,9 +5,8 @@ Triton); the engines are real DeepSpeed (DS_ACCELERATOR=cpu) and DDP over the se
 """
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed: this test runs on the CPU

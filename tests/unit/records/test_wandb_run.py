@@ -391,3 +391,13 @@ def test_a_sweeps_points_share_one_group_named_after_the_sweep():
     assert wandb_group({"wandb": {"group": None}, "sweep_dir": "/o/sweeps/20260101-120000"}) == "20260101-120000"
     assert wandb_group({"wandb": {"group": "mine"}, "sweep_dir": "/o/sweeps/x"}) == "mine"
     assert wandb_group({"wandb": {"group": None}}) is None               # a lone `vit-dt train` run
+
+
+def test_the_record_side_defaults_are_the_config_trees(monkeypatch):
+    """DEFAULT_MODE/DEFAULT_PROJECT stand in for conf/wandb/default.yaml where a record carries no wandb node."""
+    from vit_dt.config import compose
+    from vit_dt.records.wandb_run import DEFAULT_MODE, DEFAULT_PROJECT
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    wandb_cfg = compose([])["wandb"]
+    assert (wandb_cfg["mode"], wandb_cfg["project"]) == (DEFAULT_MODE, DEFAULT_PROJECT)

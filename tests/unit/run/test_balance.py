@@ -19,8 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import DIGITS_FAST, REPO, read_result, run_cli, run_dir_from_output
-from tests.helpers import typed
+from tests.helpers import DIGITS_FAST, REPO, read_result, run_cli, run_dir_from_output, typed
 from vit_dt.config import ConfigError, compose, to_container, validate
 from vit_dt.data.loader import ShardBatchSampler, make_loader, shard_plan
 from vit_dt.data.tensors import TensorImages

@@ -107,8 +107,8 @@ def _timers(ms: float) -> list[dict]:
 def test_result_json_steady_state_leaves_out_the_resumed_attempts_first_epoch(tmp_path):
     from tests.helpers import DIGITS_FAST
     from vit_dt.config import compose, to_container
-    from vit_dt.measure import hardware
     from vit_dt.config.typed import typed_config
+    from vit_dt.measure import hardware
     from vit_dt.run.record import RunRecorder
 
     recorder = object.__new__(RunRecorder)
