@@ -272,6 +272,7 @@ def test_killed_rank_fails_its_job_fast_and_status_says_why(slurm_cluster, tmp_p
         time.sleep(0.5)
     pids = task_processes(job_id, rank=1)
     assert len(pids) == 1, pids
+    trained = len(list((run_dir / "checkpoints").glob("epoch-*")))
     os.kill(pids[0], signal.SIGKILL)
     killed_at = time.monotonic()
     while sacct_state(job_id) in ("RUNNING", "COMPLETING", "PENDING", ""):
@@ -285,6 +286,11 @@ def test_killed_rank_fails_its_job_fast_and_status_says_why(slurm_cluster, tmp_p
     proc = subprocess.run([sys.executable, "-m", "vit_dt.cli", "status", str(sweep_dir)], capture_output=True,
                           text=True, timeout=120)
     assert "why (not completed)" in proc.stdout and "task 1: Killed" in proc.stdout, proc.stdout
+    # the failed record keeps what was measured before the kill, and says why in one line
+    failed = [r for r in store_records(sweep_dir) if r["status"] == "failed"]
+    assert len(failed) == 1 and len(failed[0]["epochs"]) >= trained >= 1, failed
+    assert failed[0]["failure_cause"] == "collective" and "\n" not in failed[0]["error"], failed[0]["error"]
+    assert "a peer rank stopped answering after" in proc.stdout, proc.stdout
 
 
 # --- bad input before queueing -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import os
 import random
@@ -16,6 +17,11 @@ from vit_dt.run import distributed
 from vit_dt.run.distributed import DistEnv
 
 log = logging.getLogger("vit_dt.run.rank")
+# a full file system, a read-only one, a quota, an I/O error: `failure_cause` calls these "io"
+IO_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+# what gloo and NCCL say when a peer rank died or stopped answering (lower case): `failure_cause` calls it "collective"
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
+             "nccl communicator was aborted")
 
 
 def _now() -> str:
@@ -70,11 +76,13 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
     configure_logging(env.rank)
     distributed.prepare_accelerator_env()
     started = _now()
+    progress: dict[str, Any] = {}        # _train puts its recorder here: a failure keeps the epochs it measured
     try:
         distributed.init_process_group(env, timeout_s=config.trainer.dist_timeout_s)
-        result = _train(cfg, config, run_dir, env, started)
+        result = _train(cfg, config, run_dir, env, started, progress)
     except Exception as exc:  # record the failure, then let the job fail (SystemExit on requeue is no failure)
-        _record_failure(cfg, run_dir, env, started, exc)
+        recorder = progress.get("recorder")
+        _record_failure(cfg, run_dir, env, started, exc, recorder.epochs if recorder else [])
         raise
     finally:
         distributed.destroy_process_group()
@@ -91,7 +99,8 @@ def _device(env: DistEnv):
     return torch.device("cpu")
 
 
-def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: str) -> dict | None:
+def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: str,
+           progress: dict[str, Any]) -> dict | None:
     """`config`: the typed config every component reads; `cfg`: the same as plain data, for the record."""
     from vit_dt.config.batch import resolve_batch
     from vit_dt.config.batch import steps_per_epoch as batch_steps_per_epoch  # the local name is taken below
@@ -142,6 +151,7 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
 
     recorder = RunRecorder(cfg, run_dir, env, device, batch, info, model, started, ds_config=ds_config,
                            config=config)
+    progress["recorder"] = recorder
     recorder.watch_memory(engine)
     num_workers = loader_workers(trainer.num_workers, os.environ)
     checkpointer = Checkpointer(run_dir) if trainer.checkpoint else None
@@ -186,20 +196,53 @@ def _debug_delay(delays: Mapping[Any, float] | None, rank: int) -> float:
     return float(delays.get(rank, delays.get(str(rank), 0.0)))
 
 
-def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException) -> None:
-    """Each rank leaves its traceback; rank 0 also writes a failed result.json and appends it to the store."""
+def failure_cause(exc: BaseException) -> str:
+    """What kind of failure `exc` is (records/result.py FAILURE_CAUSES): `io` for a full, read-only or over-quota file system and other
+    I/O errors (retrying elsewhere or after cleaning up may help), `collective` when a peer rank stopped answering
+    (a dead or stuck rank, a network), `error` for the rest (the run's own: retrying will not help)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if len(chain) > 8:
+            break
+    if any(isinstance(e, OSError) and e.errno in IO_ERRNOS for e in chain):
+        return "io"
+    names = {type(e).__name__ for e in chain}
+    if names & {"DistBackendError", "DistNetworkError"} or any(
+            isinstance(e, RuntimeError) and any(s in str(e).lower() for s in PEER_LOST) for e in chain):
+        return "collective"
+    return "error"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, at most `limit` characters: what status and the store show (the whole
+    traceback stays in error-rank<R>.txt)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException,
+                    epochs: list[dict]) -> None:
+    """Each rank leaves its traceback; rank 0 also writes a failed result.json, with the epochs measured so far and
+    the failure's cause, and appends it to the store."""
     tail = "".join(traceback.format_exception(exc))[-4000:]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / f"error-rank{env.rank}.txt").write_text(tail)
-        if env.is_main:
-            from vit_dt.run.record import failed_result, store_for
+    except OSError:     # a full or read-only file system: the record below may still reach the store
+        log.exception("could not write the traceback of rank %d", env.rank)
+    if not env.is_main:
+        return
+    try:
+        from vit_dt.records.result import write_result
+        from vit_dt.run.record import failed_result, store_for
 
-            result = failed_result(cfg, run_dir, env, started, _now(), f"{type(exc).__name__}: {exc}")
-            from vit_dt.records.result import write_result
-
+        result = failed_result(cfg, run_dir, env, started, _now(), one_line(exc), failure_cause(exc), epochs)
+        try:
             write_result(run_dir, result)
-            store_for(cfg).append(result)
+        finally:
+            store_for(cfg).append(result)     # the sweep's store may sit on another file system than the run
     except Exception:  # the original error matters more than a failure to record it
         log.exception("could not record the failure of rank %d", env.rank)
 

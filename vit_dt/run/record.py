@@ -88,9 +88,14 @@ def _slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str) -> dict:
-    return {"status": "failed", "error": error, **_identity(cfg, run_dir, env), "started_at": started,
-            "finished_at": finished, "epochs": [], "final_val_acc": None, "config": scrub_secrets(cfg)}
+def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str,
+                  cause: str | None = None, epochs: list[dict] | None = None) -> dict:
+    """The record of a run that failed: `error` in one line, its `cause` (FAILURE_CAUSES), and the epochs it had
+    measured before it failed (those of earlier attempts included), so a long run's work is not lost from the store."""
+    epochs = list(epochs or [])
+    return {"status": "failed", "error": error, "failure_cause": cause, **_identity(cfg, run_dir, env),
+            "started_at": started, "finished_at": finished, "epochs": epochs,
+            "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "config": scrub_secrets(cfg)}
 
 
 def _merge_rank_summaries(per_epoch: list[list[dict]], epoch_records: list[dict] | None = None) -> list[dict]:
@@ -159,6 +164,7 @@ class RunRecorder:
         self.rank_hardware = gather_to_all_ranks(hardware.local_hardware(device))
         self.hostnames = [seen["host"] for seen in self.rank_hardware]
         self.memory_probe: memory_model.MemoryProbe | None = None
+        self.epochs: list[dict] = []         # the epochs measured so far, earlier attempts' included
         self.wandb = None
         if env.is_main:
             from vit_dt.records.wandb_run import WandbRun
@@ -186,6 +192,7 @@ class RunRecorder:
         """Training continues from a checkpoint (its TrainState): the W&B run continues after the checkpoint's
         global step. Epoch rows that the interrupted attempt logged but never got onto disk (W&B buffers its offline
         log for up to 15 s, and a requeue kills the job) are logged again from the checkpoint's epoch records."""
+        self.epochs = state.epochs
         if not self.wandb:
             return
         global_step = 0
@@ -198,6 +205,7 @@ class RunRecorder:
             self.wandb.log({f"step/{k}": v for k, v in values.items()}, step=step)
 
     def on_epoch_end(self, state, record: dict) -> None:
+        self.epochs = state.epochs           # what a failure record keeps (failed_result)
         if self.wandb:
             # At the epoch's last optimizer step: W&B drops rows whose step goes back, and merges equal steps.
             self.wandb.log(epoch_row(record), step=sum(e["steps"] for e in state.epochs))

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vit_dt.records.result import RESULT_NAME
+from vit_dt.records.result import EPOCHS, FAILURE_CAUSE, RESULT_NAME, STATUS
 from vit_dt.slurm.manifest import read_manifest
 from vit_dt.textable import format_columns
 
@@ -176,6 +176,9 @@ def failure_reason(point: dict[str, Any], slurm_state: str | None, max_lines: in
     of the latest attempt; when none of those say anything, the last lines of task 0's stderr."""
     parts = [f"{point.get('scheduler') or 'slurm'}: {slurm_state}"] if slurm_state else []
     since = _timestamp(point.get("submitted_at"))
+    recorded = _failure_record(Path(point["run_dir"]), since)
+    if recorded:
+        parts.append(recorded)
     for path in sorted(Path(point["run_dir"]).glob("error-rank*.txt"), key=_rank_of):
         if since is not None and path.stat().st_mtime < since - 1:
             continue  # left by an earlier attempt
@@ -257,6 +260,23 @@ def _timestamp(iso: str | None) -> float | None:
         return _dt.datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return None
+
+
+def _failure_record(run_dir: Path, since: float | None) -> str | None:
+    """The run's own account of its failure (result.json of this attempt): its cause and what it had measured."""
+    path = run_dir / RESULT_NAME
+    try:
+        if since is not None and path.stat().st_mtime < since - 1:
+            return None    # an earlier attempt's
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get(STATUS) != "failed":
+        return None
+    cause = record.get(FAILURE_CAUSE) or "error"
+    kind = {"io": "I/O error (full, read-only or over-quota file system?)",
+            "collective": "a peer rank stopped answering"}.get(cause, "error")
+    return f"record: {kind} after {len(record.get(EPOCHS) or [])} epoch(s): {record.get('error')}"
 
 
 def _result_status(run_dir: Path) -> str | None:

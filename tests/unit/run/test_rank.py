@@ -1,0 +1,66 @@
+"""The rank's failure path (vit_dt/run/rank.py): a failed run keeps the epochs it measured and says its cause in
+one line, and `vit-dt status` shows it. Real files, real exceptions; no process group needed."""
+from __future__ import annotations
+
+import errno
+import json
+
+from vit_dt.config import compose, to_container
+from vit_dt.records.result import FAILURE_CAUSES
+from vit_dt.records.store import ResultsStore
+from vit_dt.run import rank
+from vit_dt.run.distributed import DistEnv
+from vit_dt.slurm.status import failure_reason
+
+ENV = DistEnv(rank=0, world_size=2, local_rank=0, node_rank=0, nodes=2, master_addr="127.0.0.1",
+              master_port=29500, source="test")
+
+
+def _raise(exc: BaseException, cause: BaseException | None = None) -> BaseException:
+    try:
+        try:
+            raise cause if cause is not None else exc
+        except BaseException as inner:
+            if cause is None:
+                raise
+            raise exc from inner
+    except BaseException as caught:
+        return caught
+
+
+def test_failure_causes_tell_io_from_a_silent_peer_from_the_run_s_own_error():
+    disk_full = OSError(errno.ENOSPC, "No space left on device", "/ckpt/state.pt")
+    assert rank.failure_cause(disk_full) == "io"
+    assert rank.failure_cause(_raise(RuntimeError("could not save the checkpoint"), disk_full)) == "io"
+    assert rank.failure_cause(OSError(errno.EROFS, "Read-only file system")) == "io"
+    assert rank.failure_cause(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")) \
+        == "collective"
+    assert rank.failure_cause(ValueError("dataset.num_classes=10 but digits has 11 classes")) == "error"
+    assert {rank.failure_cause(e) for e in (disk_full, RuntimeError("x timed out"), KeyError("k"))} \
+        == set(FAILURE_CAUSES)
+
+
+def test_the_error_is_one_line():
+    exc = RuntimeError("first line of a long\nmulti-line\nmessage")
+    assert rank.one_line(exc) == "RuntimeError: first line of a long"
+    assert len(rank.one_line(RuntimeError("x" * 1000))) == 300 and rank.one_line(KeyError()) == "KeyError"
+
+
+def test_a_failed_run_keeps_its_epochs_and_cause_in_the_record_the_store_and_status(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "points" / "0"
+    cfg = to_container(compose(["wandb.mode=disabled", f"out_dir={tmp_path}"])) | {"sweep_dir": str(sweep),
+                                                                                  "point": 0}
+    epochs = [{"epoch": e, "time_s": 1.0, "val_acc": 0.5 + e / 10, "train_loss": 1.0, "steps": 3} for e in range(2)]
+    disk_full = OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
+    rank._record_failure(cfg, run_dir, ENV, "2026-12-03T00:00:00", disk_full, epochs)
+
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["failure_cause"] == "io"
+    assert record["error"].startswith("OSError: [Errno 28] No space left on device") and "\n" not in record["error"]
+    assert record["epochs"] == epochs and record["final_val_acc"] == 0.6
+    assert ResultsStore(sweep / "results.jsonl").records() == [record]
+    assert (run_dir / "error-rank0.txt").read_text().startswith("OSError")
+
+    reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
+    assert "I/O error" in reason and "after 2 epoch(s)" in reason and "No space left on device" in reason
