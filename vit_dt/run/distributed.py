@@ -152,8 +152,23 @@ def init_process_group(env: DistEnv, timeout_s: float) -> None:
     if dist.is_initialized():
         return
     env.export()
+    bound = timedelta(seconds=timeout_s)
     dist.init_process_group(backend=choose_backend(), init_method="env://", rank=env.rank,
-                            world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+                            world_size=env.world_size, timeout=bound)
+    bound_later_groups(bound)
+
+
+def bound_later_groups(bound: timedelta) -> None:
+    """Give every process group made later without a timeout this run's bound instead of torch's 30 minutes.
+
+    DeepSpeed makes its own groups (`dist.new_group(ranks)`, no timeout): torch then takes its module default, and
+    a stopped rank held a DeepSpeed job for 22 minutes where trainer.dist_timeout_s promised 120 s. torch reads
+    that default when each group is made (distributed_c10d._get_default_timeout), so setting it here bounds them."""
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = bound
+    if isinstance(c10d.default_pg_nccl_timeout, timedelta):     # None where torch was built without NCCL
+        c10d.default_pg_nccl_timeout = bound
 
 
 def _single_process() -> bool:

@@ -47,3 +47,44 @@ def test_gathers_over_a_real_gloo_group(tmp_path):
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
     assert json.loads(out.read_text()) == [{"fwd": 10.0, "samples": 0}, {"fwd": 20.0, "samples": 1},
                                            {"fwd": 30.0, "samples": 2}]
+
+
+SILENT_PEER_WORKER = textwrap.dedent('''
+    import sys, time
+    import torch, torch.distributed as dist
+    from vit_dt.run import distributed
+    env = distributed.discover()
+    distributed.init_process_group(env, timeout_s=3)
+    group = dist.new_group([0, 1])        # as DeepSpeed makes its groups: no timeout of its own
+    if env.rank == 1:
+        time.sleep(40)                    # a stopped rank: alive, never answering
+        sys.exit(0)
+    started = time.monotonic()
+    try:
+        dist.all_reduce(torch.ones(1), group=group)
+    except Exception as exc:
+        print(f"bounded after {time.monotonic() - started:.1f} s: {type(exc).__name__}")
+        sys.exit(3)
+''')
+
+
+def test_a_group_made_later_without_a_timeout_is_bounded_by_the_run_s(tmp_path):
+    """DeepSpeed's own groups took torch's 30-minute default: a stopped rank held a job for 22 minutes. Rank 0's
+    all-reduce on such a group must give up after the run's bound (3 s here), not wait for the silent rank."""
+    from tests.helpers import REPO
+
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT_PEER_WORKER)
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(script)],
+                              env=os.environ | {"RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                                "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        out, _ = procs[0].communicate(timeout=30)
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode == 3, out
+    seconds = float(out.split("bounded after ")[1].split(" s")[0])
+    assert 2.5 <= seconds < 15, out
