@@ -257,23 +257,29 @@ def test_status_of_a_copied_or_moved_sweep_reads_the_directory_given(tmp_path, c
 
 
 # --- fail fast -----------------------------------------------------------------------------------------------
-@pytest.mark.slurm
-@pytest.mark.timeout(600)
-def test_killed_rank_fails_its_job_fast_and_status_says_why(slurm_cluster, tmp_path):
-    sweep_dir = tmp_path / "kill"
+def two_node_point_mid_training(sweep_dir: Path, *overrides: str) -> tuple[str, Path, int]:
+    """A long 2-node point, once it has trained an epoch: (job id, run dir, rank 1's PID)."""
     sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.nodes=2", "trainer.epochs=200",
-                        "trainer.max_steps_per_epoch=20", *FAST)
+                        "trainer.max_steps_per_epoch=20", *FAST, *overrides)
     assert sub.proc.returncode == 0, sub.proc.stdout + sub.proc.stderr
     point = read_manifest(sweep_dir)["points"][0]
     job_id, run_dir = point["job_id"], Path(point["run_dir"])
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while not list((run_dir / "checkpoints").glob("epoch-*")):  # mid-training: an epoch is done
         assert time.monotonic() < deadline, f"job {job_id} did not start training: {sacct_state(job_id)}"
         time.sleep(0.5)
     pids = task_processes(job_id, rank=1)
     assert len(pids) == 1, pids
+    return job_id, run_dir, pids[0]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_killed_rank_fails_its_job_fast_and_status_says_why(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "kill"
+    job_id, run_dir, rank1 = two_node_point_mid_training(sweep_dir)
     trained = len(list((run_dir / "checkpoints").glob("epoch-*")))
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(rank1, signal.SIGKILL)
     killed_at = time.monotonic()
     while sacct_state(job_id) in ("RUNNING", "COMPLETING", "PENDING", ""):
         assert time.monotonic() - killed_at < 120, "the job outlived its dead rank by 2 minutes"
@@ -291,6 +297,29 @@ def test_killed_rank_fails_its_job_fast_and_status_says_why(slurm_cluster, tmp_p
     assert len(failed) == 1 and len(failed[0]["epochs"]) >= trained >= 1, failed
     assert failed[0]["failure_cause"] == "collective" and "\n" not in failed[0]["error"], failed[0]["error"]
     assert "a peer rank stopped answering after" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("engine", ["deepspeed", "ddp"])
+def test_a_stopped_rank_ends_its_job_within_the_collective_bound(slurm_cluster, tmp_path, engine):
+    """SIGSTOP: the rank stays alive and never answers. Every group, DeepSpeed's own included, is bounded by
+    trainer.dist_timeout_s, so rank 0 gives up and the job ends; before, a DeepSpeed job waited 22 minutes."""
+    bound_s = 30
+    sweep_dir = tmp_path / f"stop-{engine}"
+    job_id, _, rank1 = two_node_point_mid_training(sweep_dir, f"trainer.dist_timeout_s={bound_s}", f"engine={engine}")
+    os.kill(rank1, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        while sacct_state(job_id) in ("RUNNING", "COMPLETING", "PENDING", ""):
+            assert time.monotonic() - stopped_at < bound_s + 60, f"the job outlived its stopped rank by {bound_s + 60}s"
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)
+    assert time.monotonic() - stopped_at < bound_s + 30 + 10       # the bound, the issue's 30 s, sacct's lag
+    assert sacct_state(job_id) == "FAILED"
+    failed = [r for r in store_records(sweep_dir) if r["status"] == "failed"]
+    assert failed and failed[-1]["failure_cause"] == "collective" and failed[-1]["epochs"], failed
 
 
 # --- bad input before queueing -----------------------------------------------------------------------------------
