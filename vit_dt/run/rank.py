@@ -214,11 +214,11 @@ def failure_cause(exc: BaseException) -> str:
     return "error"
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, at most `limit` characters: what status and the store show (the whole
-    traceback stays in error-rank<R>.txt)."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """`Type: message`, its lines joined (a DatasetError's `fix:` line stays), at most `limit` characters: what status
+    and the store show (the whole traceback stays in error-rank<R>.txt)."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

@@ -42,8 +42,8 @@ def test_failure_causes_tell_io_from_a_silent_peer_from_the_run_s_own_error():
 
 def test_the_error_is_one_line():
     exc = RuntimeError("first line of a long\nmulti-line\nmessage")
-    assert rank.one_line(exc) == "RuntimeError: first line of a long"
-    assert len(rank.one_line(RuntimeError("x" * 1000))) == 300 and rank.one_line(KeyError()) == "KeyError"
+    assert rank.one_line(exc) == "RuntimeError: first line of a long multi-line message"
+    assert len(rank.one_line(RuntimeError("x" * 1000))) == 500 and rank.one_line(KeyError()) == "KeyError"
 
 
 def test_a_failed_run_keeps_its_epochs_and_cause_in_the_record_the_store_and_status(tmp_path):
