@@ -25,7 +25,7 @@ LOGIN_MODULES_ELSEWHERE = ("vit_dt.cli", "vit_dt.paths", "vit_dt.models.catalog"
 # Which wing may import which at module level (docs/design.md, "Who may import whom"). The rank side (run) wires
 # everything below it; the login side never reaches into the rank side's torch code.
 ALLOWED = {
-    "config": {"models"},                                   # models.catalog: names and geometry, torch-free
+    "config": set(),                                        # the bottom: validate borrows checks inside functions
     "slurm": {"config", "records", "data"},                 # data.verify: the login-side dataset check
     "records": {"config"},
     "analysis": {"config", "records", "measure"},           # measure.hardware / metrics: pure functions
