@@ -1,6 +1,9 @@
 """Compose the config tree in conf/ outside of a Hydra app (tests, `vit-dt train`, the launcher)."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import re
 from typing import Any, Sequence
 
 from hydra import compose as hydra_compose
@@ -28,8 +31,19 @@ def check_declared(cfg: DictConfig) -> None:
     unknown = schema.undeclared_keys(cfg)
     if unknown:
         raise ConfigCompositionException("; ".join(
-            f"unknown key {key}: its schema (vit_dt/config/schema.py) declares {', '.join(valid)}"
+            f"unknown key {key}{nearest(key.rpartition('.')[2], valid, key.rpartition('.')[0])}: its schema "
+            f"(vit_dt/config/schema.py) declares {', '.join(valid)}"
             for key, valid in unknown.items()))
+
+
+def nearest(name: str, valid: Sequence[str], parent: str = "") -> str:
+    """` (did you mean trainer.epochs?)` for the declared key closest to a misspelt `name`, else ''."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+
+
+# OmegaConf refusing an undeclared key: "Key 'micro_bach' not in 'TrainerSchema'", "full_key: trainer.micro_bach"
+_NOT_IN_SCHEMA = re.compile(r"Key '([^']+)' not in '(\w+)'\s+full_key: ([\w.]+)")
 
 
 def error_message(exc: BaseException) -> str:
@@ -42,7 +56,15 @@ def error_message(exc: BaseException) -> str:
         if text and text not in parts[-1]:
             parts.append(text)
         cause = cause.__cause__
-    return "\n".join(parts)
+    message = "\n".join(parts)
+    found = _NOT_IN_SCHEMA.search(message)
+    schema_class = getattr(schema, found.group(2), None) if found else None
+    if found and dataclasses.is_dataclass(schema_class):
+        parent = found.group(3).rpartition(".")[0]
+        hint = nearest(found.group(1), [f.name for f in dataclasses.fields(schema_class)], parent).strip(" ()")
+        if hint and hint not in message:      # a sweep's error holds its points' messages, already hinted
+            message += f"\n{hint}"
+    return message
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

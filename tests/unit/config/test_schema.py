@@ -149,3 +149,14 @@ def test_a_hydra_app_finds_the_schemas_through_the_launcher_plugin():
         "print(OmegaConf.get_type(cfg.optimizer).__name__)\n")
     assert proc.returncode == 0, proc.stderr
     assert "SGDSchema" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "trainer.micro_bach=32"], ["train", "+trainer.epoch=5"],
+    ["sweep", "cluster=local", "trainer.micro_bach=32,64", "--dry-run"],
+])
+def test_an_unknown_key_is_refused_with_the_nearest_valid_one(tmp_path, command):
+    proc = run_cli(*command, f"out_dir={tmp_path}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    wanted = "trainer.epochs" if "epoch=5" in command[-1] else "trainer.micro_batch"
+    assert f"did you mean {wanted}?" in proc.stderr, proc.stderr
