@@ -94,7 +94,8 @@ def test_two_shapes_one_command_returns_before_jobs_end(sweeps):
             env = [r["env"] for r in records]
             assert sorted(e["RANK"] for e in env) == ["0", "1"]
             assert len({e["SLURMD_NODENAME"] for e in env}) == 2
-            assert {e["MASTER_PORT"] for e in env} == {str(port_for_job(env[0]["SLURM_JOB_ID"]))}
+            job_env = {**os.environ, "SLURM_CLUSTER_NAME": env[0]["SLURM_CLUSTER_NAME"]}   # SLURM_CONF: this one
+            assert {e["MASTER_PORT"] for e in env} == {str(port_for_job(env[0]["SLURM_JOB_ID"], job_env))}
             ports.add(env[0]["MASTER_PORT"])
     assert len(ports) == 2  # two 2-node jobs, two rendezvous ports
 

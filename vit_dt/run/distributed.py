@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Mapping
 
 from vit_dt.config.choices import MPI_LAUNCHERS
 
@@ -41,10 +41,16 @@ class DistEnv:
                           MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port))
 
 
-def port_for_job(job_id: str) -> int:
-    """A rendezvous port derived from the Slurm job id, so two jobs sharing a node never both take 29500."""
+def port_for_job(job_id: str, environ: Mapping[str, str] = os.environ) -> int:
+    """A rendezvous port derived from the Slurm job id, so two jobs sharing a node never both take 29500.
+
+    Shifted by the cluster's identity (its name and slurm.conf): two Slurm clusters sharing machines (the test
+    suite's local cluster beside another one) number their jobs from 1 alike, and job 11 of each took port 20011."""
+    import zlib
+
     digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
-    return PORT_BASE + int(digits) % PORT_SPAN
+    cluster = f"{environ.get('SLURM_CLUSTER_NAME', '')}|{environ.get('SLURM_CONF', '')}"
+    return PORT_BASE + (int(digits) + zlib.crc32(cluster.encode())) % PORT_SPAN
 
 
 def free_port() -> int:

@@ -88,3 +88,16 @@ def test_a_group_made_later_without_a_timeout_is_bounded_by_the_run_s(tmp_path):
     assert procs[0].returncode == 3, out
     seconds = float(out.split("bounded after ")[1].split(" s")[0])
     assert 2.5 <= seconds < 15, out
+
+
+def test_rendezvous_ports_differ_by_job_and_by_cluster():
+    """Consecutive jobs of a cluster get consecutive ports; job 11 of two clusters on one machine does not share
+    one (the test suite's local cluster beside another one collided on 20011)."""
+    from vit_dt.run.distributed import PORT_BASE, PORT_SPAN, port_for_job
+
+    suite = {"SLURM_CLUSTER_NAME": "vitdt", "SLURM_CONF": "/tmp/vit-dt-cluster/etc/slurm.conf"}
+    other = {"SLURM_CLUSTER_NAME": "vitdt", "SLURM_CONF": "/tmp/vit-dt-cluster-2/etc/slurm.conf"}
+    assert port_for_job("12", suite) - port_for_job("11", suite) in (1, 1 - PORT_SPAN)
+    assert port_for_job("11", suite) != port_for_job("11", other)
+    assert port_for_job("11_3", suite) == port_for_job("113", suite)       # an array task's id, digits only
+    assert all(PORT_BASE <= port_for_job(str(j), suite) < PORT_BASE + PORT_SPAN for j in (0, 19999, 20000, 10**9))
