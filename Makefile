@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# DeepSpeed compiles its C++ ops on first use; keep them between runs.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vit-dt/torch_extensions
+# DeepSpeed's C++ ops, built on first use, are cached where vit_dt.paths.torch_extensions_dir says (the CLI's
+# cache too): $TORCH_EXTENSIONS_DIR if set, else ~/.cache/vit-dt/torch_extensions.
 export VIT_DT_OUT_DIR ?= $(CURDIR)/outputs
 
 DEMO_OVERRIDES ?= scaling=strong resources.gpus_per_node=1,2 trainer.micro_batch=16,32 trainer.epochs=4

@@ -14,3 +14,9 @@ def conf_dir() -> Path:
 
 def templates_dir() -> Path:
     return Path(os.environ.get("VIT_DT_TEMPLATES_DIR", REPO_ROOT / "slurm_templates")).resolve()
+
+
+def torch_extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built C++ ops are cached: $TORCH_EXTENSIONS_DIR, else one vit-dt cache shared by the
+    CLI, `make` and Slurm jobs (torch's own default differs per Python and CUDA build, so each would rebuild)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "vit-dt" / "torch_extensions")

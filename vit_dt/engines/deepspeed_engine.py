@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from vit_dt.config.ds_config import vit_dt_clips
 from vit_dt.config.schema import TrainerSchema
+from vit_dt.engines.deepspeed_ops import load_ops
 from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
 from vit_dt.engines.deepspeed_timers import quiet_engine_timer_log, read_engine_timers, set_engine_timing
 from vit_dt.optim.master_weights import build_master_weights_optimizer
@@ -33,6 +34,7 @@ class DeepSpeedEngine(TrainEngine):
                                                              clip=float(trainer.grad_clip or 0.0))   # null: no clipping
         else:
             torch_optimizer = build_optimizer(model.parameters(), optimizer, device)
+        load_ops(stopped_bound_s=trainer.dist_timeout_s)   # announced, bounded: not inside initialize's silent wait
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=torch_optimizer, lr_scheduler=make_scheduler(torch_optimizer, **schedule),
             config=ds_config)

@@ -49,7 +49,8 @@ EPOCH_TIME = "epoch_time_s_mean"   # mean seconds of the steady-state epochs
 IMG_PER_S = "img_per_s"            # images per second, all ranks, over the steady-state epochs
 CONFIG = "config"                  # the composed config, secrets scrubbed
 FAILURE_CAUSE = "failure_cause"    # a failed record's cause, one of FAILURE_CAUSES (vit_dt/run/rank.py)
-FAILURE_CAUSES = ("io", "collective", "error")
+FAILURE_CAUSES = ("io", "collective", "hang", "error")
+SILENT_RANKS = "silent_ranks"      # a failed record's ranks that stopped answering: rank, host, phase, silent_s
 # Per epoch record (the `epochs` list)
 EPOCH_SECONDS = "time_s"
 EPOCH_IMG_PER_S = "img_per_s"

@@ -22,7 +22,7 @@ from vit_dt.data.loader import make_loader
 from vit_dt.engines import TrainEngine
 from vit_dt.measure import breakdown
 from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
-from vit_dt.run import balance
+from vit_dt.run import balance, heartbeat
 from vit_dt.run.distributed import DistEnv, gather_to_rank0
 
 log = logging.getLogger("vit_dt.run.loop")
@@ -114,7 +114,9 @@ class Trainer:
             self._use_shares(state.shares)
         first = state.epoch
         for epoch in range(state.epoch, self.settings.epochs):
+            heartbeat.phase(f"epoch {epoch}: training")
             record, per_rank = self._train_epoch(epoch)
+            heartbeat.phase(f"epoch {epoch}: validation")
             record.update(self._validate())
             record["epoch"] = epoch
             # The first epoch of this attempt (the run's start or a resume) pays for compile, allocator and loader
@@ -194,6 +196,7 @@ class Trainer:
                 if timed:    # the step's loss: the mean over its (equal-sized) micro-batches, summed on the device
                     step_loss = loss if step_loss is None else step_loss + loss
             self.global_step += 1
+            heartbeat.step(step + 1)
             if timed and batch.grad_accum > 1:
                 step_loss = step_loss / batch.grad_accum
             # The loss stays a device tensor: it is read when the timed step is collected, after it has finished.

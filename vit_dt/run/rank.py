@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vit_dt.config.schema import RootSchema
-from vit_dt.run import distributed
+from vit_dt.run import distributed, heartbeat
 from vit_dt.run.distributed import DistEnv
 
 log = logging.getLogger("vit_dt.run.rank")
@@ -32,6 +32,9 @@ def configure_logging(rank: int) -> None:
     """Rank 0 talks; the others only warn (the paper's tqdm on every rank made multi-MB .err files)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # `import deepspeed` compiles tiny test programs to see which ops this machine could build (libaio, ...) and
+    # setuptools logs each gcc line at INFO: noise on every run, never a finding
+    logging.getLogger("compilers").setLevel(logging.WARNING)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,14 +80,18 @@ def run_rank(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict | None:
     distributed.prepare_accelerator_env()
     started = _now()
     progress: dict[str, Any] = {}        # _train puts its recorder here: a failure keeps the epochs it measured
+    attempt = heartbeat.attempt_id(env.master_addr, env.master_port)
+    heartbeat.start(run_dir, env.rank, config.trainer.dist_timeout_s, attempt)
     try:
+        heartbeat.phase("start-up: rendezvous")
         distributed.init_process_group(env, timeout_s=config.trainer.dist_timeout_s)
         result = _train(cfg, config, run_dir, env, started, progress)
     except Exception as exc:  # record the failure, then let the job fail (SystemExit on requeue is no failure)
         recorder = progress.get("recorder")
-        _record_failure(cfg, run_dir, env, started, exc, recorder.epochs if recorder else [])
+        _record_failure(cfg, run_dir, env, started, exc, recorder.epochs if recorder else [], attempt)
         raise
     finally:
+        heartbeat.stop()
         distributed.destroy_process_group()
     return result if env.is_main else None
 
@@ -118,6 +125,7 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
     seed = trainer.seed
     device = _device(env)
     batch = resolve_batch(trainer, config.scaling, env.world_size)
+    heartbeat.phase("start-up: loading the dataset")
     train_set, val_set, info = build_datasets(config.dataset, scaling_cfg=config.scaling,
                                               world_size=env.world_size, seed=seed)
     seed_everything(seed)  # same initial weights on every rank (the engines broadcast rank 0's anyway)
@@ -136,6 +144,7 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
     optimizer = OptimizerSpec.from_config(config.optimizer, batch.global_)  # lr scaled for this global batch
     bf16_mode = bf16_mode_for(config)
     master_weights = config.precision == "bf16" and bf16_mode == "master"
+    heartbeat.phase(f"start-up: building the {config.engine} engine")
     if config.engine == "deepspeed":
         ds_config = derive_deepspeed_config(
             batch=batch, precision=config.precision, zero_stage=config.deepspeed.zero_stage,
@@ -161,6 +170,7 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
         recorder.resumed_from(state)    # W&B: the same run, its rows after the checkpoint's global step
 
     def on_epoch_end(train_state: TrainState, record: dict) -> None:
+        heartbeat.phase(f"epoch {record['epoch']}: recording and checkpointing")
         recorder.on_epoch_end(train_state, record)
         if checkpointer:
             checkpointer.save(engine, train_state)
@@ -170,6 +180,7 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
                    getattr(config.dataset, "hflip", True), settings, env, device,
                    num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
     state = loop.fit(state)
+    heartbeat.phase("finishing: the run's record")
     return recorder.finish(state, engine.module)
 
 
@@ -197,9 +208,10 @@ def _debug_delay(delays: Mapping[Any, float] | None, rank: int) -> float:
 
 
 def failure_cause(exc: BaseException) -> str:
-    """What kind of failure `exc` is (records/result.py FAILURE_CAUSES): `io` for a full, read-only or over-quota file system and other
-    I/O errors (retrying elsewhere or after cleaning up may help), `collective` when a peer rank stopped answering
-    (a dead or stuck rank, a network), `error` for the rest (the run's own: retrying will not help)."""
+    """What kind of failure `exc` is (records/result.py FAILURE_CAUSES): `io` for a full, read-only or over-quota
+    file system and other I/O errors (retrying elsewhere or after cleaning up may help), `collective` when a peer
+    rank stopped answering (a dead or stuck rank, a network), `hang` when a start-up lock's holder stopped, `error`
+    for the rest (the run's own: retrying will not help)."""
     chain = [exc]
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
@@ -207,6 +219,10 @@ def failure_cause(exc: BaseException) -> str:
             break
     if any(isinstance(e, OSError) and e.errno in IO_ERRNOS for e in chain):
         return "io"
+    from vit_dt.engines.deepspeed_ops import OpLockTimeout
+
+    if any(isinstance(e, OpLockTimeout) for e in chain):
+        return "hang"
     names = {type(e).__name__ for e in chain}
     if names & {"DistBackendError", "DistNetworkError"} or any(
             isinstance(e, RuntimeError) and any(s in str(e).lower() for s in PEER_LOST) for e in chain):
@@ -223,9 +239,10 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
 
 
 def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException,
-                    epochs: list[dict]) -> None:
-    """Each rank leaves its traceback; rank 0 also writes a failed result.json, with the epochs measured so far and
-    the failure's cause, and appends it to the store."""
+                    epochs: list[dict], attempt: str) -> None:
+    """Each rank leaves its traceback; rank 0 also writes a failed result.json, with the epochs measured so far,
+    the failure's cause and, when peers stopped answering, which ranks went silent where, and appends it to the
+    store."""
     tail = "".join(traceback.format_exception(exc))[-4000:]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +255,14 @@ def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: B
         from vit_dt.records.result import write_result
         from vit_dt.run.record import failed_result, store_for
 
-        result = failed_result(cfg, run_dir, env, started, _now(), one_line(exc), failure_cause(exc), epochs)
+        cause = failure_cause(exc)
+        silent = heartbeat.silent_ranks(run_dir, env.world_size, attempt, skip=env.rank) \
+            if cause in ("collective", "hang") else []
+        error = one_line(exc)
+        if silent:      # first: what status shows of a long line is its start
+            error = "; ".join(s.describe() for s in silent) + ": " + error
+        result = failed_result(cfg, run_dir, env, started, _now(), error, cause, epochs,
+                               silent_ranks=[s.as_record() for s in silent])
         try:
             write_result(run_dir, result)
         finally:

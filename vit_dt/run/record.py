@@ -13,7 +13,7 @@ from vit_dt.config.schema import RootSchema
 from vit_dt.measure import breakdown, hardware, metrics
 from vit_dt.measure import memory as memory_model
 from vit_dt.optim import optimizers
-from vit_dt.records.result import SCHEMA_VERSION, STORE_NAME, steady_epochs, steady_mask, write_result
+from vit_dt.records.result import SCHEMA_VERSION, SILENT_RANKS, STORE_NAME, steady_epochs, steady_mask, write_result
 from vit_dt.records.secrets import scrub_secrets
 from vit_dt.records.store import ResultsStore
 from vit_dt.run import balance
@@ -89,11 +89,14 @@ def _slurm_job_id() -> str | None:
 
 
 def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished: str, error: str,
-                  cause: str | None = None, epochs: list[dict] | None = None) -> dict:
-    """The record of a run that failed: `error` in one line, its `cause` (FAILURE_CAUSES), and the epochs it had
-    measured before it failed (those of earlier attempts included), so a long run's work is not lost from the store."""
+                  cause: str | None = None, epochs: list[dict] | None = None,
+                  silent_ranks: list[dict] | None = None) -> dict:
+    """The record of a run that failed: `error` in one line, its `cause` (FAILURE_CAUSES), the epochs it had
+    measured before it failed (those of earlier attempts included), so a long run's work is not lost from the store,
+    and the ranks that had gone silent (vit_dt.run.heartbeat.SilentRank.as_record) when a peer stopped answering."""
     epochs = list(epochs or [])
-    return {"status": "failed", "error": error, "failure_cause": cause, **_identity(cfg, run_dir, env),
+    return {"status": "failed", "error": error, "failure_cause": cause, SILENT_RANKS: list(silent_ranks or []),
+            **_identity(cfg, run_dir, env),
             "started_at": started, "finished_at": finished, "epochs": epochs,
             "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "config": scrub_secrets(cfg)}
 

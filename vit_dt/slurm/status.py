@@ -275,7 +275,8 @@ def _failure_record(run_dir: Path, since: float | None) -> str | None:
         return None
     cause = record.get(FAILURE_CAUSE) or "error"
     kind = {"io": "I/O error (full, read-only or over-quota file system?)",
-            "collective": "a peer rank stopped answering"}.get(cause, "error")
+            "collective": "a peer rank stopped answering",
+            "hang": "a rank or a lock holder stopped making progress"}.get(cause, "error")
     return f"record: {kind} after {len(record.get(EPOCHS) or [])} epoch(s): {record.get('error')}"
 
 

@@ -8,6 +8,7 @@ import json
 from vit_dt.config import compose, to_container
 from vit_dt.records.result import FAILURE_CAUSES
 from vit_dt.records.store import ResultsStore
+from vit_dt.engines.deepspeed_ops import OpLockTimeout
 from vit_dt.run import rank
 from vit_dt.run.distributed import DistEnv
 from vit_dt.slurm.status import failure_reason
@@ -36,7 +37,9 @@ def test_failure_causes_tell_io_from_a_silent_peer_from_the_run_s_own_error():
     assert rank.failure_cause(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")) \
         == "collective"
     assert rank.failure_cause(ValueError("dataset.num_classes=10 but digits has 11 classes")) == "error"
-    assert {rank.failure_cause(e) for e in (disk_full, RuntimeError("x timed out"), KeyError("k"))} \
+    stopped_builder = OpLockTimeout("gave up after 120 s waiting for DeepSpeed's op: its lock ... pid 7 (stopped)")
+    assert rank.failure_cause(stopped_builder) == "hang"
+    assert {rank.failure_cause(e) for e in (disk_full, RuntimeError("x timed out"), stopped_builder, KeyError("k"))} \
         == set(FAILURE_CAUSES)
 
 
@@ -53,7 +56,7 @@ def test_a_failed_run_keeps_its_epochs_and_cause_in_the_record_the_store_and_sta
                                                                                   "point": 0}
     epochs = [{"epoch": e, "time_s": 1.0, "val_acc": 0.5 + e / 10, "train_loss": 1.0, "steps": 3} for e in range(2)]
     disk_full = OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
-    rank._record_failure(cfg, run_dir, ENV, "2026-12-03T00:00:00", disk_full, epochs)
+    rank._record_failure(cfg, run_dir, ENV, "2026-12-03T00:00:00", disk_full, epochs, attempt="A")
 
     record = json.loads((run_dir / "result.json").read_text())
     assert record["status"] == "failed" and record["failure_cause"] == "io"
@@ -64,3 +67,31 @@ def test_a_failed_run_keeps_its_epochs_and_cause_in_the_record_the_store_and_sta
 
     reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
     assert "I/O error" in reason and "after 2 epoch(s)" in reason and "No space left on device" in reason
+    assert record["silent_ranks"] == []       # not a collective failure: nobody is blamed
+
+
+def test_a_collective_failure_names_the_rank_that_went_silent_and_its_phase(tmp_path):
+    """Rank 1's last beat of this attempt is a minute old (it stopped); rank 0 timed out in an all-reduce."""
+    import time
+
+    from vit_dt.run.heartbeat import beat_path
+
+    sweep = tmp_path / "sweep"
+    run_dir = sweep / "points" / "0"
+    cfg = to_container(compose(["wandb.mode=disabled", f"out_dir={tmp_path}"])) | {"sweep_dir": str(sweep),
+                                                                                  "point": 0}
+    beat = beat_path(run_dir, 1)
+    beat.parent.mkdir(parents=True)
+    beat.write_text(json.dumps({"rank": 1, "host": "c2", "pid": 7, "phase": "epoch 3: training (step 4)",
+                                "beat": time.time() - 60, "interval_s": 3.0, "attempt": "A"}))
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 30000ms for recv")
+    rank._record_failure(cfg, run_dir, ENV, "2026-12-03T00:00:00", timeout, [], attempt="A")
+
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["failure_cause"] == "collective"
+    assert record["error"].startswith("rank 1 on c2 went silent 60 s ago during 'epoch 3: training (step 4)': "
+                                      "RuntimeError: "), record["error"]
+    assert [(s["rank"], s["host"], s["phase"]) for s in record["silent_ranks"]] == [
+        (1, "c2", "epoch 3: training (step 4)")]
+    reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
+    assert "rank 1 on c2 went silent" in reason and "epoch 3: training" in reason, reason
