@@ -10,6 +10,8 @@ The data order needs no saving: it is a pure function of (seed, epoch).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -68,6 +70,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _cleaned_up_on_failure(tmp: Path):
+    """A checkpoint write that fails leaves the previous checkpoints as they were and frees what it wrote (on a
+    full disk the half-written one is what a resumed run needs room for). Where the write failed for lack of
+    space but said so only in a RuntimeError (torch.save to a path, DeepSpeed's shards), say ENOSPC."""
+    try:
+        yield
+    except BaseException as exc:
+        full = not isinstance(exc, OSError) and _nearly_full(tmp.parent)    # before the clean-up frees room
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {tmp.parent} while writing a checkpoint "
+                                        f"({type(exc).__name__}: {exc})") from exc
+        raise
+
+
+def _nearly_full(directory: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < margin
+    except OSError:
+        return False
+
+
 def _fsync_tree(root: Path) -> None:
     """Every file and directory below `root`, so the rename that publishes it publishes complete data."""
     for path in sorted(root.rglob("*")):
@@ -107,16 +132,19 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         _barrier()
         sharded = _uses_deepspeed_shards(engine)
-        if sharded:
-            engine.engine.save_checkpoint(str(tmp), tag="zero", client_state={}, save_latest=False)
+        with _cleaned_up_on_failure(tmp):
+            if sharded:
+                engine.engine.save_checkpoint(str(tmp), tag="zero", client_state={}, save_latest=False)
+            if rank == 0:
+                payload = {"train_state": asdict(train_state), "rng": rngs, "sharded": sharded,
+                           "engine": None if sharded else engine.state_dict()}
+                with open(tmp / STATE_FILE, "wb") as handle:   # a file object: a full disk raises OSError(ENOSPC)
+                    torch.save(payload, handle)
+                files = sorted(p for p in tmp.rglob("*") if p.is_file())
+                manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+                (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+                _fsync_tree(tmp)
         if rank == 0:
-            payload = {"train_state": asdict(train_state), "rng": rngs, "sharded": sharded,
-                       "engine": None if sharded else engine.state_dict()}
-            torch.save(payload, tmp / STATE_FILE)
-            files = sorted(p for p in tmp.rglob("*") if p.is_file())
-            manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-            _fsync_tree(tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             atomic.fsync_dir(self.root)   # the rename itself survives a crash
