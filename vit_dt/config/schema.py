@@ -81,8 +81,8 @@ class ClusterSchema:
 class ResourcesSchema:
     layout: str = MISSING
     gpus: Optional[int] = MISSING
-    nodes: int = MISSING
-    gpus_per_node: int = MISSING
+    nodes: Optional[int] = MISSING
+    gpus_per_node: Optional[int] = MISSING
     partition: Optional[str] = MISSING
     time_min: int = MISSING
     cpus_per_task: Optional[int] = MISSING
