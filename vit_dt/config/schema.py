@@ -277,7 +277,8 @@ def undeclared_keys(cfg: DictConfig, prefix: str = "") -> Dict[str, List[str]]:
     schema = OmegaConf.get_type(cfg)
     if is_dataclass(schema):
         declared = [f.name for f in fields(schema)]
-        found.update({f"{prefix}{key}": declared for key in cfg.keys() if key not in declared})
+        found.update({f"{prefix}{key}": declared for key in cfg.keys()
+                      if key not in declared and not (prefix == "" and key == "hydra")})   # Hydra's own node
     for key in cfg.keys():
         value = cfg._get_node(key)
         # a null or missing node (debug: null, say) has no keys to check
