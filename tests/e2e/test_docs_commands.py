@@ -190,6 +190,8 @@ def check_sweep_cfg(command: Command, tmp_path: Path) -> None:
 def check_transcript(command: Command, tmp_path: Path) -> None:
     proc = run_cli(*command.argv, f"out_dir={tmp_path}")
     output = proc.stdout + proc.stderr
+    if any(shown.startswith(f"vit-dt {command.argv[0]}: ") for shown in command.transcript):
+        assert proc.returncode == 2, f"{command}: the page shows a refusal; exit status {proc.returncode}"
     for shown in command.transcript:
         pattern = ".*?".join(re.escape(part.strip()) for part in shown.split("..."))
         assert re.search(pattern, output), f"{command}: the page shows {shown!r}; it printed:\n{output[-2000:]}"
