@@ -38,9 +38,10 @@ def typed(group: str, **keys):
     return typed_group(group, {**{k: v for k, v in _composed_group(group, None).items() if k in shared}, **keys})
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vit_dt.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def run_dir_from_output(stdout: str) -> Path:

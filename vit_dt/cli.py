@@ -23,6 +23,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: vit-dt <command> [args]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    lines += ["", "vit-dt <command> --help: its options; train and sweep also list the config groups and their options"]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""`vit-dt predict --from SWEEP_DIR|RESULT_JSON ...`: the scaling model's epoch time, speed-up and efficiency."""
+"""`vit-dt predict [--from SWEEP_DIR|RESULT_JSON] ...`: the scaling model's epoch time, speed-up and efficiency."""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +25,9 @@ The model and its assumptions: docs/scaling-model.md."""
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vit-dt predict", description="Predict scaling from a measured profile.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True, metavar="SWEEP_DIR|RESULT_JSON",
-                   help="a sweep directory (results.jsonl), a results.jsonl or one result.json")
+    p.add_argument("--from", dest="source", metavar="SWEEP_DIR|RESULT_JSON",
+                   help="a sweep directory (results.jsonl), a results.jsonl or one result.json; default: the latest "
+                        "sweep (<out_dir>/sweeps/latest)")
     p.add_argument("--cluster", metavar="PROFILE", help="cluster profile whose interconnect to predict for")
     p.add_argument("--gpus", default="1,2,4,8,16", help="world sizes, comma-separated (default 1,2,4,8,16)")
     p.add_argument("--layout", default="intra", choices=sm.LAYOUTS, help="intra: 1 node x N, inter: N nodes x 1, "
@@ -191,6 +192,12 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.source is None:
+        from vit_dt.commands.options import latest_sweep_or_report
+
+        args.source = latest_sweep_or_report("predict")
+        if args.source is None:
+            return 2
     from vit_dt.analysis.report import ReportError
 
     try:

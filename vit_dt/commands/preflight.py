@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import itertools
 import json
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vit_dt.commands.options import expand_overrides  # noqa: F401 (also this module's: tests import it here)
 from vit_dt.data.verify import dataset_key
 from vit_dt.run.preflight import FAIL, PASS, SEVERITY, SKIP
 from vit_dt.textable import format_columns
@@ -59,21 +59,6 @@ class PreflightError(ValueError):
     """Bad input: nothing was submitted."""
 
 
-def expand_overrides(args: list[str]) -> list[list[str]]:
-    """Hydra's sweep syntax (a,b / range()) -> the cartesian product of plain overrides."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(args)
-    choices = []
-    for override in parsed:
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([override.input_line])
-    return [list(combo) for combo in itertools.product(*choices)]
-
-
 def plan_jobs(args: list[str], time_min: int, out_dir: Path | None) -> tuple[Path, list[ShapeJob]]:
     """Compose every combination, validate, and group by (profile, shape): one job each."""
     from hydra.errors import HydraException
@@ -97,7 +82,9 @@ def plan_jobs(args: list[str], time_min: int, out_dir: Path | None) -> tuple[Pat
                 shape = dataclasses.replace(shape, time_min=time_min)
             validate_request(profile, shape)
         except (ValueError, HydraException, OmegaConfBaseException) as exc:
-            errors.append(f"  [{' '.join(combo) or '(no overrides)'}]: {exc}")
+            from vit_dt.config.compose import error_message
+
+            errors.append(f"  [{' '.join(combo) or '(no overrides)'}]: {error_message(exc)}")
             continue
         if base_dir is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -1,4 +1,4 @@
-"""`vit-dt report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--wandb]`: the scaling report, offline, from the store."""
+"""`vit-dt report [SWEEP_DIR ...] [--out DIR] [--wandb]`: the scaling report, offline, from the store."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,9 @@ HTML report's path. Several sweep directories are merged (e.g. an intra-node and
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vit-dt report", description="Scaling report of a sweep.", epilog=HELP_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
-                   help="sweep directory (holding results.jsonl), a results.jsonl file or a result.json")
+    p.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR",
+                   help="sweep directory (holding results.jsonl), a results.jsonl file or a result.json; "
+                        "default: the latest sweep (<out_dir>/sweeps/latest)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline by default)")
     return p
@@ -22,6 +23,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if not args.sweep_dirs:
+        from vit_dt.commands.options import latest_sweep_or_report
+
+        found = latest_sweep_or_report("report")
+        if found is None:
+            return 2
+        args.sweep_dirs = [found]
     from vit_dt.analysis.report import ReportError, build_report
 
     try:

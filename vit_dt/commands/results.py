@@ -1,4 +1,4 @@
-"""`vit-dt results SWEEP_DIR|RESULT_JSON [--csv FILE] [--all]`: a sweep's results store (or one run's result.json)
+"""`vit-dt results [SWEEP_DIR|RESULT_JSON] [--csv FILE] [--all]`: a sweep's results store (or one run's result.json)
 as a table, optionally as CSV."""
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def csv_path_problem(path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vit-dt results", description=__doc__)
-    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help=f"{SOURCES}")
+    parser.add_argument("sweep_dir", type=Path, nargs="?", metavar="SWEEP_DIR",
+                        help=f"{SOURCES}; default: the latest sweep (<out_dir>/sweeps/latest)")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
     parser.add_argument("--all", action="store_true",
                         help="every record, also those a requeued or re-run point superseded")
@@ -59,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"vit-dt results: {problem}", file=sys.stderr)
         return 2
+    if args.sweep_dir is None:
+        from vit_dt.commands.options import latest_sweep_or_report
+
+        found = latest_sweep_or_report("results")
+        if found is None:
+            return 2
+        args.sweep_dir = Path(found)
     try:
         records, path = read_source(args.sweep_dir)
     except SourceError as error:

@@ -1,4 +1,4 @@
-"""`vit-dt status SWEEP_DIR [--json]`: each point's Slurm state, result status and log paths.
+"""`vit-dt status [SWEEP_DIR] [--json]`: each point's Slurm state, result status and log paths.
 
 States: pending, running, completed, failed, timeout, cancelled (unknown when Slurm has no record).
 """
@@ -12,13 +12,20 @@ import sys
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vit-dt status", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", help="a directory made by `vit-dt sweep` (holds sweep.json)")
+    parser.add_argument("sweep_dir", nargs="?", help="a directory made by `vit-dt sweep` (holds sweep.json); "
+                        "default: the latest sweep (<out_dir>/sweeps/latest)")
     parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error: a return code, not an exception
         return int(exit_.code or 0)
 
+    if args.sweep_dir is None:
+        from vit_dt.commands.options import latest_sweep_or_report
+
+        args.sweep_dir = latest_sweep_or_report("status")
+        if args.sweep_dir is None:
+            return 2
     from vit_dt.slurm.manifest import ManifestError
     from vit_dt.slurm.status import format_table, sweep_status
 

@@ -12,6 +12,15 @@ rest (failed, timed out, cancelled, never submitted) resubmitted into their run 
 File datasets are verified on this node before anything is queued; --no-verify-data skips that for roots only
 compute nodes see. Exit status 2: nothing was submitted; 3: sbatch failed part-way (the jobs queued
 before are in sweep.json; --resume submits the rest); 1: a point of a cluster=local sweep failed.
+
+Options:
+  --dry-run                render every job's sbatch script, submit nothing
+  --no-verify-data         do not verify file datasets on this node
+  --resume SWEEP_DIR       run again only what did not complete
+  --cfg, -c job|hydra|all  print every point's composed config (one YAML document each) and exit: nothing queued
+  --resolve                resolve interpolations in what --cfg prints (alone: --cfg job --resolve)
+  -m, --multirun           accepted as in Hydra; a sweep is always a multirun
+  -h, --help               this help
 """
 from __future__ import annotations
 
@@ -20,7 +29,14 @@ import sys
 USAGE = __doc__
 
 
-OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "-h", "--help")
+OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "--cfg", "-c", "--resolve", "-m", "--multirun", "-h", "--help")
+
+
+def usage() -> str:
+    """USAGE, then the config groups and their options, read from conf/ (as Hydra's own --help lists them)."""
+    from vit_dt.config.groups import groups_help
+
+    return f"{USAGE.rstrip()}\n\n{groups_help()}"
 
 
 def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True) -> list[str]:
@@ -60,12 +76,20 @@ def run_sweep(overrides: list[str]) -> list:
 
 
 def main(argv: list[str]) -> int:
+    from vit_dt.commands.options import OptionError, print_config, take_cfg_options
+
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(usage())
         return 0
     dry_run = "--dry-run" in argv
     verify_data = "--no-verify-data" not in argv
-    args = [a for a in argv if a not in ("--dry-run", "--no-verify-data")]
+    # -m/--multirun: Hydra's habit; a sweep always is one
+    args = [a for a in argv if a not in ("--dry-run", "--no-verify-data", "-m", "--multirun")]
+    try:
+        cfg_type, resolve, args = take_cfg_options(args)
+    except OptionError as exc:
+        print(f"vit-dt sweep: {exc}", file=sys.stderr)
+        return 2
     resume_dir = None
     if "--resume" in args:
         at = args.index("--resume")
@@ -80,6 +104,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(unknown_options_message("sweep", unknown, OPTIONS), file=sys.stderr)
         return 2
+    if cfg_type is not None:
+        if resume_dir is not None:
+            print("vit-dt sweep: --cfg prints a new sweep's configs; a resumed point's is <run dir>/config.yaml",
+                  file=sys.stderr)
+            return 2
+        return print_config("sweep", args, cfg_type, resolve, sweep=True)
     if resume_dir is not None:
         return _resume(resume_dir, args, dry_run, verify_data)
     from hydra.errors import HydraException

@@ -13,13 +13,26 @@ from vit_dt.config.compose import error_message
 from vit_dt.records.result import RESULT_NAME
 from vit_dt.records.secrets import scrub_secrets
 
-HELP = """usage: vit-dt train [key=value ...]
+HELP = """usage: vit-dt train [key=value ...] [--cfg job|hydra|all] [--resolve]
 
 Runs one training run here. Examples:
   vit-dt train                                   # small ViT on the embedded digits dataset
   vit-dt train trainer.nproc=2 trainer.epochs=5  # 2 local ranks (gloo on CPU, NCCL on GPUs)
   vit-dt train dataset=cifar10 dataset.root=/data model=vit_b_16 precision=bf16
+  vit-dt train model=vit_b_16 --cfg job          # print the composed config, run nothing
+
+Options:
+  --cfg, -c job|hydra|all  print the composed config (job: without Hydra's node) and exit
+  --resolve                resolve interpolations in what --cfg prints (alone: --cfg job --resolve)
+  -h, --help               this help
 Keys: see docs/configuration.md."""
+
+
+def usage() -> str:
+    """HELP, then the config groups and their options, read from conf/ (as Hydra's own --help lists them)."""
+    from vit_dt.config.groups import groups_help
+
+    return f"{HELP}\n\n{groups_help()}"
 
 
 def new_run_dir(out_dir: str) -> Path:
@@ -41,18 +54,27 @@ def compose_checked(overrides: list[str], world_size_key: str = "trainer.nproc")
     return container
 
 
-OPTIONS = ("-h", "--help")
+OPTIONS = ("-h", "--help", "--cfg", "-c", "--resolve")
 
 
 def main(argv: list[str]) -> int:
-    from vit_dt.commands.options import unknown_options, unknown_options_message
+    from vit_dt.commands import options
 
     if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
+        print(usage())
         return 0
-    unknown = unknown_options(argv, OPTIONS)
+    if any(a in ("-m", "--multirun") for a in argv):
+        print("vit-dt train: -m/--multirun: a multirun is `vit-dt sweep` (the same overrides, comma lists swept)",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg_type, resolve, argv = options.take_cfg_options(argv)
+    except options.OptionError as exc:
+        print(f"vit-dt train: {exc}", file=sys.stderr)
+        return 2
+    unknown = options.unknown_options(argv, OPTIONS)
     if unknown:
-        print(unknown_options_message("train", unknown, OPTIONS, example="trainer.epochs=1"), file=sys.stderr)
+        print(options.unknown_options_message("train", unknown, OPTIONS, example="trainer.epochs=1"), file=sys.stderr)
         return 2
     hydra_keys = [a for a in argv if a.lstrip("+~").startswith("hydra.")]
     if hydra_keys:
@@ -60,6 +82,8 @@ def main(argv: list[str]) -> int:
         print(f"vit-dt train: {hydra_keys[0]} has no effect: each run goes to <out_dir>/runs/<time>-<id>; "
               f"valid: out_dir=DIR to choose where runs go", file=sys.stderr)
         return 2
+    if cfg_type is not None:
+        return options.print_config("train", argv, cfg_type, resolve)
     try:
         cfg = compose_checked(argv)
     except ConfigError as exc:

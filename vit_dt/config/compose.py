@@ -16,12 +16,12 @@ from vit_dt.config import schema  # registers the schemas the YAMLs name in thei
 from vit_dt.paths import conf_dir
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """The composed config for `overrides`, with Hydra's own node removed."""
+def compose(overrides: Sequence[str] = (), config_name: str = "config", with_hydra: bool = False) -> DictConfig:
+    """The composed config for `overrides`, with Hydra's own node removed unless `with_hydra` (`--cfg all`)."""
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
     check_declared(cfg)
     return cfg
 
@@ -49,6 +49,11 @@ _NOT_IN_SCHEMA = re.compile(r"Key '([^']+)' not in '(\w+)'\s+full_key: ([\w.]+)"
 def error_message(exc: BaseException) -> str:
     """A composition error with its causes: Hydra's "Error merging override trainer.epochs=abc" alone does not say
     why; OmegaConf's cause does ("could not be converted to Integer", full_key: trainer.epochs)."""
+    from vit_dt.config.groups import unknown_option_message
+
+    one_line = unknown_option_message(str(exc))   # instead of Hydra's 12 lines of search path
+    if one_line:
+        return one_line
     parts = [str(exc).strip()]
     cause = exc.__cause__
     while cause is not None and len(parts) < 4:

@@ -81,8 +81,8 @@ class ClusterSchema:
 class ResourcesSchema:
     layout: str = MISSING
     gpus: Optional[int] = MISSING
-    nodes: int = MISSING
-    gpus_per_node: int = MISSING
+    nodes: Optional[int] = MISSING
+    gpus_per_node: Optional[int] = MISSING
     partition: Optional[str] = MISSING
     time_min: int = MISSING
     cpus_per_task: Optional[int] = MISSING
@@ -277,7 +277,8 @@ def undeclared_keys(cfg: DictConfig, prefix: str = "") -> Dict[str, List[str]]:
     schema = OmegaConf.get_type(cfg)
     if is_dataclass(schema):
         declared = [f.name for f in fields(schema)]
-        found.update({f"{prefix}{key}": declared for key in cfg.keys() if key not in declared})
+        found.update({f"{prefix}{key}": declared for key in cfg.keys()
+                      if key not in declared and not (prefix == "" and key == "hydra")})   # Hydra's own node
     for key in cfg.keys():
         value = cfg._get_node(key)
         # a null or missing node (debug: null, say) has no keys to check

@@ -1,8 +1,12 @@
 """The resource shape of one run: what Slurm is asked for, and whether its partition can hold it. Points of a sweep
 with equal shapes share a job array.
 
-`resources.layout` turns a GPU count into nodes x ranks-per-node:
-    intra: 1 node x `gpus`      inter: `gpus` nodes x 1      grid: `nodes` x `gpus_per_node` as given
+`resources.gpus` is the total number of ranks (one per GPU) under every layout; `resources.layout` turns it into
+nodes x ranks-per-node:
+    intra: 1 node x `gpus`      inter: `gpus` nodes x 1
+    grid:  `nodes` x `gpus_per_node`; with `gpus`, any two of the three fix the third, and `gpus` alone fills each
+           node up to what the partition holds (8 GPUs on 4-GPU nodes: 2 x 4); with none of them, 1 x 1.
+A key the layout does not use is refused when it disagrees with the shape (never silently ignored).
 The partition (default: the profile's) supplies cpus_per_task and mem_gb when the request leaves them null,
 and decides whether ranks get GPUs (a CPU partition runs the same ranks on CPUs with gloo).
 """
@@ -14,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vit_dt.config.choices import LAYOUTS
-from vit_dt.slurm.profile import ClusterProfile, RequestError
+from vit_dt.slurm.profile import ClusterProfile, Partition, RequestError
 
 
 class ShapeError(ValueError):
@@ -51,16 +55,10 @@ def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None)
     layout = res["layout"]
     if layout not in LAYOUTS:
         raise ShapeError(f"resources.layout={layout!r} is not valid; choose one of: {', '.join(LAYOUTS)}")
-    if layout == "grid":
-        nodes = _positive(res["nodes"], "resources.nodes")
-        per_node = _positive(res["gpus_per_node"], "resources.gpus_per_node")
-    else:
-        if res["gpus"] is None:
-            raise ShapeError(f"resources.layout={layout} needs resources.gpus (the total number of ranks), got null")
-        gpus = _positive(res["gpus"], "resources.gpus")
-        nodes, per_node = (1, gpus) if layout == "intra" else (gpus, 1)
     partition = profile.partition(res["partition"])
     cpus = res["cpus_per_task"]
+    cpus_per_task = partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task")
+    nodes, per_node = _nodes_and_ranks(res, layout, partition, cpus_per_task)
     mem = res["mem_gb"]
     return JobShape(
         nodes=nodes,
@@ -68,9 +66,54 @@ def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None)
         gpus_per_node=per_node if partition.has_gpus else 0,
         partition=partition.name,
         time_min=_positive(res["time_min"], "resources.time_min"),
-        cpus_per_task=partition.cpus_per_task if cpus is None else _positive(cpus, "resources.cpus_per_task"),
+        cpus_per_task=cpus_per_task,
         mem_gb=partition.mem_gb if mem is None else _mem_gb(mem, "resources.mem_gb"),   # the profile checked its own
     )
+
+
+def _nodes_and_ranks(res: Mapping[str, Any], layout: str, partition: Partition,
+                     cpus_per_task: int | None) -> tuple[int, int]:
+    """(nodes, ranks per node) of `resources` under `layout`; every key given must agree with the result."""
+    gpus, nodes, per_node = (None if res[key] is None else _positive(res[key], f"resources.{key}")
+                             for key in ("gpus", "nodes", "gpus_per_node"))
+    if layout != "grid":
+        if gpus is None:
+            raise ShapeError(f"resources.layout={layout} needs resources.gpus (the total number of ranks), got null")
+        shape = (1, gpus) if layout == "intra" else (gpus, 1)
+        for key, given, wanted in (("nodes", nodes, shape[0]), ("gpus_per_node", per_node, shape[1])):
+            if given is not None and given != wanted:
+                what = "1 node x resources.gpus" if layout == "intra" else "resources.gpus nodes x 1"
+                raise ShapeError(f"resources.{key}={given} is not used by resources.layout={layout} ({what} = "
+                                 f"{shape[0]} x {shape[1]}); it is used by resources.layout=grid: drop it, or set "
+                                 f"resources.layout=grid")
+        return shape
+    if gpus is None:
+        return nodes or 1, per_node or 1
+    if per_node is None and nodes is None:
+        capacity = _ranks_per_node(partition, cpus_per_task)
+        per_node = gpus if capacity is None else min(gpus, capacity)
+        if gpus % per_node:
+            raise ShapeError(f"resources.gpus={gpus} does not fill whole nodes of partition {partition.name!r} "
+                             f"({capacity} rank(s) per node) under resources.layout=grid; give a multiple of "
+                             f"{capacity} (or at most {capacity}), or set resources.gpus_per_node, or use "
+                             f"resources.layout=intra|inter")
+    nodes = nodes if nodes is not None else (gpus // per_node if gpus % per_node == 0 else None)
+    per_node = per_node if per_node is not None else (gpus // nodes if nodes and gpus % nodes == 0 else None)
+    if nodes is None or per_node is None or nodes * per_node != gpus:
+        given = " x ".join(f"resources.{k}={res[k]}" for k in ("nodes", "gpus_per_node") if res[k] is not None)
+        raise ShapeError(f"resources.gpus={gpus} does not match {given} under resources.layout=grid "
+                         f"(nodes x gpus_per_node = gpus); set two of the three")
+    return nodes, per_node
+
+
+def _ranks_per_node(partition: Partition, cpus_per_task: int | None) -> int | None:
+    """How many ranks one node of `partition` holds: its GPUs; on a CPU partition its CPUs / CPUs per task
+    (None when the profile does not say: the ranks then share one node)."""
+    if partition.has_gpus:
+        return partition.gpus_per_node
+    if partition.cpus_per_node and cpus_per_task:
+        return max(1, partition.cpus_per_node // cpus_per_task)
+    return None
 
 
 def _mem_gb(value: Any, key: str) -> float | None:

@@ -22,6 +22,7 @@ from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
+from vit_dt.slurm.sweep_dir import LATEST
 
 # submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
 # depends on a per-job directory existing before Slurm opens a job's log files.
@@ -190,7 +191,7 @@ def read_point_config(run_dir: Path) -> dict[str, Any]:
 def point_latest_at(sweep_dir: Path, echo: Callable[[str], None] = print) -> None:
     """<sweeps>/latest -> this sweep, replaced atomically, so `vit-dt report outputs/sweeps/latest` just works.
     Only a link is replaced: a file or directory of that name is someone's own and stays as it is."""
-    link = sweep_dir.parent / "latest"
+    link = sweep_dir.parent / LATEST
     if link.exists() and not link.is_symlink():
         echo(f"note: {link} is not a link vit-dt made; left as it is (it does not point at this sweep)")
         return

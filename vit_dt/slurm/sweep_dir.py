@@ -90,3 +90,29 @@ def remove_if_unused(sweep_dir: Path, ours: tuple[str, ...] = (), created: Path 
                     break
     except OSError:
         pass
+
+
+LATEST = "latest"   # <sweeps>/latest -> the newest submitted sweep (kept by vit_dt.slurm.submit.point_latest_at)
+
+
+def sweeps_root() -> Path:
+    """Where `vit-dt sweep` puts a sweep by default: the parent of conf/'s `hydra.sweep.dir` (so `out_dir` and
+    $VIT_DT_OUT_DIR count, as they do for the sweep itself)."""
+    from omegaconf import OmegaConf
+
+    from vit_dt.config import compose
+
+    return Path(str(OmegaConf.select(compose(with_hydra=True), "hydra.sweep.dir"))).parent
+
+
+def latest_sweep(root: Path | None = None) -> Path | None:
+    """The sweep `<sweeps>/latest` names; without that link, the sweep whose manifest was written last; None when
+    there is no sweep at all."""
+    from vit_dt.slurm.manifest import manifest_path
+
+    root = sweeps_root() if root is None else root
+    link = root / LATEST
+    if manifest_path(link).is_file():
+        return link.resolve()
+    manifests = [m for m in root.glob(f"*/{manifest_path('').name}") if not m.parent.is_symlink()]
+    return max(manifests, key=lambda m: m.stat().st_mtime).parent.resolve() if manifests else None

@@ -30,6 +30,71 @@ def test_layouts(overrides, nodes, per_node):
     assert shape.world_size == nodes * per_node
 
 
+@pytest.mark.parametrize(
+    "overrides, nodes, per_node",
+    [
+        # resources.gpus is the total under grid too: it fills nodes up to the partition's GPUs per node
+        (["resources.gpus=1"], 1, 1),
+        (["resources.gpus=4"], 1, 4),
+        (["resources.gpus=8"], 1, 8),
+        (["resources.gpus=16"], 2, 8),
+        (["resources.partition=a40", "resources.gpus=8"], 2, 4),     # 8 GPUs on 4-GPU nodes
+        (["resources.gpus=8", "resources.gpus_per_node=2"], 4, 2),  # any two of the three fix the third
+        (["resources.gpus=8", "resources.nodes=4"], 4, 2),
+        (["resources.gpus=8", "resources.nodes=2", "resources.gpus_per_node=4"], 2, 4),
+        (["resources.nodes=3"], 3, 1),                                # no gpus: nodes x gpus_per_node as given
+    ],
+)
+def test_grid_takes_resources_gpus_as_the_total(overrides, nodes, per_node):
+    shape = resolve_shape(cfg_for("cluster=vaughan", *overrides))
+    assert (shape.nodes, shape.tasks_per_node, shape.gpus_per_node) == (nodes, per_node, per_node)
+
+
+def test_grid_fills_cpu_nodes_up_to_their_cpus():
+    # localslurm's cpu partition: 4 CPUs per node, 1 per task -> 4 ranks per node
+    shape = resolve_shape(cfg_for("cluster=localslurm", "resources.gpus=8"))
+    assert (shape.nodes, shape.tasks_per_node, shape.gpus_per_node) == (2, 4, 0)
+    shape = resolve_shape(cfg_for("cluster=localslurm", "resources.gpus=4", "resources.cpus_per_task=2"))
+    assert (shape.nodes, shape.tasks_per_node) == (2, 2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["resources.gpus=12"], r"resources.gpus=12 does not fill whole nodes of partition 't4v2' \(8 rank\(s\) per "
+                            r"node\).*multiple of 8"),
+    (["resources.gpus=8", "resources.nodes=3"], r"resources.gpus=8 does not match resources.nodes=3 under "
+                                                r"resources.layout=grid.*set two of the three"),
+    (["resources.gpus=8", "resources.nodes=2", "resources.gpus_per_node=2"],
+     r"resources.gpus=8 does not match resources.nodes=2 x resources.gpus_per_node=2"),
+    (["resources.layout=intra", "resources.gpus=4", "resources.nodes=2"],
+     r"resources.nodes=2 is not used by resources.layout=intra .*used by resources.layout=grid"),
+    (["resources.layout=inter", "resources.gpus=4", "resources.gpus_per_node=4"],
+     r"resources.gpus_per_node=4 is not used by resources.layout=inter .*used by resources.layout=grid"),
+])
+def test_a_resource_key_the_shape_cannot_honour_is_refused(overrides, message):
+    with pytest.raises(ShapeError, match=message):
+        resolve_shape(cfg_for("cluster=vaughan", *overrides))
+
+
+def test_keys_that_agree_with_intra_or_inter_are_accepted():
+    shape = resolve_shape(cfg_for("cluster=vaughan", "resources.layout=intra", "resources.gpus=4", "resources.nodes=1"))
+    assert (shape.nodes, shape.tasks_per_node) == (1, 4)
+    shape = resolve_shape(cfg_for("cluster=vaughan", "resources.layout=inter", "resources.gpus=4",
+                                  "resources.gpus_per_node=1"))
+    assert (shape.nodes, shape.tasks_per_node) == (4, 1)
+
+
+def test_the_quickstart_study_renders_four_shapes(tmp_path, capsys):
+    """docs/quickstart.md step 4 under the default layout=grid: 1, 2, 4, 8 GPUs, not four 1-GPU jobs."""
+    from vit_dt.commands import sweep
+
+    code = sweep.main(["cluster=vaughan", "dataset=synthetic", "model=vit_b_16", "resources.gpus=1,2,4,8",
+                       f"hydra.sweep.dir={tmp_path / 's'}", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for per_node in (1, 2, 4, 8):
+        assert f"1 node(s) x {per_node} rank(s)" in out, out
+
+
 def test_partition_defaults_fill_nulls_and_explicit_values_win():
     shape = resolve_shape(cfg_for("cluster=vaughan", "resources.partition=a40"))
     assert (shape.partition, shape.cpus_per_task, shape.mem_gb) == ("a40", 8, 160.0)
