@@ -144,7 +144,7 @@ def _point_from_disk(manifest: dict[str, Any], index: int) -> tuple[SweepPoint, 
     """The point as saved at its first submission, and whether its config's paths were rebased: a config saved
     before the sweep was copied or moved names the old sweep directory (where the job would write its results)."""
     from vit_dt.slurm.profile import ClusterProfile
-    from vit_dt.slurm.shape import resolve_shape, validate_request
+    from vit_dt.slurm.shape import JobShape, resolve_shape, validate_request
 
     entry = next(p for p in manifest["points"] if p["index"] == index)
     run_dir = Path(entry["run_dir"])
@@ -154,7 +154,10 @@ def _point_from_disk(manifest: dict[str, Any], index: int) -> tuple[SweepPoint, 
     if rebased:
         cfg = rebase_paths(cfg, str(saved_in), str(here))
     profile = ClusterProfile.from_config(cfg["cluster"])
-    shape = resolve_shape(cfg, profile)
+    saved = entry.get("shape")
+    # The shape it was first submitted with: the config alone may no longer say it the same way (before
+    # resources.gpus meant the total under every layout, intra/inter points saved nodes: 1, gpus_per_node: 1)
+    shape = JobShape.from_dict(saved) if saved else resolve_shape(cfg, profile)
     validate_request(profile, shape)
     return SweepPoint(index=index, overrides=list(entry.get("overrides") or []), cfg=cfg, run_dir=run_dir,
                       profile=profile, shape=shape), rebased

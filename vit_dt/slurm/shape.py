@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vit_dt.config.choices import LAYOUTS
@@ -46,6 +46,11 @@ class JobShape:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"world_size": self.world_size}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> "JobShape":
+        """The shape `to_dict` saved (in sweep.json), its derived world_size left out."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls)})
 
 
 def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None) -> JobShape:
