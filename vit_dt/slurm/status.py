@@ -29,6 +29,7 @@ STATE_MAP = {
     "TIMEOUT": "timeout",
     "CANCELLED": "cancelled",
 }
+REQUEUED_BY_SLURM = ("NODE_FAIL",)      # with --requeue, Slurm itself queues the job again
 STATES = ("pending", "running", "completed", "failed", "timeout", "cancelled", "unknown")
 ENDED_BADLY = ("failed", "timeout", "cancelled")
 # Lines of a job's stderr that say why it ended: srun's verdict per task, slurmstepd's cancel/time-limit notice,
@@ -76,13 +77,16 @@ def slurm_states(job_ids: list[str]) -> tuple[dict[str, str], str | None]:
     sacct_out, warning = _run(sacct)
     info = watcher.read_info(sacct_out) if sacct_out else {}
     states = {j: info[j]["State"] for j in job_ids if j in info}
+    # A job whose node failed is requeued by Slurm (--requeue): accounting says NODE_FAIL until the new attempt is
+    # recorded, while the queue already holds it again. The queue's word wins for those.
+    requeueable = [j for j, state in states.items() if state.split()[0].upper().rstrip("+") in REQUEUED_BY_SLURM]
     missing = [j for j in job_ids if j not in states]
-    if missing:
+    if missing or requeueable:
         out, squeue_warning = _run(["squeue", "-h", "-j", ",".join(bases), "-o", "%i|%T"])
         if squeue_warning and "Invalid job id" in squeue_warning:
             squeue_warning = None  # every job named has left the queue: an answer, not a failure
         info = watcher.read_info("JobID|State\n" + out) if out else {}
-        states.update({j: info[j]["State"] for j in missing if j in info})
+        states.update({j: info[j]["State"] for j in missing + requeueable if j in info})
         if not squeue_warning:
             states.update(_vanished_array_tasks([j for j in missing if j not in states], sacct_out))
         warning = warning or (squeue_warning if len(states) < len(job_ids) else None)
