@@ -5,7 +5,7 @@ have their own syntax, pipes and tags, and stay with the report).
 Torch-free and importing nothing of vit-dt, so that every wing may use it."""
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 SEP = "  "
 
@@ -35,3 +35,15 @@ def format_columns(rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
     if rule_after_first:
         lines.insert(1, indent + SEP.join("-" * w for w in widths))
     return lines
+
+
+def index_ranges(indexes: Iterable[int]) -> str:
+    """Point indexes as runs: [0, 1, 2, 3, 7, 9, 10] -> "0-3,7,9-10" (a 500-point sweep's array prints `0-499`, not
+    500 numbers). The order and duplicates of `indexes` do not matter."""
+    runs: list[list[int]] = []
+    for index in sorted(set(indexes)):     # a set first: a generator of indexes is fine too
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

@@ -145,17 +145,26 @@ def _promised(comment: str, noun: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-_SLURM_LINE = re.compile(r"(\d+) node\(s\) x (\d+) rank\(s\), partition \S+, \d+ min, points ([\d,]+)")
-_LOCAL_LINE = re.compile(r"point\(s\) ([\d,]+) \((\d+) node\(s\) x (\d+) rank\(s\)\)")
+_SLURM_LINE = re.compile(r"(\d+) node\(s\) x (\d+) rank\(s\), partition \S+, \d+ min, points ([\d,-]+)")
+_LOCAL_LINE = re.compile(r"point\(s\) ([\d,-]+) \((\d+) node\(s\) x (\d+) rank\(s\)\)")
+
+
+def _indexes(ranges: str) -> list[int]:
+    """"0-3,7" -> [0, 1, 2, 3, 7] (vit_dt.textable.index_ranges printed them)."""
+    out = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
 
 
 def rendered_shapes(stdout: str) -> dict[int, tuple[int, int]]:
     """{point: (nodes, ranks per node)} from what `vit-dt sweep --dry-run` printed."""
     shapes = {}
     for nodes, ranks, points in _SLURM_LINE.findall(stdout):
-        shapes.update({int(p): (int(nodes), int(ranks)) for p in points.split(",")})
+        shapes.update({p: (int(nodes), int(ranks)) for p in _indexes(points)})
     for points, nodes, ranks in _LOCAL_LINE.findall(stdout):
-        shapes.update({int(p): (int(nodes), int(ranks)) for p in points.split(",")})
+        shapes.update({p: (int(nodes), int(ranks)) for p in _indexes(points)})
     return shapes
 
 

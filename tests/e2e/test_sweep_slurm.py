@@ -331,4 +331,4 @@ def test_a_local_dry_run_says_what_would_run(tmp_path, capsys):
     from vit_dt.commands import sweep
 
     assert sweep.main(["cluster=local", "trainer.micro_batch=16,32", f"hydra.sweep.dir={tmp_path}", "--dry-run"]) == 0
-    assert "would run here, one after another: point(s) 0,1" in capsys.readouterr().out
+    assert "would run here, one after another: point(s) 0-1" in capsys.readouterr().out

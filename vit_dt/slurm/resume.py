@@ -38,6 +38,7 @@ from vit_dt.slurm.submit import (
     summary_lines,
     write_point_config,
 )
+from vit_dt.textable import index_ranges
 
 ACTIVE = ("pending", "running")
 STALE_OUTPUTS = (RESULT_NAME, "error-rank*.txt")
@@ -98,7 +99,7 @@ def resume_sweep(sweep_dir: str | Path, *, dry_run: bool = False, verify_data: b
         if moved_from:
             echo(f"note: this sweep was made in {moved_from} and copied or moved here: points run again here, "
                  f"with their paths rebased onto {sweep_dir}"
-                 + (f"; the job(s) of point(s) {','.join(map(str, sorted(plan.active)))} still queued or running "
+                 + (f"; the job(s) of point(s) {index_ranges(plan.active)} still queued or running "
                     f"write into {moved_from}" if plan.active else ""))
         if not plan.resubmit or dry_run:
             if dry_run and plan.resubmit:

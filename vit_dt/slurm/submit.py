@@ -23,6 +23,7 @@ from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
 from vit_dt.slurm.sweep_dir import LATEST
+from vit_dt.textable import index_ranges
 
 # submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
 # depends on a per-job directory existing before Slurm opens a job's log files.
@@ -66,7 +67,7 @@ class JobGroup:
         return f"vitdt-{s.nodes}x{s.tasks_per_node}-{s.partition}"
 
     def description(self, sweep_dir: Path) -> str:
-        indexes = ",".join(str(p.index) for p in self.points)
+        indexes = index_ranges(p.index for p in self.points)
         return (f"sweep {sweep_dir.name}, job group {self.index}: shape {self.shape.describe()} on cluster "
                 f"{self.profile.name}, point(s) {indexes}")
 
@@ -149,7 +150,7 @@ def _refuse_after_submission_failure(sweep_dir: Path, manifest: dict[str, Any], 
                                      exc: Exception, *, resumed: bool) -> None:
     """Raise the error for a job group sbatch did not take. Groups queued before it stay tracked: the manifest is
     written with them (a new sweep's with none is not, so the same command can simply run again)."""
-    points = ",".join(str(p.index) for p in group.points)
+    points = index_ranges([p.index for p in group.points])
     what = f"sbatch failed for point(s) {points} ({group.shape.describe()}): {_error_line(exc)}"
     if queued == 0 and not resumed:
         raise SweepError(f"nothing was submitted; {what}") from None
@@ -299,12 +300,12 @@ def summary_lines(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None = 
         shape = job["shape"]
         lines.append(f"  {ident} ({kind}): {shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s), "
                      f"partition {shape['partition']}, {shape['time_min']} min, points "
-                     f"{','.join(map(str, job['points']))}  script {job['script']}")
+                     f"{index_ranges(job['points'])}  script {job['script']}")
     local_jobs = [j for j in jobs if j["scheduler"] == "local"]
     if local_jobs and manifest["dry_run"]:    # a real local sweep prints each point as it runs
         for job in local_jobs:
             shape = job["shape"]
-            lines.append(f"  would run here, one after another: point(s) {','.join(map(str, job['points']))} "
+            lines.append(f"  would run here, one after another: point(s) {index_ranges(job['points'])} "
                          f"({shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s))")
     lines.append(f"sweep dir: {sweep_dir}")
     lines.append(f"status:    vit-dt status {shlex.quote(str(sweep_dir))}")

@@ -121,7 +121,7 @@ def test_a_sweep_of_valid_values_still_runs(tmp_path, capsys):
     from vit_dt import cli
 
     assert cli.main(["sweep", "cluster=local", "trainer.micro_batch=16,32", "--dry-run", f"out_dir={tmp_path}"]) == 0
-    assert "point(s) 0,1" in capsys.readouterr().out
+    assert "point(s) 0-1" in capsys.readouterr().out
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
