@@ -32,6 +32,11 @@ def configure_logging(rank: int) -> None:
     """Rank 0 talks; the others only warn (the paper's tqdm on every rank made multi-MB .err files)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # submitit configures its own logger with its own stdout handler; propagating to the root handler above too
+    # printed every submitit line twice in a job's log.
+    submitit_log = logging.getLogger("submitit")
+    if submitit_log.handlers:
+        submitit_log.propagate = False
 
 
 def seed_everything(seed: int) -> None:

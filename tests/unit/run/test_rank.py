@@ -64,3 +64,20 @@ def test_a_failed_run_keeps_its_epochs_and_cause_in_the_record_the_store_and_sta
 
     reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
     assert "I/O error" in reason and "after 2 epoch(s)" in reason and "No space left on device" in reason
+
+
+def test_a_submitit_line_is_printed_once_after_the_rank_configures_logging():
+    """submitit's logger has its own stdout handler; the rank's root handler used to print each of its lines a
+    second time in the job's log. A fresh interpreter, as a Slurm task is: submitit's real logger set-up."""
+    import subprocess
+    import sys
+
+    script = ("from submitit.core.logger import get_logger\n"
+              "from vit_dt.run.rank import configure_logging\n"
+              "configure_logging(0)\n"
+              "get_logger().info('Job completed successfully')\n"
+              "import logging; logging.getLogger('vit_dt.run.loop').info('epoch 0 step 1/1')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Job completed successfully") == 1, proc.stdout
+    assert proc.stdout.count("epoch 0 step 1/1") == 1, proc.stdout
