@@ -141,6 +141,8 @@ def test_ctrl_c_in_a_terminal_ends_a_two_rank_run_in_one_line_with_status_130(tm
         assert lines == [f"vit-dt train: interrupted; run dir kept at {run_dir}"], after
         assert "Traceback" not in terminal.text(), terminal.text()
         assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
+        # stopped, not failed: no failed result.json, no rank's error file
+        assert not (run_dir / "result.json").exists() and not list(run_dir.glob("error-rank*.txt"))
         assert _rank_processes(run_dir) == []
     finally:
         terminal.close()

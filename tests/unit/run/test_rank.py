@@ -81,3 +81,34 @@ def test_a_submitit_line_is_printed_once_after_the_rank_configures_logging():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Job completed successfully") == 1, proc.stdout
     assert proc.stdout.count("epoch 0 step 1/1") == 1, proc.stdout
+
+
+def test_a_stopped_rank_unwinds_releasing_a_build_lock_and_leaves_quietly(tmp_path):
+    """SIGTERM (the launcher's stop on Ctrl-C) while a rank holds torch's extension-build lock, as during DeepSpeed's
+    first op build: the lock file goes (the default action left it, and every later run waited on it forever), the
+    exit status is 128 + SIGTERM, and nothing is printed."""
+    import signal
+    import subprocess
+    import sys
+
+    lock = tmp_path / "lock"
+    script = ("import time\n"
+              "from torch.utils.file_baton import FileBaton\n"
+              "from vit_dt.run.rank import run_stoppable\n"
+              f"baton = FileBaton({str(lock)!r})\n"
+              "def build():\n"
+              "    assert baton.try_acquire()\n"
+              "    try:\n"
+              "        print('building', flush=True)\n"
+              "        time.sleep(120)\n"
+              "    finally:\n"
+              "        baton.release()\n"
+              "run_stoppable(build)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "building\n"
+    assert lock.exists()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not lock.exists()
+    assert (out, err) == ("", "")
