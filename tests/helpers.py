@@ -63,6 +63,15 @@ def write_run_config(run_dir: Path, overrides: list[str]) -> dict:
     return cfg
 
 
+def fresh_user_env(tmp_path: Path) -> dict[str, str]:
+    """A newcomer's environment for a CLI subprocess: outputs under tmp_path through VIT_DT_OUT_DIR (what
+    conf/config.yaml's out_dir reads), W&B at its defaults (offline) with its own files kept under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(VIT_DT_OUT_DIR=str(tmp_path / "outputs"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"), WANDB_DATA_DIR=str(tmp_path / "wandb-data"))
+    return env
+
+
 def isolate_wandb(tmp_path: Path, monkeypatch) -> None:
     """Keep W&B's own settings and caches out of $HOME, and start a test without a W&B mode or key in the env."""
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"vit_dt.commands.{name}")
     try:
         return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C before or after a run (composing, checking data): one line, not a traceback. `vit-dt train`
+        # says where its run directory is itself.
+        print(f"vit-dt {name}: interrupted", file=sys.stderr, flush=True)
+        return 128 + 2
     except BrokenPipeError:
         # The reader left (`vit-dt status | head -n 1`): what it wanted was printed. Point stdout at /dev/null so
         # the interpreter's final flush does not raise again, and exit as a process killed by SIGPIPE would.

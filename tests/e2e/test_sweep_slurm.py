@@ -115,6 +115,23 @@ def test_fake_gpu_partition_gives_each_task_its_own_device(sweeps):
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+def test_each_task_log_holds_each_submitit_line_once(sweeps):
+    """submitit's own stdout handler and the rank's root handler both printed its lines ("Job completed
+    successfully" twice, in two formats) until the rank stopped submitit's logger propagating."""
+    sub = sweeps["gpu"]
+    rows = wait_until_done(sub.sweep_dir)
+    assert rows[0].state == "completed", rows[0]
+    logs = sorted((sub.sweep_dir / "slurm").glob(f"{rows[0].job_id}_*_log.out"))
+    assert len(logs) == 2, logs
+    for log in logs:
+        text = log.read_text()
+        for line in ("Loading pickle", "Job completed successfully", "Exiting after successful completion"):
+            assert text.count(line) == 1, (log.name, text)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_srun_mpi_job_gets_distinct_mpi_ranks_and_trains(sweeps):
     sub = sweeps["srun_mpi"]
     rows = wait_until_done(sub.sweep_dir)

@@ -43,6 +43,15 @@ def _count_axis(ax: Any, counts: Sequence[int], label: str = "GPUs (ranks)") -> 
     ax.set_xlabel(label)
 
 
+def _efficiency_axis(ax: Any, percents: Sequence[float]) -> None:
+    """0-110% unless a value lies outside: then the axis widens to show it. A noisy run can measure 815%; a fixed
+    range would drop that point without a mark, and what was measured must stay visible."""
+    values = [v for v in percents if v is not None and v == v]       # NaN: nothing to draw
+    top = max(110.0, 1.08 * max(values, default=0.0))
+    bottom = min(0.0, 1.08 * min(values, default=0.0))
+    ax.set_ylim(bottom, top)
+
+
 def _plain_log_y(ax: Any) -> None:
     ax.set_yscale("log")
     formatter = FuncFormatter(lambda v, _: f"{v:g}")
@@ -142,7 +151,7 @@ def plot_speedup_efficiency(series: Sequence[Series], path: Path) -> Path | None
     left.set_ylabel("speed-up (weak: scaled speed-up N/N1·T1/TN)")
     left.set_title("speed-up vs baseline (smallest GPU count)")
     right.set_ylabel("efficiency (%)")
-    right.set_ylim(0, max(110, 5 + max(100 * p.efficiency for s in usable for p in s.points)))
+    _efficiency_axis(right, [100 * p.efficiency for s in usable for p in s.points])
     right.set_title("scaling efficiency (strong: T1·N1/(TN·N), weak: T1/TN)")
     _legend(left, loc="upper left")
     _legend(right, loc="lower left")
@@ -348,7 +357,8 @@ def plot_predicted(comparisons: Sequence[dict], path: Path) -> Path | None:
         top.set_ylabel("epoch time (s)")
         top.set_title(f"{kind} scaling: measured vs scaling model")
         bottom.set_ylabel("efficiency (%), model without overlap")
-        bottom.set_ylim(0, 110)
+        _efficiency_axis(bottom, [100 * p[k] for c in members for p in c["points"]
+                                  for k in ("measured_efficiency", "predicted_efficiency")])
         bottom.axhline(100, color="black", ls=":", alpha=0.5)
         _legend(top)
     return _save(fig, path)

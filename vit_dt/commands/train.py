@@ -55,6 +55,7 @@ def compose_checked(overrides: list[str], world_size_key: str = "trainer.nproc")
 
 
 OPTIONS = ("-h", "--help", "--cfg", "-c", "--resolve")
+INTERRUPTED = 128 + 2       # the shell's exit status for a process ended by SIGINT (Ctrl-C)
 
 
 def main(argv: list[str]) -> int:
@@ -101,19 +102,15 @@ def main(argv: list[str]) -> int:
     run_dir.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(scrub_secrets(cfg)), run_dir / "config.yaml")  # secrets come from the env
     print(f"run directory: {run_dir}", flush=True)
-    nproc = int(cfg["trainer"]["nproc"])
-    if nproc == 1:
-        from vit_dt.run.rank import run_rank
+    from vit_dt.run.local_launch import Interrupted, launch
 
-        try:
-            run_rank(cfg, run_dir)
-            code = 0
-        except Exception as exc:  # recorded in result.json by run_rank
-            print(f"vit-dt train: run failed: {exc}", file=sys.stderr)
-            code = 1
-    else:
-        from vit_dt.run.local_launch import launch
-
-        code = launch(run_dir, nproc)
+    # One rank is a process too: the same run log, terminal filter and Ctrl-C handling as N ranks.
+    try:
+        code = launch(run_dir, int(cfg["trainer"]["nproc"]))
+    except Interrupted:
+        print(f"vit-dt train: interrupted; run dir kept at {run_dir}", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    if code != 0:
+        print(f"vit-dt train: run failed (exit status {code}); logs: {run_dir / 'logs'}", file=sys.stderr)
     print(f"result: {run_dir / RESULT_NAME}", flush=True)
-    return code
+    return 1 if code else 0

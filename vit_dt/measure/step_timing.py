@@ -132,6 +132,12 @@ class SampledStepTimer:
         self._pending = _TimedStep(self._start, self.clock.mark(), data_wait_ms, info)
         self._start = None
 
+    def poll(self) -> None:
+        """Collects the pending timed step if the device has finished it (never blocks): a step line then shows
+        the latest loss already available."""
+        if self._pending is not None and self.clock.done(self._pending.end):
+            self._collect()
+
     def finish(self) -> None:
         if self._pending is not None:
             self._collect()

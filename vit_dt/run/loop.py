@@ -106,6 +106,7 @@ class Trainer:
                 f"the training set gives each rank {len(self.train_loader)} micro-batches of {batch.micro}, fewer than "
                 f"grad_accum={batch.grad_accum}: lower trainer.micro_batch or trainer.grad_accum, or use more data")
         self.global_step = 0
+        self._last_loss: float | None = None     # the latest sampled step's loss, for the step lines
         self.shares = balance.equal_shares(batch.micro * env.world_size, env.world_size)
 
     def fit(self, state: TrainState) -> TrainState:
@@ -179,6 +180,8 @@ class Trainer:
         _sync(self.device)
         epoch_start = time.perf_counter()
         lr = engine.lr
+        self._last_loss = None
+        line_start = (0, epoch_start)       # the step and host time of the last step line: img/s since then
         for step in range(self.steps_per_epoch):
             timed = timer.begin(step)
             # The lr this step's optimizer update uses: the scheduler steps at the boundary, after the update, so
@@ -202,7 +205,8 @@ class Trainer:
             # The loss stays a device tensor: it is read when the timed step is collected, after it has finished.
             timer.end(data_wait * 1e3, global_step=self.global_step, loss=step_loss, lr=lr)
             if self.env.is_main and s.log_every and (step + 1) % s.log_every == 0:
-                log.info("epoch %d step %d/%d lr %.2e", epoch, step + 1, self.steps_per_epoch, lr)
+                timer.poll()
+                line_start = self._log_step(epoch, step, lr, line_start)
         timer.finish()
         _sync(self.device)
         elapsed = time.perf_counter() - epoch_start
@@ -213,9 +217,21 @@ class Trainer:
                   "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": lr}   # the epoch's last step's
         return record, per_rank
 
+    def _log_step(self, epoch: int, step: int, lr: float, since: tuple[int, float]) -> tuple[int, float]:
+        """One step line: the latest sampled step's loss (read once that step had finished on the device: the line
+        never synchronises), the global img/s since the previous line by the host clock, and the lr."""
+        now = time.perf_counter()
+        images = (step + 1 - since[0]) * sum(self.shares) * self.settings.batch.grad_accum
+        img_per_s = images / (now - since[1]) if now > since[1] else 0.0
+        loss = "-" if self._last_loss is None else f"{self._last_loss:.4f}"
+        log.info("epoch %d step %d/%d loss %s %.1f img/s lr %.2e", epoch, step + 1, self.steps_per_epoch, loss,
+                 img_per_s, lr)
+        return step + 1, now
+
     def _report_sample(self, timers: dict[str, float], info: dict) -> None:
+        self._last_loss = float(info["loss"]) if info.get("loss") is not None else None
         if self.on_step:
-            self.on_step(info["global_step"], {"loss": float(info["loss"]), "lr": info["lr"],
+            self.on_step(info["global_step"], {"loss": self._last_loss, "lr": info["lr"],
                                                **{f"time/{k}_ms": v for k, v in timers.items()}})
 
     def _validate(self) -> dict:

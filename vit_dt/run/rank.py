@@ -10,7 +10,7 @@ import random
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from vit_dt.config.schema import RootSchema
 from vit_dt.run import distributed, heartbeat
@@ -35,6 +35,11 @@ def configure_logging(rank: int) -> None:
     # `import deepspeed` compiles tiny test programs to see which ops this machine could build (libaio, ...) and
     # setuptools logs each gcc line at INFO: noise on every run, never a finding
     logging.getLogger("compilers").setLevel(logging.WARNING)
+    # submitit configures its own logger with its own stdout handler; propagating to the root handler above too
+    # printed every submitit line twice in a job's log.
+    submitit_log = logging.getLogger("submitit")
+    if submitit_log.handlers:
+        submitit_log.propagate = False
 
 
 def seed_everything(seed: int) -> None:
@@ -271,13 +276,42 @@ def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: B
         log.exception("could not record the failure of rank %d", env.rank)
 
 
+class Stopped(BaseException):
+    """SIGTERM from `vit-dt train`'s launcher (Ctrl-C, or a peer rank failed). A BaseException: no `except
+    Exception` records it as the run's failure; the stack unwinds, so `finally` blocks still run (a DeepSpeed op
+    build interrupted by SIGTERM's default action would leave its lock file, and every later run would wait on it
+    forever)."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def run_stoppable(work: Callable[[], Any]) -> None:
+    """Runs `work` with SIGTERM raising Stopped inside it; a stopped process unwinds, then leaves with status
+    128 + SIGTERM and no traceback, skipping the interpreter's teardown (W&B's atexit finishing an interrupted run,
+    gloo's threads): the launcher has already said why the run ended."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        work()
+    except Stopped:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(128 + signal.SIGTERM)
+
+
 def main() -> int:
     """`python -m vit_dt.run.rank RUN_DIR`: one rank of a run whose resolved config is RUN_DIR/config.yaml."""
     from omegaconf import OmegaConf
 
     run_dir = Path(sys.argv[1])
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
-    run_rank(cfg, run_dir)
+    run_stoppable(lambda: run_rank(cfg, run_dir))
     distributed.exit_without_teardown_after_success()
     return 0
 

@@ -160,3 +160,17 @@ def test_an_unknown_key_is_refused_with_the_nearest_valid_one(tmp_path, command)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     wanted = "trainer.epochs" if "epoch=5" in command[-1] else "trainer.micro_batch"
     assert f"did you mean {wanted}?" in proc.stderr, proc.stderr
+
+
+def test_the_default_dataset_with_the_default_optimizer_takes_its_tuned_defaults_and_overrides_still_win():
+    """conf/dataset/tuned/digits_adamw.yaml: what makes the default run learn (tests/e2e/test_first_run.py). It is
+    chosen by the pair; other pairs keep the groups' own defaults, and the command line wins over it."""
+    def picked(overrides):
+        cfg = to_container(compose(overrides))
+        return cfg["trainer"]["epochs"], cfg["trainer"]["warmup_epochs"], cfg["optimizer"]["lr"]
+
+    group_defaults = (3, 1.0)
+    assert picked([]) == (8, 0.5, 2e-3)
+    assert picked(["trainer.epochs=2", "optimizer.lr=1e-3"]) == (2, 0.5, 1e-3)
+    assert picked(["dataset=synthetic"]) == (*group_defaults, 1e-3)
+    assert picked(["optimizer=sgd"])[:2] == group_defaults

@@ -2,6 +2,9 @@
 and lr it reports, and how result.json and the analysis turn epoch records into steady-state figures."""
 from __future__ import annotations
 
+import logging
+import re
+
 import torch
 
 from vit_dt.config.batch import Batch
@@ -55,12 +58,12 @@ class CountingEngine:
         pass
 
 
-def _trainer(engine, epochs: int, grad_accum: int, steps: list) -> Trainer:
+def _trainer(engine, epochs: int, grad_accum: int, steps: list, log_every: int = 0) -> Trainer:
     images = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     train, val = TensorImages(images, torch.arange(32) % 2, INFO.classes), TensorImages(images[:8],
                                                                                        torch.arange(8) % 2, INFO.classes)
     settings = LoopSettings(epochs=epochs, batch=Batch(4, grad_accum, 1), seed=0, timer_sample_every=1,
-                            timer_warmup_steps=0, log_every=0, max_steps_per_epoch=None)
+                            timer_warmup_steps=0, log_every=log_every, max_steps_per_epoch=None)
     return Trainer(engine, train, val, INFO, 8, False, settings, ENV, CPU,
                    on_step=lambda step, values: steps.append((step, values)))
 
@@ -73,6 +76,19 @@ def test_step_loss_is_the_mean_over_micro_batches_and_lr_the_one_the_step_used()
     assert [v["loss"] for _, v in steps] == [2 * g - 1.5 for g in range(1, 9)]
     assert [v["lr"] for _, v in steps] == [float(g) for g in range(1, 9)]      # LambdaLR: step g runs at lr g
     assert [e["lr"] for e in state.epochs] == [4.0, 8.0]                       # each epoch's last step's
+
+
+def test_step_lines_carry_the_loss_the_throughput_and_the_lr(caplog):
+    """docs/configuration.md's promise for trainer.log_every: loss, img/s and lr on every step line."""
+    caplog.set_level(logging.INFO, logger="vit_dt.run.loop")
+    _trainer(CountingEngine(), epochs=1, grad_accum=2, steps=[], log_every=2).fit(TrainState())
+    lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    pattern = re.compile(r"^epoch 0 step (\d)/4 loss ([\d.]+) ([\d.]+) img/s lr ([\d.e+-]+)$")
+    parsed = [pattern.match(line) for line in lines]
+    assert len(lines) == 2 and all(parsed), lines
+    # step g's micro-batches return losses 2g-2 and 2g-1; the line shows the step it closes (sampled, finished)
+    assert [(int(m[1]), float(m[2]), float(m[4])) for m in parsed] == [(2, 2.5, 2.0), (4, 6.5, 4.0)]
+    assert all(float(m[3]) > 0 for m in parsed)
 
 
 def test_each_attempts_first_epoch_is_marked_warmup():

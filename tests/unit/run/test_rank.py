@@ -95,3 +95,50 @@ def test_a_collective_failure_names_the_rank_that_went_silent_and_its_phase(tmp_
         (1, "c2", "epoch 3: training (step 4)")]
     reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
     assert "rank 1 on c2 went silent" in reason and "epoch 3: training" in reason, reason
+
+def test_a_submitit_line_is_printed_once_after_the_rank_configures_logging():
+    """submitit's logger has its own stdout handler; the rank's root handler used to print each of its lines a
+    second time in the job's log. A fresh interpreter, as a Slurm task is: submitit's real logger set-up."""
+    import subprocess
+    import sys
+
+    script = ("from submitit.core.logger import get_logger\n"
+              "from vit_dt.run.rank import configure_logging\n"
+              "configure_logging(0)\n"
+              "get_logger().info('Job completed successfully')\n"
+              "import logging; logging.getLogger('vit_dt.run.loop').info('epoch 0 step 1/1')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Job completed successfully") == 1, proc.stdout
+    assert proc.stdout.count("epoch 0 step 1/1") == 1, proc.stdout
+
+
+def test_a_stopped_rank_unwinds_releasing_a_build_lock_and_leaves_quietly(tmp_path):
+    """SIGTERM (the launcher's stop on Ctrl-C) while a rank holds torch's extension-build lock, as during DeepSpeed's
+    first op build: the lock file goes (the default action left it, and every later run waited on it forever), the
+    exit status is 128 + SIGTERM, and nothing is printed."""
+    import signal
+    import subprocess
+    import sys
+
+    lock = tmp_path / "lock"
+    script = ("import time\n"
+              "from torch.utils.file_baton import FileBaton\n"
+              "from vit_dt.run.rank import run_stoppable\n"
+              f"baton = FileBaton({str(lock)!r})\n"
+              "def build():\n"
+              "    assert baton.try_acquire()\n"
+              "    try:\n"
+              "        print('building', flush=True)\n"
+              "        time.sleep(120)\n"
+              "    finally:\n"
+              "        baton.release()\n"
+              "run_stoppable(build)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "building\n"
+    assert lock.exists()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not lock.exists()
+    assert (out, err) == ("", "")
