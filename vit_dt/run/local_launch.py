@@ -27,6 +27,10 @@ GRACE_S = 10.0
 # Lines that say nothing to someone training here: kept in the run log, left out of the terminal.
 TERMINAL_NOISE = (
     re.compile(rb"No CUDA runtime is found, using CUDA_HOME="),      # torch's cpp_extension on a machine without CUDA
+    # `import deepspeed` compiles tiny test programs to see which ops this machine could build (libaio, ...), and
+    # setuptools logs each gcc line; DeepSpeed then says its op loaded. Neither is news to the user.
+    re.compile(rb"\] compilers\.C\.|^(gcc|g\+\+|c\+\+) "),
+    re.compile(rb"^DeepSpeed deepspeed\.ops\.\S+ built successfully"),
 )
 
 

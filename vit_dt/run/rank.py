@@ -32,9 +32,6 @@ def configure_logging(rank: int) -> None:
     """Rank 0 talks; the others only warn (the paper's tqdm on every rank made multi-MB .err files)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # `import deepspeed` compiles tiny test programs to see which ops this machine could build (libaio, ...) and
-    # setuptools logs each gcc line at INFO: noise on every run, never a finding
-    logging.getLogger("compilers").setLevel(logging.WARNING)
     # submitit configures its own logger with its own stdout handler; propagating to the root handler above too
     # printed every submitit line twice in a job's log.
     submitit_log = logging.getLogger("submitit")
