@@ -17,15 +17,24 @@ def parser() -> argparse.ArgumentParser:
                    help="sweep directory (holding results.jsonl), a results.jsonl file or a result.json")
     p.add_argument("--out", metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline by default)")
+    p.add_argument("--noisy-share", default="10%", metavar="SHARE",
+                   help="flag a point noisy when its 95%% interval is wider than SHARE of its value either side "
+                        "(default 10%%)")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from vit_dt.analysis.report import ReportError, build_report
+    from vit_dt.analysis.stats import parse_share
 
     try:
-        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb)
+        noisy_share = parse_share(args.noisy_share)
+    except ValueError as error:
+        print(f"vit-dt report: --noisy-share {error}", file=sys.stderr)
+        return 2
+    try:
+        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb, noisy_share=noisy_share)
     except ReportError as error:
         print(f"vit-dt report: {error}", file=sys.stderr)
         return 2
@@ -35,5 +44,7 @@ def main(argv: list[str]) -> int:
     if args.wandb:
         print(f"W&B run: {result.wandb_dir or 'not written (W&B disabled or failed; see the warning above)'}",
               file=sys.stderr)
+    for warning in result.data.get("warnings") or []:
+        print(warning, file=sys.stderr)
     print(result.html)
     return 0

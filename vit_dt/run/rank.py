@@ -16,6 +16,9 @@ from vit_dt.config.schema import RootSchema
 from vit_dt.run import distributed
 from vit_dt.run.distributed import DistEnv
 
+# A Slurm task imports this module before torch: OpenMP waits passively on CPU-only nodes (distributed.py).
+distributed.quiet_openmp()
+
 log = logging.getLogger("vit_dt.run.rank")
 # a full file system, a read-only one, a quota, an I/O error: `failure_cause` calls these "io"
 IO_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
