@@ -30,7 +30,7 @@ border:1px solid #eee;margin:.5em 0 1.5em}.warn{border:2px solid #c0392b;backgro
 margin:1em 0}.note{color:#555;font-size:13px}code{background:#f5f5f5;padding:0 3px}"""
 
 
-def _html_table(table: Table) -> str:
+def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in table.rows)
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
@@ -41,7 +41,7 @@ def _md_cell(value: str) -> str:
     return value.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(table: Table) -> str:
+def md_table(table: Table) -> str:
     lines = [f"### {table.title}", ""]
     if table.note:
         lines += [table.note, ""]
@@ -75,7 +75,7 @@ def render_html(meta: dict, tables_: Sequence[Table], made: Mapping[str, Path], 
         parts.append("<h3>Plots skipped</h3><ul>" + "".join(
             f"<li>{html.escape(PLOT_TITLES[n])}: {html.escape(r)}</li>" for n, r in skipped.items()) + "</ul>")
     parts.append("<h2>Tables</h2>")
-    parts += [_html_table(t) for t in tables_]
+    parts += [html_table(t) for t in tables_]
     parts.append("<p class='note'>How to read this report: docs/report.md.</p></body></html>")
     return "\n".join(parts)
 
@@ -92,6 +92,6 @@ def render_markdown(meta: dict, tables_: Sequence[Table], made: Mapping[str, Pat
         lines += [f"### {PLOT_TITLES[name]}", "", f"![{name}]({Path(path).relative_to(out_dir).as_posix()})", ""]
     if skipped:
         lines += ["### Plots skipped", ""] + [f"- {PLOT_TITLES[n]}: {r}" for n, r in skipped.items()] + [""]
-    lines += ["## Tables", ""] + [_md_table(t) for t in tables_]
+    lines += ["## Tables", ""] + [md_table(t) for t in tables_]
     lines.append("How to read this report: docs/report.md.")
     return "\n".join(lines) + "\n"
