@@ -145,14 +145,21 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
             ("speed-up 95% CI", lambda p: _interval(p.speedup_ci, "x"), ""),
             ("efficiency", lambda p: p.efficiency, "pct"),
             ("efficiency 95% CI", lambda p: _interval(p.efficiency_ci, "pct"), ""),
-            ("noisy", lambda p: p.noisy, ""), ("all-reduce share", lambda p: p.comm_share, "pct"),
+            ("noisy", lambda p: p.noisy, ""),
+            ("energy/epoch (J)", lambda p: p.energy_per_epoch_j, ""), ("J/image", lambda p: p.j_per_image, ""),
+            ("energy eff.", lambda p: p.energy_efficiency, "pct"),
+            ("Slurm energy (J)", lambda p: p.slurm_energy_j, ""),
+            ("all-reduce share", lambda p: p.comm_share, "pct"),
             ("val acc", lambda p: p.final_val_acc, "pct"), ("borrowed", lambda p: p.borrowed, "")],
             f"{s.kind} scaling; baseline N1={s.baseline_world_size}, T1={s.baseline_epoch_time_s:.2f} s. "
             + ("speed-up T1/TN, efficiency T1·N1/(TN·N), ideal T1·N1/N." if s.kind == "strong" else
                "scaled speed-up (N/N1)·T1/TN, efficiency T1/TN, ideal T1 (flat).")
             + " Over a point's runs (repeats: same settings, other seeds): mean, sample std, min–max and the 95% "
             "Student-t interval of the mean; the speed-up and efficiency intervals carry the baseline's spread too "
-            f"(delta method, docs/report.md). Noisy: an interval wider than ±{100 * s.noisy_share:.0f}% of its value."))
+            f"(delta method, docs/report.md). Noisy: an interval wider than ±{100 * s.noisy_share:.0f}% of its value. "
+            "Energy: GPU counters + CPU packages over the training epochs (docs/metrics.md; — where no source was "
+            "readable); energy eff. = J/image at N1 over J/image at N. Slurm energy: sacct's ConsumedEnergy of the job "
+            "(whole job, where the cluster records it)."))
     if analysis.comm_share:
         out.append(_table("All-reduce share vs batch size", analysis.comm_share, [
             ("GPUs", lambda r: r["world_size"], "int"), ("layout", lambda r: r["layout"], ""),

@@ -158,6 +158,11 @@ class Point:
     speedup_ci: tuple[float | None, float | None] = (None, None)      # the baseline's spread propagated
     efficiency_ci: tuple[float | None, float | None] = (None, None)
     noisy: bool = False       # an interval's half-width above the report's noisy share of its value
+    # Energy (docs/metrics.md): None where no run of the point had a source
+    energy_per_epoch_j: float | None = None
+    j_per_image: float | None = None
+    energy_efficiency: float | None = None     # the baseline's J/image over this point's: 1.0 costs no more per image
+    slurm_energy_j: float | None = None        # sacct's ConsumedEnergy of the job, where the cluster records it
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,7 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapp
     n_base = min(by_n)
     base = stats.spread(epoch_time(r) for r in by_n[n_base])
     t_base = base.mean
+    base_jpi = mean_or_none(result.j_per_image(r) for r in by_n[n_base])
     points = []
     for n in sorted(by_n):
         runs = by_n[n]
@@ -266,6 +272,9 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapp
             run_dirs=tuple(str(r.get("run_dir") or "") for r in runs),
             epoch_time=times.to_dict(), img_per_s_stats=rates.to_dict() if rates else None,
             speedup_ci=(s_ratio.ci_low, s_ratio.ci_high), efficiency_ci=(e_ratio.ci_low, e_ratio.ci_high),
-            noisy=noisy))
+            noisy=noisy, energy_per_epoch_j=mean_or_none(result.epoch_energy_j(r) for r in runs),
+            j_per_image=(jpi := mean_or_none(result.j_per_image(r) for r in runs)),
+            energy_efficiency=base_jpi / jpi if base_jpi is not None and jpi else None,
+            slurm_energy_j=mean_or_none(result.slurm_energy_j(r) for r in runs)))
     return Series(key=key, kind=kind, baseline_world_size=n_base, baseline_epoch_time_s=t_base, points=tuple(points),
                   noisy_share=noisy_share)

@@ -264,6 +264,20 @@ def j_per_image(record: Mapping[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def epoch_energy_j(record: Mapping[str, Any]) -> float | None:
+    """Mean joules of a steady-state epoch (None where no epoch has a reading)."""
+    epochs = [e for e in record.get(EPOCHS) or [] if isinstance(e, Mapping)]
+    values = [(e.get(EPOCH_ENERGY) or {}).get("total_j") for e in steady_epochs(epochs)]
+    present = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.fmean(present) if present else None
+
+
+def slurm_energy_j(record: Mapping[str, Any]) -> float | None:
+    """sacct's ConsumedEnergy of the run's job in joules, where the cluster records it (SLURM_ENERGY)."""
+    value = record.get(SLURM_ENERGY)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def last_epoch(record: Mapping[str, Any]) -> Mapping[str, Any]:
     epochs = record.get(EPOCHS) or []
     return epochs[-1] if epochs and isinstance(epochs[-1], Mapping) else {}

@@ -111,3 +111,20 @@ def test_a_series_of_repeats_carries_means_intervals_and_the_noisy_flag() -> Non
     (strict,) = build_series(_repeats(1, [10.0, 10.1, 9.9], 0) + _repeats(2, [5.0, 5.05, 4.95], 10),
                              noisy_share=0.01)
     assert all(p.noisy for p in strict.points)
+
+
+def test_energy_per_image_and_energy_efficiency_per_point() -> None:
+    records = _repeats(1, [10.0, 10.0], 0) + _repeats(2, [5.5], 10) + _repeats(4, [3.0], 20)
+    joules = {0: 0.20, 1: 0.22, 10: 0.24, 20: None}          # J/image; N=4 had no source
+    for r in records:
+        jpi = joules[r["point"]]
+        r["energy"] = {"total_j": None if jpi is None else jpi * 6400, "j_per_image": jpi,
+                       "reason": None if jpi is not None else "no RAPL on this node"}
+        for e in r["epochs"]:
+            e["energy"] = {"total_j": None if jpi is None else jpi * 6400}
+    (series,) = build_series(records)
+    one, two, four = series.points
+    assert one.j_per_image == pytest.approx(0.21) and one.energy_efficiency == pytest.approx(1.0)
+    assert two.j_per_image == pytest.approx(0.24) and two.energy_efficiency == pytest.approx(0.21 / 0.24)
+    assert two.energy_per_epoch_j == pytest.approx(0.24 * 6400)
+    assert four.j_per_image is None and four.energy_efficiency is None and four.energy_per_epoch_j is None
