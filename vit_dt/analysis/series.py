@@ -199,8 +199,9 @@ def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | No
     """Group completed records into series and compute each point's speed-up and efficiency.
 
     A 1-rank run is the same job whatever the layout (its label is "intra": one node), so a series with no
-    1-rank run of its own borrows the latest one of a sibling series (same key but layout); the borrowed point is
-    marked `borrowed`. The baseline is then still the series' smallest world size, as everywhere else.
+    1-rank run of its own borrows those of a sibling series (same key but layout; all of them, so that its repeats
+    keep their spread); the borrowed point is marked `borrowed`. The baseline is then still the series' smallest
+    world size, as everywhere else.
     """
     groups: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
     knobs = swept_knobs(records) if knobs is None else knobs
@@ -208,19 +209,19 @@ def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | No
         if epoch_time(record) is None or not record.get("world_size"):
             continue
         groups[series_key(record, knobs)].append(record)
-    singles: dict[SeriesKey, Mapping[str, Any]] = {}
+    singles: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
     for key, members in groups.items():
         for record in members:
             if int(record["world_size"]) == 1:
-                singles[sibling_key(key)] = record           # the latest 1-rank run per sibling family
+                singles[sibling_key(key)].append(record)     # every 1-rank run per sibling family: its repeats too
     series = []
     for key in sorted(groups, key=_series_order):
         members = list(groups[key])
-        borrowed_run = None
-        if all(int(r["world_size"]) != 1 for r in members) and sibling_key(key) in singles:
-            borrowed_run = singles[sibling_key(key)]
-            members.append(borrowed_run)
-        series.append(_series(key, members, borrowed_run, noisy_share))
+        borrowed_runs: list[Mapping[str, Any]] = []
+        if all(int(r["world_size"]) != 1 for r in members) and singles.get(sibling_key(key)):
+            borrowed_runs = singles[sibling_key(key)]
+            members += borrowed_runs
+        series.append(_series(key, members, borrowed_runs, noisy_share))
     return series
 
 
@@ -235,7 +236,7 @@ def _series_order(key: SeriesKey) -> tuple:
             _batch_number(key.batch), key.batch, key.model, key.dataset, key.precision, key.engine, key.knobs)
 
 
-def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapping[str, Any] | None,
+def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_runs: Sequence[Mapping[str, Any]],
             noisy_share: float = stats.NOISY_SHARE) -> Series:
     by_n: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for record in members:
@@ -268,7 +269,7 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapp
             data_wait_share=mean_or_none(r.get("data_wait_share") for r in runs),
             final_val_acc=mean_or_none(r.get("final_val_acc") for r in runs),
             mfu=mean_or_none(r.get("mfu") for r in runs),
-            repeats=len(runs), borrowed=borrowed_run is not None and any(r is borrowed_run for r in runs),
+            repeats=len(runs), borrowed=any(r is b for r in runs for b in borrowed_runs),
             run_dirs=tuple(str(r.get("run_dir") or "") for r in runs),
             epoch_time=times.to_dict(), img_per_s_stats=rates.to_dict() if rates else None,
             speedup_ci=(s_ratio.ci_low, s_ratio.ci_high), efficiency_ci=(e_ratio.ci_low, e_ratio.ci_high),
