@@ -60,7 +60,6 @@ EPOCH_WARMUP = "warmup"            # added after the first records: see warmup_f
 # no source gave is null with the reason, never 0. Absent from records written before it existed.
 EPOCH_ENERGY = "energy"
 ENERGY = "energy"
-SLURM_ENERGY = "slurm_consumed_energy_j"   # sacct's ConsumedEnergy of the run's job, where the cluster records it
 
 # Rule 3: the config setting each identity field copies (older or failed records may lack the field itself).
 CONFIG_PATHS: dict[str, tuple[str, ...]] = {
@@ -270,12 +269,6 @@ def epoch_energy_j(record: Mapping[str, Any]) -> float | None:
     values = [(e.get(EPOCH_ENERGY) or {}).get("total_j") for e in steady_epochs(epochs)]
     present = [float(v) for v in values if isinstance(v, (int, float))]
     return statistics.fmean(present) if present else None
-
-
-def slurm_energy_j(record: Mapping[str, Any]) -> float | None:
-    """sacct's ConsumedEnergy of the run's job in joules, where the cluster records it (SLURM_ENERGY)."""
-    value = record.get(SLURM_ENERGY)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def last_epoch(record: Mapping[str, Any]) -> Mapping[str, Any]:
