@@ -80,3 +80,14 @@ def test_this_machine_has_no_rapl_unless_it_has() -> None:
         pytest.skip(f"{POWERCAP} exists here: the fake-tree tests above cover the reading")
     meter = EnergyMeter.open()
     assert meter.cpu is None and "no RAPL" in meter.reasons["cpu"]
+
+
+def test_wandb_gets_the_epochs_energy_numbers_and_no_nulls() -> None:
+    from vit_dt.run.record import epoch_row
+
+    row = epoch_row({"time_s": 2.0, "steps": 3, "energy": {"total_j": 40.0, "gpu_j": 40.0, "cpu_j": None,
+                                                            "j_per_image": 0.02, "avg_watts": 20.0,
+                                                            "sources": ["nvml_energy_counter"], "reason": None}})
+    assert {k: v for k, v in row.items() if k.startswith("epoch/energy/")} == {
+        "epoch/energy/total_j": 40.0, "epoch/energy/gpu_j": 40.0, "epoch/energy/j_per_image": 0.02,
+        "epoch/energy/avg_watts": 20.0}
