@@ -111,10 +111,16 @@ def _assert_error_bars(path: Path, widest: float) -> None:
 
 
 def test_compare_two_sweeps_of_the_same_points_says_same(sweeps, capsys) -> None:
-    code = compare_cmd.main([str(sweeps["base"]), str(sweeps["new"]), "--tolerance", "10%"])
+    """The tolerance is this machine's, not a cluster's: the training work of these points is ~1 s an epoch, and
+    what sets their epoch time is how many of the 16 ranks share the 2 cores at that moment (one sweep's 1-rank
+    repeats measured 38% faster than the other's, [1.20, 1.57], in one run). The verdict's rules at 5% are the unit
+    tests' (tests/unit/analysis/test_compare.py); here, that real stores match by settings and come out the same."""
+    code = compare_cmd.main([str(sweeps["base"]), str(sweeps["new"]), "--tolerance", "60%"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "2 point(s) compared on img_per_s, tolerance 10%: 0 slower, 0 faster, 2 same" in out, out
+    assert "2 point(s) compared on img_per_s, tolerance 60%: 0 slower, 0 faster, 2 same" in out, out
+    code = compare_cmd.main([str(sweeps["base"]), str(sweeps["new"]), "--metric", "epoch_time", "--tolerance", "60%"])
+    assert code == 0 and "0 slower, 0 faster, 2 same" in capsys.readouterr().out
 
 
 def test_compare_against_a_slowed_sweep_says_slower_and_exits_non_zero(sweeps, capsys, tmp_path) -> None:
