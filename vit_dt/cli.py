@@ -11,6 +11,7 @@ COMMANDS = {
     "status": "each point of a sweep: Slurm state, result, logs",
     "results": "a sweep's results store as a table or CSV",
     "report": "scaling report (tables + plots) from a sweep's results store",
+    "compare": "two sweeps of the same points: ratio, interval and verdict per point (exit 1 on a regression)",
     "predict": "scaling model: predicted epoch time, speed-up and efficiency for N GPUs",
     "preflight": "short checks of a cluster shape before a big sweep",
     "sync": "upload a sweep's offline W&B runs (from a login node)",

@@ -160,3 +160,19 @@ def test_cpus_per_task_sizes_the_rank_threads_and_its_loader_workers(monkeypatch
         assert _threads_per_rank(env) == max(1, len(os.sched_getaffinity(0)) // 4)   # the cores shared by 4 ranks
     finally:
         torch.set_num_threads(before)
+
+
+def test_energy_is_null_with_its_reason_on_a_cpu_machine(two_rank_digits):
+    """No NVML GPU and (here) no RAPL: every energy figure is null and says why, never 0; nothing fails. Where the
+    node has RAPL, the host's first rank reads it and the figures are numbers."""
+    from vit_dt.measure.energy import POWERCAP
+
+    _, result, _ = two_rank_digits
+    epochs = [e["energy"] for e in result["epochs"]]
+    assert len(epochs) == len(result["epochs"]) and all(len(e["per_rank"]) == 2 for e in epochs)
+    assert all(r["gpu_j"] is None and r["gpu_reason"] == "no GPU on this rank" for e in epochs for r in e["per_rank"])
+    if POWERCAP.exists():
+        return
+    assert all(e["total_j"] is None and e["j_per_image"] is None and "no RAPL" in e["reason"] for e in epochs)
+    assert result["energy"]["total_j"] is None and result["energy"]["j_per_image"] is None
+    assert "no RAPL" in result["energy"]["reason"]

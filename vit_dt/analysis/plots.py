@@ -95,6 +95,23 @@ def _legend(ax: Any, **kwargs: Any) -> None:
         ax.legend(fontsize=8, framealpha=0.9, **kwargs)
 
 
+def _error_bars(ax: Any, xs: Sequence[float], ys: Sequence[float], intervals: Sequence[tuple], color: str,
+                scale: float = 1.0) -> None:
+    """Each point's 95% interval (vit_dt/analysis/stats.py) as a capped vertical bar; points without one (a single
+    run) get none."""
+    kept = [(x, y, lo * scale, hi * scale) for x, y, (lo, hi) in zip(xs, ys, intervals)
+            if lo is not None and hi is not None and hi > lo]
+    if kept:
+        ax.errorbar([k[0] for k in kept], [k[1] for k in kept],
+                    yerr=[[max(0.0, y - lo) for _, y, lo, _ in kept], [max(0.0, hi - y) for _, y, _, hi in kept]],
+                    fmt="none", ecolor=color, elinewidth=1.6, capsize=5, capthick=1.6)
+
+
+def _time_interval(point: Any) -> tuple:
+    spread = point.epoch_time or {}
+    return spread.get("ci_low"), spread.get("ci_high")
+
+
 def plot_epoch_time(series: Sequence[Series], path: Path) -> Path | None:
     """Epoch time vs GPUs, one panel per scaling kind, each series with its own dashed ideal line."""
     kinds = _by_kind(series, min_points=2)
@@ -108,12 +125,14 @@ def plot_epoch_time(series: Sequence[Series], path: Path) -> Path | None:
             ns = [p.world_size for p in s.points]
             counts += ns
             ax.plot(ns, [p.epoch_time_s for p in s.points], "o-", color=color, label=s.key.short_label())
+            _error_bars(ax, ns, [p.epoch_time_s for p in s.points], [_time_interval(p) for p in s.points], color)
             ax.plot(ns, [p.ideal_epoch_time_s for p in s.points], "--", color=color, alpha=0.6)
         ideal = "ideal T1·N1/N (dashed, per series)" if kind == "strong" else "ideal: flat T1 (dashed, per series)"
         ax.plot([], [], "--", color="gray", label=ideal)
         _count_axis(ax, counts)
-        _time_axis(ax, kind, [v for s in members for p in s.points for v in (p.epoch_time_s, p.ideal_epoch_time_s)])
-        ax.set_ylabel("epoch time (s, first epoch excluded)")
+        _time_axis(ax, kind, [v for s in members for p in s.points
+                              for v in (p.epoch_time_s, p.ideal_epoch_time_s, _time_interval(p)[1])])
+        ax.set_ylabel("epoch time (s, first epoch excluded; bars: 95% CI over repeats)")
         ax.set_title(f"{kind} scaling: epoch time")
         ax.grid(True, which="major", alpha=0.3)
         _legend(ax)
@@ -133,6 +152,9 @@ def plot_speedup_efficiency(series: Sequence[Series], path: Path) -> Path | None
         style = "o-" if s.kind == "strong" else "s-."
         left.plot(ns, [p.speedup for p in s.points], style, color=color, label=s.key.short_label())
         right.plot(ns, [100 * p.efficiency for p in s.points], style, color=color, label=s.key.short_label())
+        _error_bars(left, ns, [p.speedup for p in s.points], [p.speedup_ci for p in s.points], color)
+        _error_bars(right, ns, [100 * p.efficiency for p in s.points], [p.efficiency_ci for p in s.points], color,
+                    scale=100.0)
     bases = sorted({s.baseline_world_size for s in usable})
     for base in bases:
         ideal_ns = [n for n in counts if n >= base]
@@ -142,7 +164,8 @@ def plot_speedup_efficiency(series: Sequence[Series], path: Path) -> Path | None
     for ax in (left, right):
         _count_axis(ax, counts)
         ax.grid(True, alpha=0.3)
-    speedups = [p.speedup for s in usable for p in s.points] + [n / b for b in bases for n in counts if n >= b]
+    speedups = [v for s in usable for p in s.points for v in (p.speedup, p.speedup_ci[1]) if v] \
+        + [n / b for b in bases for n in counts if n >= b]
     if max(speedups) / min(speedups) >= 4:          # a log2 axis only helps over a wide range
         left.set_yscale("log", base=2)
         left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -151,7 +174,8 @@ def plot_speedup_efficiency(series: Sequence[Series], path: Path) -> Path | None
     left.set_ylabel("speed-up (weak: scaled speed-up N/N1·T1/TN)")
     left.set_title("speed-up vs baseline (smallest GPU count)")
     right.set_ylabel("efficiency (%)")
-    _efficiency_axis(right, [100 * p.efficiency for s in usable for p in s.points])
+    _efficiency_axis(right, [100 * v for s in usable for p in s.points
+                             for v in (p.efficiency, p.efficiency_ci[0], p.efficiency_ci[1]) if v is not None])
     right.set_title("scaling efficiency (strong: T1·N1/(TN·N), weak: T1/TN)")
     _legend(left, loc="upper left")
     _legend(right, loc="lower left")

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from vit_dt import atomic
-from vit_dt.analysis import plots, plots_studies, scaling, studies
-from vit_dt.analysis import scaling_model as sm
+from vit_dt.analysis import checks, plots, plots_studies, scaling, studies
+from vit_dt.analysis.model_view import model_section
 from vit_dt.analysis.report_render import PLOT_TITLES, render_html, render_markdown
 from vit_dt.analysis.report_tables import Table, tables
-from vit_dt.analysis.series import Series
+from vit_dt.analysis.stats import NOISY_SHARE
 
 REPORT_DIR = "report"
 
@@ -43,74 +43,6 @@ def load_records(sources: Sequence[Path | str]) -> list[dict]:
         except SourceError as error:
             raise ReportError(str(error)) from None
     return records
-
-
-# ---------------------------------------------------------------- the model next to the measurements
-
-def _baseline_record(records: Sequence[dict], series: Series) -> dict | None:
-    """The latest completed run at the series' baseline world size (a borrowed 1-rank run included)."""
-    wanted = set(series.points[0].run_dirs)
-    matches = [r for r in records if str(r.get("run_dir") or "") in wanted
-               and int(r["world_size"]) == series.baseline_world_size]
-    return matches[-1] if matches else None
-
-
-def _gpus_per_node(series: Series) -> int | None:
-    return max(p.ranks_per_node for p in series.points) if series.key.layout.startswith("grid") else None
-
-
-def model_section(records: Sequence[dict], series: Sequence[Series]) -> dict:
-    """Calibrate the interconnect on the store's multi-rank runs, then predict every series from its baseline."""
-    prior = sm.Interconnect()
-    for record in records:
-        try:
-            found = sm.interconnect_of(record)
-        except sm.ModelError:
-            continue
-        if found is not None:
-            prior = found
-            break
-    one_rank = [r for r in records if int(r.get("world_size") or 0) == 1]
-    profile_for_excess = None
-    if one_rank:
-        try:
-            profile_for_excess = sm.profile_from_record(one_rank[-1])
-        except sm.ModelError:
-            profile_for_excess = None
-    try:
-        calibration = sm.calibrate(records, prior=prior, profile=profile_for_excess)
-    except sm.ModelError as error:
-        calibration = sm.Calibration(interconnect=prior, fitted=(), points=(), notes=(str(error),))
-    comparisons, notes = [], list(calibration.notes)
-    for s in series:
-        if len(s.points) < 2:
-            continue
-        base = _baseline_record(records, s)
-        if base is None:
-            continue
-        layout = s.key.layout if s.key.layout in ("intra", "inter") else "grid"
-        try:
-            profile = sm.profile_from_record(base)
-            ns = [p.world_size for p in s.points]
-            fixed_global = s.key.batch.startswith("global batch")
-            kwargs = dict(layout=layout, gpus_per_node=_gpus_per_node(s), micro_batch=s.points[-1].micro_batch,
-                          global_batch=s.points[-1].global_batch if fixed_global else None, scaling=s.kind)
-            plain = sm.predict(profile, calibration.interconnect, ns, overlap=False, **kwargs)
-            overlapped = sm.predict(profile, calibration.interconnect, ns, overlap=True, **kwargs)
-        except sm.ModelError as error:
-            notes.append(f"No prediction for '{s.key.short_label()}': {error}")
-            continue
-        points = []
-        for p, a, b in zip(s.points, plain, overlapped):
-            points.append({"world_size": p.world_size, "measured_epoch_s": p.epoch_time_s,
-                           "predicted_epoch_s": a.epoch_s, "predicted_overlap_epoch_s": b.epoch_s,
-                           "error": (a.epoch_s - p.epoch_time_s) / p.epoch_time_s,
-                           "measured_efficiency": p.efficiency, "predicted_efficiency": a.efficiency,
-                           "measured_comm_share": p.comm_share, "predicted_allreduce_share": a.allreduce_share})
-        comparisons.append({"label": s.key.short_label(), "kind": s.kind, "layout": layout,
-                            "profile_from": profile.source, "points": points})
-    return {"calibration": calibration.to_dict(), "prior_interconnect": asdict(prior), "comparisons": comparisons,
-            "notes": notes}
 
 
 # ---------------------------------------------------------------- plots
@@ -179,18 +111,21 @@ class ReportOutput:
     data: dict = field(default_factory=dict)
 
 
-def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = None, wandb: bool = False) -> ReportOutput:
-    """Read the store(s), analyse, plot, render HTML + Markdown + JSON into out_dir (default SOURCE/report)."""
+def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = None, wandb: bool = False,
+                 noisy_share: float = NOISY_SHARE) -> ReportOutput:
+    """Read the store(s), analyse, plot, render HTML + Markdown + JSON into out_dir (default SOURCE/report).
+    `noisy_share`: the interval half-width, as a share of the value, above which a point is flagged noisy."""
     sources = [Path(s) for s in sources]
     records = load_records(sources)
     if not records:
         raise ReportError(f"no records in {', '.join(map(str, sources))}: has any run of the sweep finished?")
-    analysis = scaling.analyse(records)
+    analysis = scaling.analyse(records, noisy_share)
     first = sources[0]
     out = Path(out_dir) if out_dir else (first if first.is_dir() else first.parent) / REPORT_DIR
     _make_out_dir(out)
     model = model_section(analysis.selection.used, analysis.series)
     study = study_section(analysis.selection.used)
+    warnings = [f.text() for f in checks.findings(analysis, model)]
     made, skipped = make_plots(analysis, model, out / "plots", study)
     meta = {"title": f"vit-dt scaling report: {', '.join(s.resolve().name for s in sources)}",
             "sources": [str(s.resolve()) for s in sources], "records": len(records),
@@ -200,9 +135,10 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
     notes = analysis.notes + ([] if analysis.selection.used else ["no completed run: nothing to analyse"])
     notes += study["notes"]
     tables_ = tables(analysis, model, study)
-    html_path = atomic.write_text(out / "report.html", render_html(meta, tables_, made, skipped, notes))
-    md_path = atomic.write_text(out / "report.md", render_markdown(meta, tables_, made, skipped, notes, out))
-    data = {"meta": meta, **analysis.to_dict(), "model": model,
+    html_path = atomic.write_text(out / "report.html", render_html(meta, tables_, made, skipped, notes, warnings))
+    md_path = atomic.write_text(out / "report.md", render_markdown(meta, tables_, made, skipped, notes, out,
+                                                                        warnings))
+    data = {"meta": meta, "warnings": warnings, **analysis.to_dict(), "model": model,
             "zero_study": study["zero"], "per_rank": study["per_rank"], "study_notes": study["notes"],
             "plots": {k: str(v.relative_to(out)) for k, v in made.items()}, "skipped_plots": skipped,
             "tables": [asdict(t) for t in tables_]}

@@ -26,10 +26,11 @@ PLOT_TITLES = {
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;
-border:1px solid #eee;margin:.5em 0 1.5em}.note{color:#555;font-size:13px}code{background:#f5f5f5;padding:0 3px}"""
+border:1px solid #eee;margin:.5em 0 1.5em}.warn{border:2px solid #c0392b;background:#fdecea;padding:0 1em;
+margin:1em 0}.note{color:#555;font-size:13px}code{background:#f5f5f5;padding:0 3px}"""
 
 
-def _html_table(table: Table) -> str:
+def html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in table.rows)
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
@@ -40,7 +41,7 @@ def _md_cell(value: str) -> str:
     return value.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(table: Table) -> str:
+def md_table(table: Table) -> str:
     lines = [f"### {table.title}", ""]
     if table.note:
         lines += [table.note, ""]
@@ -58,9 +59,12 @@ def _header_lines(meta: dict) -> list[str]:
 
 
 def render_html(meta: dict, tables_: Sequence[Table], made: Mapping[str, Path], skipped: Mapping[str, str],
-                notes: Sequence[str]) -> str:
+                notes: Sequence[str], warnings: Sequence[str] = ()) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(meta['title'])}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(meta['title'])}</h1>"]
+    if warnings:       # first, before any number: these say which numbers not to trust
+        parts.append("<div class='warn'><h2>Warnings: implausible or noisy numbers</h2><ul>"
+                     + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
     parts += [f"<p class='note'>{html.escape(line)}</p>" for line in _header_lines(meta)]
     parts += [f"<p class='note'>Note: {html.escape(n)}</p>" for n in notes]
     parts.append("<h2>Plots</h2>")
@@ -71,20 +75,23 @@ def render_html(meta: dict, tables_: Sequence[Table], made: Mapping[str, Path], 
         parts.append("<h3>Plots skipped</h3><ul>" + "".join(
             f"<li>{html.escape(PLOT_TITLES[n])}: {html.escape(r)}</li>" for n, r in skipped.items()) + "</ul>")
     parts.append("<h2>Tables</h2>")
-    parts += [_html_table(t) for t in tables_]
+    parts += [html_table(t) for t in tables_]
     parts.append("<p class='note'>How to read this report: docs/report.md.</p></body></html>")
     return "\n".join(parts)
 
 
 def render_markdown(meta: dict, tables_: Sequence[Table], made: Mapping[str, Path], skipped: Mapping[str, str],
-                    notes: Sequence[str], out_dir: Path) -> str:
-    lines = [f"# {meta['title']}", ""] + [f"{line}  " for line in _header_lines(meta)] + [""]
+                    notes: Sequence[str], out_dir: Path, warnings: Sequence[str] = ()) -> str:
+    lines = [f"# {meta['title']}", ""]
+    if warnings:
+        lines += ["## Warnings: implausible or noisy numbers", ""] + [f"- **{w}**" for w in warnings] + [""]
+    lines += [f"{line}  " for line in _header_lines(meta)] + [""]
     lines += [f"> Note: {n}" for n in notes]
     lines += ["", "## Plots", ""]
     for name, path in made.items():
         lines += [f"### {PLOT_TITLES[name]}", "", f"![{name}]({Path(path).relative_to(out_dir).as_posix()})", ""]
     if skipped:
         lines += ["### Plots skipped", ""] + [f"- {PLOT_TITLES[n]}: {r}" for n, r in skipped.items()] + [""]
-    lines += ["## Tables", ""] + [_md_table(t) for t in tables_]
+    lines += ["## Tables", ""] + [md_table(t) for t in tables_]
     lines.append("How to read this report: docs/report.md.")
     return "\n".join(lines) + "\n"

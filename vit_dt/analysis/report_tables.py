@@ -30,6 +30,16 @@ def _fmt(value: Any, how: str = "") -> str:
     return str(value)
 
 
+def _interval(pair: Any, how: str = "") -> str | None:
+    """"[low, high]" of a 95% interval (None: one run, no interval)."""
+    low, high = pair if pair else (None, None)
+    return None if low is None or high is None else f"[{_fmt(low, how)}, {_fmt(high, how)}]"
+
+
+def _time_spread(p: Any) -> dict:
+    return p.epoch_time or {}
+
+
 @dataclass
 class Table:
     title: str
@@ -121,14 +131,33 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
     for s in analysis.series:
         out.append(_table(f"Series: {s.label}", s.points, [
             ("GPUs", lambda p: p.world_size, "int"), ("nodes×GPUs", _shape, ""),
-            ("global batch", lambda p: p.global_batch, "int"), ("epoch time (s)", lambda p: p.epoch_time_s, "s"),
+            ("global batch", lambda p: p.global_batch, "int"), ("runs", lambda p: p.repeats, "int"),
+            ("epoch time (s)", lambda p: p.epoch_time_s, "s"),
+            ("95% CI (s)", lambda p: _interval((_time_spread(p).get("ci_low"), _time_spread(p).get("ci_high")), "s"),
+             ""),
+            ("std (s)", lambda p: _time_spread(p).get("std"), "s"),
+            ("min–max (s)", lambda p: f"{_fmt(_time_spread(p).get('min'), 's')}–{_fmt(_time_spread(p).get('max'), 's')}",
+             ""),
+            ("img/s", lambda p: p.img_per_s, ""),
+            ("img/s 95% CI", lambda p: _interval(((p.img_per_s_stats or {}).get("ci_low"),
+                                                  (p.img_per_s_stats or {}).get("ci_high"))), ""),
             ("ideal (s)", lambda p: p.ideal_epoch_time_s, "s"), ("speed-up", lambda p: p.speedup, "x"),
-            ("efficiency", lambda p: p.efficiency, "pct"), ("all-reduce share", lambda p: p.comm_share, "pct"),
-            ("val acc", lambda p: p.final_val_acc, "pct"), ("runs", lambda p: p.repeats, "int"),
-            ("borrowed", lambda p: p.borrowed, "")],
+            ("speed-up 95% CI", lambda p: _interval(p.speedup_ci, "x"), ""),
+            ("efficiency", lambda p: p.efficiency, "pct"),
+            ("efficiency 95% CI", lambda p: _interval(p.efficiency_ci, "pct"), ""),
+            ("noisy", lambda p: p.noisy, ""),
+            ("energy/epoch (J)", lambda p: p.energy_per_epoch_j, ""), ("J/image", lambda p: p.j_per_image, ""),
+            ("energy eff.", lambda p: p.energy_efficiency, "pct"),
+            ("all-reduce share", lambda p: p.comm_share, "pct"),
+            ("val acc", lambda p: p.final_val_acc, "pct"), ("borrowed", lambda p: p.borrowed, "")],
             f"{s.kind} scaling; baseline N1={s.baseline_world_size}, T1={s.baseline_epoch_time_s:.2f} s. "
             + ("speed-up T1/TN, efficiency T1·N1/(TN·N), ideal T1·N1/N." if s.kind == "strong" else
-               "scaled speed-up (N/N1)·T1/TN, efficiency T1/TN, ideal T1 (flat).")))
+               "scaled speed-up (N/N1)·T1/TN, efficiency T1/TN, ideal T1 (flat).")
+            + " Over a point's runs (repeats: same settings, other seeds): mean, sample std, min–max and the 95% "
+            "Student-t interval of the mean; the speed-up and efficiency intervals carry the baseline's spread too "
+            f"(delta method, docs/report.md). Noisy: an interval wider than ±{100 * s.noisy_share:.0f}% of its value. "
+            "Energy: GPU counters + CPU packages over the training epochs (docs/metrics.md; — where no source was "
+            "readable); energy eff. = J/image at N1 over J/image at N; Slurm's ConsumedEnergy: `vit-dt status`."))
     if analysis.comm_share:
         out.append(_table("All-reduce share vs batch size", analysis.comm_share, [
             ("GPUs", lambda r: r["world_size"], "int"), ("layout", lambda r: r["layout"], ""),

@@ -27,6 +27,7 @@ from vit_dt.analysis.series import (
     build_series,
     select,
 )
+from vit_dt.analysis.stats import NOISY_SHARE
 from vit_dt.analysis.swept_knobs import swept_knobs
 from vit_dt.records import result
 
@@ -63,11 +64,13 @@ def _capped(record: Mapping[str, Any]) -> bool:
     return bool(cap) and bool(steps) and steps[-1] == int(cap)
 
 
-def analyse(records: Iterable[Mapping[str, Any]]) -> SweepAnalysis:
+def analyse(records: Iterable[Mapping[str, Any]], noisy_share: float = NOISY_SHARE) -> SweepAnalysis:
+    """`noisy_share`: a point whose 95% interval (epoch time, or speed-up) is wider than this share of its value
+    either side is flagged noisy (vit_dt/analysis/stats.py)."""
     selection = select(records)
     used = selection.used
     knobs = swept_knobs(used)      # once: each view below splits or labels its rows by the same settings
-    series = build_series(used, knobs)
+    series = build_series(used, knobs, noisy_share)
     notes = []
     capped = [r for r in used if _capped(r)]
     if capped:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from vit_dt.analysis import stats
 from vit_dt.analysis.formulas import efficiency, ideal_epoch_time, kind_of, speedup
 from vit_dt.analysis.swept_knobs import knob_values, swept_knobs
 from vit_dt.records import result
@@ -151,6 +152,16 @@ class Point:
     repeats: int
     borrowed: bool            # a 1-rank run taken from a sibling series of another layout (see build_series)
     run_dirs: tuple[str, ...]
+    # Over the point's runs (vit_dt/analysis/stats.py): mean, std, min/max, 95% t interval; None where absent.
+    epoch_time: dict | None = None
+    img_per_s_stats: dict | None = None
+    speedup_ci: tuple[float | None, float | None] = (None, None)      # the baseline's spread propagated
+    efficiency_ci: tuple[float | None, float | None] = (None, None)
+    noisy: bool = False       # an interval's half-width above the report's noisy share of its value
+    # Energy (docs/metrics.md): None where no run of the point had a source
+    energy_per_epoch_j: float | None = None
+    j_per_image: float | None = None
+    energy_efficiency: float | None = None     # the baseline's J/image over this point's: 1.0 costs no more per image
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,7 @@ class Series:
     baseline_world_size: int
     baseline_epoch_time_s: float
     points: tuple[Point, ...]
+    noisy_share: float = stats.NOISY_SHARE      # the threshold the points' `noisy` flags used
 
     @property
     def label(self) -> str:
@@ -168,7 +180,7 @@ class Series:
     def to_dict(self) -> dict:
         return {"key": asdict(self.key), "label": self.label, "kind": self.kind,
                 "baseline_world_size": self.baseline_world_size,
-                "baseline_epoch_time_s": self.baseline_epoch_time_s,
+                "baseline_epoch_time_s": self.baseline_epoch_time_s, "noisy_share": self.noisy_share,
                 "points": [asdict(p) for p in self.points]}
 
 
@@ -181,12 +193,14 @@ def sibling_key(key: SeriesKey) -> SeriesKey:
     return replace(key, layout="*")
 
 
-def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None) -> list[Series]:
+def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | None = None,
+                 noisy_share: float = stats.NOISY_SHARE) -> list[Series]:
     """Group completed records into series and compute each point's speed-up and efficiency.
 
     A 1-rank run is the same job whatever the layout (its label is "intra": one node), so a series with no
-    1-rank run of its own borrows the latest one of a sibling series (same key but layout); the borrowed point is
-    marked `borrowed`. The baseline is then still the series' smallest world size, as everywhere else.
+    1-rank run of its own borrows those of a sibling series (same key but layout; all of them, so that its repeats
+    keep their spread); the borrowed point is marked `borrowed`. The baseline is then still the series' smallest
+    world size, as everywhere else.
     """
     groups: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
     knobs = swept_knobs(records) if knobs is None else knobs
@@ -194,19 +208,19 @@ def build_series(records: Sequence[Mapping[str, Any]], knobs: Sequence[str] | No
         if epoch_time(record) is None or not record.get("world_size"):
             continue
         groups[series_key(record, knobs)].append(record)
-    singles: dict[SeriesKey, Mapping[str, Any]] = {}
+    singles: dict[SeriesKey, list[Mapping[str, Any]]] = defaultdict(list)
     for key, members in groups.items():
         for record in members:
             if int(record["world_size"]) == 1:
-                singles[sibling_key(key)] = record           # the latest 1-rank run per sibling family
+                singles[sibling_key(key)].append(record)     # every 1-rank run per sibling family: its repeats too
     series = []
     for key in sorted(groups, key=_series_order):
         members = list(groups[key])
-        borrowed_run = None
-        if all(int(r["world_size"]) != 1 for r in members) and sibling_key(key) in singles:
-            borrowed_run = singles[sibling_key(key)]
-            members.append(borrowed_run)
-        series.append(_series(key, members, borrowed_run))
+        borrowed_runs: list[Mapping[str, Any]] = []
+        if all(int(r["world_size"]) != 1 for r in members) and singles.get(sibling_key(key)):
+            borrowed_runs = singles[sibling_key(key)]
+            members += borrowed_runs
+        series.append(_series(key, members, borrowed_runs, noisy_share))
     return series
 
 
@@ -221,17 +235,28 @@ def _series_order(key: SeriesKey) -> tuple:
             _batch_number(key.batch), key.batch, key.model, key.dataset, key.precision, key.engine, key.knobs)
 
 
-def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapping[str, Any] | None) -> Series:
+def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_runs: Sequence[Mapping[str, Any]],
+            noisy_share: float = stats.NOISY_SHARE) -> Series:
     by_n: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for record in members:
         by_n[int(record["world_size"])].append(record)
     kind = key.kind
     n_base = min(by_n)
-    t_base = statistics.fmean(epoch_time(r) for r in by_n[n_base])
+    base = stats.spread(epoch_time(r) for r in by_n[n_base])
+    t_base = base.mean
+    base_jpi = mean_or_none(result.j_per_image(r) for r in by_n[n_base])
     points = []
     for n in sorted(by_n):
         runs = by_n[n]
-        t = statistics.fmean(epoch_time(r) for r in runs)
+        times = stats.spread(epoch_time(r) for r in runs)
+        t = times.mean
+        rates = stats.spread(result.img_per_s(r) for r in runs)
+        if n == n_base:      # against itself: exactly 1 (and N1/N = 1), whatever its spread
+            s_ratio, e_ratio = stats.exact(1.0), stats.exact(1.0)
+        else:
+            s_ratio = stats.ratio(base, times, speedup(kind, 1.0, n_base, 1.0, n))
+            e_ratio = stats.ratio(base, times, efficiency(kind, 1.0, n_base, 1.0, n))
+        noisy = any(stats.is_noisy(share, noisy_share) for share in (times.rel_half_width, s_ratio.rel_half_width))
         first = runs[-1]
         points.append(Point(
             world_size=n, nodes=int(first.get("nodes") or 1), ranks_per_node=ranks_per_node(first),
@@ -243,6 +268,12 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_run: Mapp
             data_wait_share=mean_or_none(r.get("data_wait_share") for r in runs),
             final_val_acc=mean_or_none(r.get("final_val_acc") for r in runs),
             mfu=mean_or_none(r.get("mfu") for r in runs),
-            repeats=len(runs), borrowed=borrowed_run is not None and any(r is borrowed_run for r in runs),
-            run_dirs=tuple(str(r.get("run_dir") or "") for r in runs)))
-    return Series(key=key, kind=kind, baseline_world_size=n_base, baseline_epoch_time_s=t_base, points=tuple(points))
+            repeats=len(runs), borrowed=any(r is b for r in runs for b in borrowed_runs),
+            run_dirs=tuple(str(r.get("run_dir") or "") for r in runs),
+            epoch_time=times.to_dict(), img_per_s_stats=rates.to_dict() if rates else None,
+            speedup_ci=(s_ratio.ci_low, s_ratio.ci_high), efficiency_ci=(e_ratio.ci_low, e_ratio.ci_high),
+            noisy=noisy, energy_per_epoch_j=mean_or_none(result.epoch_energy_j(r) for r in runs),
+            j_per_image=(jpi := mean_or_none(result.j_per_image(r) for r in runs)),
+            energy_efficiency=base_jpi / jpi if base_jpi is not None and jpi else None))
+    return Series(key=key, kind=kind, baseline_world_size=n_base, baseline_epoch_time_s=t_base, points=tuple(points),
+                  noisy_share=noisy_share)

@@ -18,6 +18,9 @@ def parser() -> argparse.ArgumentParser:
                         "default: the latest sweep (<out_dir>/sweeps/latest)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--wandb", action="store_true", help="also log the report as a W&B run (offline by default)")
+    p.add_argument("--noisy-share", default="10%", metavar="SHARE",
+                   help="flag a point noisy when its 95%% interval is wider than SHARE of its value either side "
+                        "(default 10%%)")
     return p
 
 
@@ -31,9 +34,15 @@ def main(argv: list[str]) -> int:
             return 2
         args.sweep_dirs = [found]
     from vit_dt.analysis.report import ReportError, build_report
+    from vit_dt.analysis.stats import parse_share
 
     try:
-        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb)
+        noisy_share = parse_share(args.noisy_share)
+    except ValueError as error:
+        print(f"vit-dt report: --noisy-share {error}", file=sys.stderr)
+        return 2
+    try:
+        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb, noisy_share=noisy_share)
     except ReportError as error:
         print(f"vit-dt report: {error}", file=sys.stderr)
         return 2
@@ -43,5 +52,7 @@ def main(argv: list[str]) -> int:
     if args.wandb:
         print(f"W&B run: {result.wandb_dir or 'not written (W&B disabled or failed; see the warning above)'}",
               file=sys.stderr)
+    for warning in result.data.get("warnings") or []:
+        print(warning, file=sys.stderr)
     print(result.html)
     return 0

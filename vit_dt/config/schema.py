@@ -253,6 +253,7 @@ class RootSchema:
     run_name: Optional[str] = MISSING
     sweep_dir: Optional[str] = MISSING     # set by the sweep launcher for each point
     point: Optional[int] = MISSING         # the point's index in its sweep
+    repeats: int = MISSING                 # a sweep runs each point this many times, seeds trainer.seed + 0..N-1
     debug: Optional[DebugSchema] = None    # conf/config.yaml: `debug: null`; production configs leave it so
 
 

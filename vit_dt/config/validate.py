@@ -68,6 +68,7 @@ def validate(cfg: Mapping[str, Any], world_size: int) -> None:
     from vit_dt.optim.optimizers import OptimizerConfigError, OptimizerSpec, unknown_name_error, zero_stage_error
 
     _check_paths(cfg)
+    _positive_int("repeats", cfg.get("repeats", 1))      # absent from configs saved before the key existed
     _one_of("precision", cfg["precision"], PRECISIONS)
     _one_of("engine", cfg["engine"], ENGINES)
     _one_of("dataset.name", cfg["dataset"]["name"], DATASETS)

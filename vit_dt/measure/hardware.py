@@ -178,15 +178,40 @@ def node_gpu_map(cluster: Mapping[str, Any], partition: str | None = None) -> No
 
 # ---------------------------------------------------------------- this rank, every rank
 
+def cpu_list(cpus: Sequence[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5": a rank's CPU affinity, short (a 128-core node's list as text stays one line)."""
+    out, ids = [], sorted(set(int(c) for c in cpus))
+    for cpu in ids:
+        if out and cpu == out[-1][1] + 1:
+            out[-1][1] = cpu
+        else:
+            out.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
+
+
+def parse_cpu_list(text: str | None) -> set[int]:
+    """"0-2,5" -> {0, 1, 2, 5} (cpu_list's inverse; empty for None or "")."""
+    cpus: set[int] = set()
+    for part in (text or "").split(","):
+        if part.strip():
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 def local_hardware(device: Any) -> dict[str, Any]:
-    """What this rank can see of itself: its host, its Slurm node name and its device's name."""
+    """What this rank can see of itself: its host, its Slurm node name and its device's name; the CPUs it may run
+    on (affinity), the threads torch uses and the host's 1-minute load when it started (the oversubscription check
+    in vit_dt/analysis/checks.py reads them)."""
     import torch
 
     device = torch.device(device)
     host = socket.gethostname()
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     return {"host": host, "node": os.environ.get("SLURMD_NODENAME") or host, "device": device.type,
-            "gpu_name": gpu_name}
+            "gpu_name": gpu_name, "cpus": cpu_list(affinity), "threads": torch.get_num_threads(),
+            "load_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def rank_table(gathered: Sequence[Mapping[str, Any]], node_map: NodeGpuMap) -> list[dict[str, Any]]:
@@ -201,7 +226,8 @@ def rank_table(gathered: Sequence[Mapping[str, Any]], node_map: NodeGpuMap) -> l
         else:
             model, source = node_map.lookup(seen.get("node"), seen.get("host"))
         rows.append({"rank": rank, "host": seen.get("host"), "node": seen.get("node"), "device": seen.get("device"),
-                     "gpu_name": seen.get("gpu_name"), "gpu_model": model, "gpu_model_source": source})
+                     "gpu_name": seen.get("gpu_name"), "gpu_model": model, "gpu_model_source": source,
+                     "cpus": seen.get("cpus"), "threads": seen.get("threads"), "load_1m": seen.get("load_1m")})
     return rows
 
 

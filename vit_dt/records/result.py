@@ -56,6 +56,11 @@ EPOCH_SECONDS = "time_s"
 EPOCH_IMG_PER_S = "img_per_s"
 EPOCH_STEPS = "steps"
 EPOCH_WARMUP = "warmup"            # added after the first records: see warmup_flags
+# Energy (vit_dt/measure/energy.py, docs/metrics.md): per epoch record {gpu_j, cpu_j, total_j, j_per_image,
+# avg_watts, sources, reason, per_rank}; the record's own {total_j, j_per_image, avg_watts, sources, reason}. A value
+# no source gave is null with the reason, never 0. Absent from records written before it existed.
+EPOCH_ENERGY = "energy"
+ENERGY = "energy"
 
 # Rule 3: the config setting each identity field copies (older or failed records may lack the field itself).
 CONFIG_PATHS: dict[str, tuple[str, ...]] = {
@@ -245,6 +250,26 @@ def img_per_s(record: Mapping[str, Any]) -> float | None:
         steady = steady_epoch_values(record, EPOCH_IMG_PER_S)
         rate = statistics.fmean(steady) if steady else None
     return float(rate) if rate is not None else None
+
+
+def energy(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record's energy summary ({} for records without one)."""
+    value = record.get(ENERGY)
+    return value if isinstance(value, Mapping) else {}
+
+
+def j_per_image(record: Mapping[str, Any]) -> float | None:
+    """Joules per training image over the steady-state epochs (GPU + CPU packages, whatever was readable)."""
+    value = energy(record).get("j_per_image")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def epoch_energy_j(record: Mapping[str, Any]) -> float | None:
+    """Mean joules of a steady-state epoch (None where no epoch has a reading)."""
+    epochs = [e for e in record.get(EPOCHS) or [] if isinstance(e, Mapping)]
+    values = [(e.get(EPOCH_ENERGY) or {}).get("total_j") for e in steady_epochs(epochs)]
+    present = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.fmean(present) if present else None
 
 
 def last_epoch(record: Mapping[str, Any]) -> Mapping[str, Any]:

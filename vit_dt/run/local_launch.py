@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from vit_dt.run.distributed import free_port
+from vit_dt.run.distributed import free_port, quiet_openmp
 
 GRACE_S = 10.0
 # Lines that say nothing to someone training here: kept in the run log, left out of the terminal.
@@ -92,6 +92,7 @@ def launch(run_dir: Path, nproc: int, timeout_s: float | None = None) -> int:
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                        LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                        OMP_NUM_THREADS=str(threads_per_rank(nproc)), PYTHONUNBUFFERED="1")
+            quiet_openmp(env)     # before the rank imports torch: passive OpenMP waits on a CPU-only machine
             out = subprocess.PIPE if rank == 0 else open(logs / f"rank{rank}.log", "w")
             procs.append(subprocess.Popen([sys.executable, "-m", "vit_dt.run.rank", str(run_dir)], env=env,
                                           stdout=out, stderr=subprocess.PIPE if rank == 0 else subprocess.STDOUT))

@@ -21,6 +21,7 @@ from vit_dt.data.build import DatasetInfo
 from vit_dt.data.loader import make_loader
 from vit_dt.engines import TrainEngine
 from vit_dt.measure import breakdown
+from vit_dt.measure.energy import EnergyMeter, epoch_energy
 from vit_dt.measure.step_timing import DeviceClock, SampledStepTimer, StepSampler
 from vit_dt.run import balance, heartbeat
 from vit_dt.run.distributed import DistEnv, gather_to_rank0
@@ -87,8 +88,10 @@ class Trainer:
     def __init__(self, engine: TrainEngine, train_set, val_set, info: DatasetInfo, image_size: int, hflip: bool,
                  settings: LoopSettings, env: DistEnv, device: torch.device, num_workers: int = 0,
                  on_epoch_end: Callable[[TrainState, dict], None] | None = None,
-                 on_step: Callable[[int, dict], None] | None = None):
+                 on_step: Callable[[int, dict], None] | None = None, energy: EnergyMeter | None = None):
+        """`energy`: this rank's meter (vit_dt/measure/energy.py), read at each training epoch's start and end."""
         self.engine, self.settings, self.env, self.device = engine, settings, env, device
+        self.energy = energy
         self.on_epoch_end, self.on_step = on_epoch_end, on_step
         batch = settings.batch
         self.train_loader = make_loader(train_set, rank=env.rank, world_size=env.world_size, batch_size=batch.micro,
@@ -178,6 +181,7 @@ class Trainer:
         totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, samples
         batches = iter(self.train_loader)
         _sync(self.device)
+        energy_mark = self.energy.mark() if self.energy else None
         epoch_start = time.perf_counter()
         lr = engine.lr
         self._last_loss = None
@@ -215,6 +219,10 @@ class Trainer:
         record = {"time_s": elapsed, "steps": self.steps_per_epoch, "train_samples_seen": int(seen),
                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "img_per_s": seen / elapsed if elapsed > 0 else 0.0, "lr": lr}   # the epoch's last step's
+        if self.energy is not None:      # a collective: every rank has a meter, with or without a source
+            used = gather_to_rank0(self.energy.since(energy_mark))
+            if self.env.is_main:
+                record["energy"] = epoch_energy(used, elapsed, int(seen))
         return record, per_rank
 
     def _log_step(self, epoch: int, step: int, lr: float, since: tuple[int, float]) -> tuple[int, float]:

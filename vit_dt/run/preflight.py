@@ -29,6 +29,10 @@ from typing import Any
 
 from vit_dt import atomic
 from vit_dt.data.verify import verify_dataset
+from vit_dt.run import distributed as _distributed
+
+# A Slurm task imports this module before torch: OpenMP waits passively on CPU-only nodes (distributed.py).
+_distributed.quiet_openmp()
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}

@@ -16,6 +16,9 @@ from vit_dt.config.schema import RootSchema
 from vit_dt.run import distributed, heartbeat
 from vit_dt.run.distributed import DistEnv
 
+# A Slurm task imports this module before torch: OpenMP waits passively on CPU-only nodes (distributed.py).
+distributed.quiet_openmp()
+
 log = logging.getLogger("vit_dt.run.rank")
 # a full file system, a read-only one, a quota, an I/O error: `failure_cause` calls these "io"
 IO_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
@@ -178,12 +181,30 @@ def _train(cfg: dict, config: RootSchema, run_dir: Path, env: DistEnv, started: 
             checkpointer.save(engine, train_state)
 
     # synthetic data has no hflip key: random images need no flips
+    meter = _energy_meter(device, env)
     loop = Trainer(engine, train_set, val_set, info, config.model.image_size,
                    getattr(config.dataset, "hflip", True), settings, env, device,
-                   num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step)
-    state = loop.fit(state)
+                   num_workers=int(num_workers), on_epoch_end=on_epoch_end, on_step=recorder.on_step, energy=meter)
+    try:
+        state = loop.fit(state)
+    finally:
+        meter.close()
     heartbeat.phase("finishing: the run's record")
     return recorder.finish(state, engine.module)
+
+
+def _energy_meter(device, env: DistEnv):
+    """This rank's GPU counter (found by UUID: CUDA and NVML number devices differently under CUDA_VISIBLE_DEVICES)
+    and, on each host's first rank only, the CPU packages' RAPL counter (one per host: every rank would count it)."""
+    import torch
+
+    from vit_dt.measure.energy import EnergyMeter
+
+    uuid = index = None
+    if device.type == "cuda":
+        uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", "") or "") or None
+        index = device.index
+    return EnergyMeter.open(gpu_uuid=uuid, gpu_index=index, read_cpu=env.local_rank == 0)
 
 
 def _slow_down_on_purpose(model, delay_s: float, per_sample_s: float = 0.0) -> None:

@@ -12,8 +12,18 @@ from vit_dt.config.batch import Batch
 from vit_dt.config.schema import RootSchema
 from vit_dt.measure import breakdown, hardware, metrics
 from vit_dt.measure import memory as memory_model
+from vit_dt.measure.energy import run_energy
 from vit_dt.optim import optimizers
-from vit_dt.records.result import SCHEMA_VERSION, SILENT_RANKS, STORE_NAME, steady_epochs, steady_mask, write_result
+from vit_dt.records.result import (
+    ENERGY,
+    EPOCH_ENERGY,
+    SCHEMA_VERSION,
+    SILENT_RANKS,
+    STORE_NAME,
+    steady_epochs,
+    steady_mask,
+    write_result,
+)
 from vit_dt.records.secrets import scrub_secrets
 from vit_dt.records.store import ResultsStore
 from vit_dt.run import balance
@@ -126,6 +136,9 @@ def epoch_row(record: dict) -> dict:
     flat = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
     for key, value in (record.get("breakdown_ms") or {}).items():
         flat[f"epoch/breakdown_ms/{key}"] = value
+    for key, value in (record.get(EPOCH_ENERGY) or {}).items():     # joules, J/image, watts; absent where None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"epoch/energy/{key}"] = value
     return flat
 
 
@@ -227,6 +240,8 @@ class RunRecorder:
         store_for(self.cfg).append(result)
         if self.wandb:
             self.wandb.summary({k: v for k, v in result.items() if isinstance(v, (int, float)) and v is not None}
+                               | {f"energy/{k}": v for k, v in result[ENERGY].items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
                                | {"status": result["status"]})
             self.wandb.finish(0)
         return result
@@ -263,6 +278,7 @@ class RunRecorder:
             "tflops": tflops, "mfu": metrics.mfu(tflops, peak_tflops),
             "hardware_tflops": hardware_tflops, "hfu": metrics.mfu(hardware_tflops, peak_tflops),
             "peak_mem_gb": max((p for p in peak if p is not None), default=None),
+            ENERGY: run_energy(epochs, steady),
             "breakdown_ms": {"per_rank": analysis["per_rank"], "mean": analysis["mean"]} if analysis else None,
             "comm_share": analysis["comm_share"] if analysis else None,
             "data_wait_share": analysis["data_wait_share"] if analysis else None,

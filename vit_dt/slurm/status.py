@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vit_dt.records.result import EPOCHS, FAILURE_CAUSE, RESULT_NAME, STATUS
+from vit_dt.records.result import ENERGY, EPOCHS, FAILURE_CAUSE, RESULT_NAME, STATUS
 from vit_dt.slurm.manifest import read_manifest
 from vit_dt.textable import format_columns
 
@@ -53,6 +53,8 @@ class PointStatus:
     stderr: str | None
     attempts: int = 0           # submissions of this point (1 + resumes); requeues of one job do not count
     reason: str | None = None   # why it did not complete (only for failed/timeout/cancelled or a failed result)
+    energy_j: float | None = None         # vit-dt's own: result.json energy.total_j (docs/metrics.md)
+    slurm_energy_j: float | None = None   # sacct's ConsumedEnergyRaw of the job, where the cluster records it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,19 +69,37 @@ def normalize_state(raw: str | None) -> str:
 def slurm_states(job_ids: list[str]) -> tuple[dict[str, str], str | None]:
     """Raw Slurm state per job id (array tasks as `123_4`) from one sacct call, squeue for jobs accounting has
     not recorded yet; and a warning when Slurm could not be asked (no sacct, no SLURM_CONF...)."""
+    states, _, warning = slurm_accounting(job_ids)
+    return states, warning
+
+
+def _joules(raw: Any) -> float | None:
+    """sacct's ConsumedEnergyRaw (joules); empty or 0 where the cluster gathers no energy (AcctGatherEnergyType
+    none reports 0): not recorded, not free."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def slurm_accounting(job_ids: list[str]) -> tuple[dict[str, str], dict[str, float], str | None]:
+    """slurm_states plus each job's ConsumedEnergy (joules) where accounting recorded one."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     if not job_ids:
-        return {}, None
+        return {}, {}, None
     watcher = SlurmInfoWatcher(delay_s=600)  # only its sacct parser (arrays, ranges such as 12_[0-3])
     bases = sorted({j.split("_")[0] for j in job_ids})
-    sacct = ["sacct", "-o", "JobID,State,NodeList", "--parsable2", *[a for b in bases for a in ("-j", b)]]
+    sacct = ["sacct", "-o", "JobID,State,NodeList,ConsumedEnergyRaw", "--parsable2",
+             *[a for b in bases for a in ("-j", b)]]
     sacct_out, warning = _run(sacct)
     info = watcher.read_info(sacct_out) if sacct_out else {}
     states = {j: info[j]["State"] for j in job_ids if j in info}
     # A job whose node failed is requeued by Slurm (--requeue): accounting says NODE_FAIL until the new attempt is
     # recorded, while the queue already holds it again. The queue's word wins for those.
     requeueable = [j for j, state in states.items() if state.split()[0].upper().rstrip("+") in REQUEUED_BY_SLURM]
+    energies = {j: e for j in job_ids if j in info and (e := _joules(info[j].get("ConsumedEnergyRaw"))) is not None}
     missing = [j for j in job_ids if j not in states]
     if missing or requeueable:
         out, squeue_warning = _run(["squeue", "-h", "-j", ",".join(bases), "-o", "%i|%T"])
@@ -90,7 +110,7 @@ def slurm_states(job_ids: list[str]) -> tuple[dict[str, str], str | None]:
         if not squeue_warning:
             states.update(_vanished_array_tasks([j for j in missing if j not in states], sacct_out))
         warning = warning or (squeue_warning if len(states) < len(job_ids) else None)
-    return states, warning
+    return states, energies, warning
 
 
 def _vanished_array_tasks(job_ids: list[str], sacct_out: str) -> dict[str, str]:
@@ -151,7 +171,7 @@ def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatu
     manifest = read_sweep(sweep_dir)
     points = manifest["points"]
     slurm_ids = [p["job_id"] for p in points if p.get("job_id") and p.get("scheduler") == "slurm"]
-    raw_states, manifest["status_warning"] = slurm_states(slurm_ids)
+    raw_states, energies, manifest["status_warning"] = slurm_accounting(slurm_ids)
     out = []
     for point in points:
         logs = point.get("logs") or {}
@@ -170,7 +190,9 @@ def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatu
         out.append(PointStatus(index=point["index"], overrides=point.get("overrides", []), job_id=point.get("job_id"),
                                state=state, slurm_state=raw, result=result, run_dir=point["run_dir"],
                                stdout=logs.get("stdout"), stderr=logs.get("stderr"),
-                               attempts=len(point.get("attempts") or []), reason=reason))
+                               attempts=len(point.get("attempts") or []), reason=reason,
+                               energy_j=_result_energy(Path(point["run_dir"])),
+                               slurm_energy_j=energies.get(point.get("job_id") or "")))
     return manifest, out
 
 
@@ -294,6 +316,15 @@ def _result_status(run_dir: Path) -> str | None:
         return "unreadable"
 
 
+def _result_energy(run_dir: Path) -> float | None:
+    """vit-dt's own joules of the run (result.json energy.total_j), None without a reading."""
+    try:
+        value = (json.loads((run_dir / RESULT_NAME).read_text()).get(ENERGY) or {}).get("total_j")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
@@ -307,6 +338,12 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
     header = ("point", "job", "state", "result", "tries", "overrides")
     table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", str(r.attempts or "-"),
                          " ".join(r.overrides) or "-") for r in rows]
+    if any(r.energy_j is not None or r.slurm_energy_j is not None for r in rows):
+        # vit-dt's training epochs beside Slurm's whole job (start-up, validation, the host: docs/metrics.md)
+        header = (*header[:5], "energy J (vit-dt)", "energy J (Slurm)", header[5])
+        table = [header] + [(*row[:5], "-" if r.energy_j is None else f"{r.energy_j:.0f}",
+                             "-" if r.slurm_energy_j is None else f"{r.slurm_energy_j:.0f}", row[5])
+                            for r, row in zip(rows, table[1:])]
     lines += format_columns(table, pad_last=False)        # overrides: free text, last
     failed = [r for r in rows if r.reason]
     if failed:

@@ -155,3 +155,21 @@ def test_breakdown_merge_falls_back_to_warmup_epochs_when_nothing_else_was_timed
     merged = _merge_rank_summaries([_timers(50.0), []], [{"warmup": True}, {"warmup": False}])
     assert merged[0]["fwd"] == 50.0
     assert _merge_rank_summaries([_timers(50.0), _timers(1.0)])[0]["fwd"] == 1.0     # no records: first is warm-up
+
+
+def test_each_epoch_records_its_energy_null_with_the_reason_where_no_source_exists(tmp_path):
+    from vit_dt.measure.energy import EnergyMeter
+
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("0\n")
+    (zone / "max_energy_range_uj").write_text("1000000000\n")
+    trainer = _trainer(CountingEngine(), epochs=2, grad_accum=1, steps=[])
+    trainer.energy = EnergyMeter.open(powercap=tmp_path / "absent")
+    state = trainer.fit(TrainState())
+    assert [e["energy"]["total_j"] for e in state.epochs] == [None, None]
+    assert all("no RAPL" in e["energy"]["reason"] for e in state.epochs)
+    trainer = _trainer(CountingEngine(), epochs=1, grad_accum=1, steps=[])
+    trainer.energy = EnergyMeter.open(powercap=tmp_path)       # a counter that does not move: 0 J is a reading
+    (epoch,) = trainer.fit(TrainState()).epochs
+    assert epoch["energy"]["cpu_j"] == 0.0 and epoch["energy"]["sources"] == ["rapl"]
