@@ -16,11 +16,9 @@ import math
 import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.fixtures.plots import assert_real_png
+from tests.fixtures.plots import assert_real_png, colour_runs
 from tests.fixtures.sweeps import run_sweep_cli, wait_until_done
 from vit_dt.analysis.report import build_report, load_records
 from vit_dt.analysis.stats import t_quantile
@@ -96,15 +94,7 @@ def test_repeats_report_intervals_match_the_store_and_plots_draw_error_bars(swee
 def _assert_error_bars(path: Path, widest: float) -> None:
     """The first series' colour runs vertically (an error bar) taller than a marker (~9 px) where an interval is
     at least 5% of its mean either side: on the linear axis from 0 (times within 4x) that is ~30 px."""
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=int)
-    mask = np.all(np.abs(rgb - np.array((0x1F, 0x77, 0xB4))) <= 12, axis=-1)
-    longest = 0
-    for column in mask.T:
-        run = 0
-        for on in column:
-            run = run + 1 if on else 0
-            longest = max(longest, run)
+    _, longest = colour_runs(path)
     if widest < 0.05:
         pytest.skip(f"the repeats agreed within {widest:.1%}: bars shorter than a marker, nothing to see in pixels")
     assert longest > 12, (longest, widest)

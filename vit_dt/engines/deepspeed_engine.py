@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from vit_dt.config.ds_config import vit_dt_clips
 from vit_dt.config.schema import TrainerSchema
-from vit_dt.engines.deepspeed_ops import load_ops
 from vit_dt.engines.base import TrainEngine, compile_options, compile_requested, cuda_graphs_requested, make_scheduler
+from vit_dt.engines.deepspeed_ops import load_ops
 from vit_dt.engines.deepspeed_timers import quiet_engine_timer_log, read_engine_timers, set_engine_timing
 from vit_dt.optim.master_weights import build_master_weights_optimizer
 from vit_dt.optim.optimizers import OptimizerSpec, build_optimizer, zero_stage_error

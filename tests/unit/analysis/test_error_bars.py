@@ -2,15 +2,10 @@
 markers by the interval, and a point of one run draws none."""
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
-from tests.fixtures.plots import assert_real_png
+from tests.fixtures.plots import assert_real_png, colour_runs
 from tests.fixtures.sample_records import make_record
 from vit_dt.analysis import plots
 from vit_dt.analysis.series import build_series
-
-SERIES_COLOUR = (0x1F, 0x77, 0xB4)          # matplotlib's first colour: the first series
 
 
 def _records(spread: float) -> list[dict]:
@@ -23,27 +18,12 @@ def _records(spread: float) -> list[dict]:
     return out
 
 
-def _colour_rows(path) -> tuple[int, int]:
-    """(pixel count, longest vertical run in one pixel column) of the first series' colour: an error bar is a
-    vertical line, taller than a marker."""
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"), dtype=int)
-    mask = np.all(np.abs(rgb - np.array(SERIES_COLOUR)) <= 12, axis=-1)
-    longest = 0
-    for column in mask.T:
-        run = 0
-        for on in column:
-            run = run + 1 if on else 0
-            longest = max(longest, run)
-    return int(mask.sum()), longest
-
-
 def test_epoch_time_and_speedup_plots_draw_the_intervals(tmp_path) -> None:
     for name, plot in (("epoch_time", plots.plot_epoch_time), ("speedup_efficiency", plots.plot_speedup_efficiency)):
         wide = plot(build_series(_records(0.25)), tmp_path / f"{name}-wide.png")
         none = plot(build_series(_records(0.0)), tmp_path / f"{name}-none.png")
         assert_real_png(wide) and assert_real_png(none)
-        (wide_ink, wide_rows), (none_ink, none_rows) = _colour_rows(wide), _colour_rows(none)
+        (wide_ink, wide_rows), (none_ink, none_rows) = colour_runs(wide), colour_runs(none)
         assert wide_ink > none_ink + 150, (name, wide_ink, none_ink)     # the bars and their caps
         assert none_rows < 30 < 100 < wide_rows, (name, wide_rows, none_rows)   # a marker vs a tall bar
 
@@ -52,4 +32,4 @@ def test_single_runs_draw_no_bars(tmp_path) -> None:
     one = [r for r in _records(0.25) if r["point"] % 10 == 1]           # the middle repeat of each N only
     twice = plots.plot_epoch_time(build_series(one), tmp_path / "one.png")
     same = plots.plot_epoch_time(build_series(_records(0.0)), tmp_path / "same.png")
-    assert abs(_colour_rows(twice)[0] - _colour_rows(same)[0]) < 40    # the same line and markers, no bars
+    assert abs(colour_runs(twice)[0] - colour_runs(same)[0]) < 40    # the same line and markers, no bars

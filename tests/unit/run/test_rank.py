@@ -6,9 +6,9 @@ import errno
 import json
 
 from vit_dt.config import compose, to_container
+from vit_dt.engines.deepspeed_ops import OpLockTimeout
 from vit_dt.records.result import FAILURE_CAUSES
 from vit_dt.records.store import ResultsStore
-from vit_dt.engines.deepspeed_ops import OpLockTimeout
 from vit_dt.run import rank
 from vit_dt.run.distributed import DistEnv
 from vit_dt.slurm.status import failure_reason
