@@ -263,10 +263,16 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
 
 def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException,
                     epochs: list[dict], attempt: str) -> None:
-    """Each rank leaves its traceback; rank 0 also writes a failed result.json, with the epochs measured so far,
-    the failure's cause and, when peers stopped answering, which ranks went silent where, and appends it to the
-    store."""
-    tail = "".join(traceback.format_exception(exc))[-4000:]
+    """Each rank leaves its traceback, ending with the ranks that went silent when peers stopped answering (any
+    rank may be the one that times out: the stopped one may be rank 0); rank 0 also writes a failed result.json,
+    with the epochs measured so far, the failure's cause and the silent ranks, and appends it to the store."""
+    cause = failure_cause(exc)
+    silent = heartbeat.silent_ranks(run_dir, env.world_size, attempt, skip=env.rank) \
+        if cause in ("collective", "hang") else []
+    error = one_line(exc)
+    if silent:      # first: what status shows of a long line is its start
+        error = "; ".join(s.describe() for s in silent) + ": " + error
+    tail = "".join(traceback.format_exception(exc))[-4000:] + (f"{error}\n" if silent else "")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / f"error-rank{env.rank}.txt").write_text(tail)
@@ -278,12 +284,6 @@ def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: B
         from vit_dt.records.result import write_result
         from vit_dt.run.record import failed_result, store_for
 
-        cause = failure_cause(exc)
-        silent = heartbeat.silent_ranks(run_dir, env.world_size, attempt, skip=env.rank) \
-            if cause in ("collective", "hang") else []
-        error = one_line(exc)
-        if silent:      # first: what status shows of a long line is its start
-            error = "; ".join(s.describe() for s in silent) + ": " + error
         result = failed_result(cfg, run_dir, env, started, _now(), error, cause, epochs,
                                silent_ranks=[s.as_record() for s in silent])
         try:

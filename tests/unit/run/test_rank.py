@@ -96,6 +96,28 @@ def test_a_collective_failure_names_the_rank_that_went_silent_and_its_phase(tmp_
     reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
     assert "rank 1 on c2 went silent" in reason and "epoch 3: training" in reason, reason
 
+
+def test_a_rank_other_than_0_that_times_out_names_the_silent_rank_0_in_its_traceback(tmp_path):
+    """The stopped rank may be rank 0, which then writes no record: rank 1's error file says who went silent, and
+    `vit-dt status` shows it on rank 1's line."""
+    import time
+
+    from vit_dt.run.heartbeat import beat_path
+
+    run_dir = tmp_path / "points" / "0"
+    beat = beat_path(run_dir, 0)
+    beat.parent.mkdir(parents=True)
+    beat.write_text(json.dumps({"rank": 0, "host": "c1", "pid": 7, "phase": "epoch 2: validation",
+                                "beat": time.time() - 45, "interval_s": 3.0, "attempt": "A"}))
+    rank_1 = DistEnv(rank=1, world_size=2, local_rank=0, node_rank=1, nodes=2, master_addr="127.0.0.1",
+                     master_port=29500, source="test")
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 30000ms for recv")
+    rank._record_failure({}, run_dir, rank_1, "2026-12-03T00:00:00", timeout, [], attempt="A")
+
+    assert not (run_dir / "result.json").exists()
+    reason = failure_reason({"run_dir": str(run_dir), "logs": {}}, "FAILED")
+    assert "rank 1: rank 0 on c1 went silent 45 s ago during 'epoch 2: validation': RuntimeError:" in reason, reason
+
 def test_a_submitit_line_is_printed_once_after_the_rank_configures_logging():
     """submitit's logger has its own stdout handler; the rank's root handler used to print each of its lines a
     second time in the job's log. A fresh interpreter, as a Slurm task is: submitit's real logger set-up."""
