@@ -19,6 +19,7 @@ from vit_dt.analysis.model_view import model_section
 from vit_dt.analysis.report_render import PLOT_TITLES, render_html, render_markdown
 from vit_dt.analysis.report_tables import Table, tables
 from vit_dt.analysis.stats import NOISY_SHARE
+from vit_dt.records.result import RUN_DIR, SLURM_ENERGY
 
 REPORT_DIR = "report"
 
@@ -112,11 +113,16 @@ class ReportOutput:
 
 
 def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = None, wandb: bool = False,
-                 noisy_share: float = NOISY_SHARE) -> ReportOutput:
+                 noisy_share: float = NOISY_SHARE, slurm_energy: Mapping[str, float] | None = None) -> ReportOutput:
     """Read the store(s), analyse, plot, render HTML + Markdown + JSON into out_dir (default SOURCE/report).
-    `noisy_share`: the interval half-width, as a share of the value, above which a point is flagged noisy."""
+    `noisy_share`: the interval half-width, as a share of the value, above which a point is flagged noisy.
+    `slurm_energy`: Slurm's ConsumedEnergy (J) by run directory, shown beside vit-dt's own energy figures."""
     sources = [Path(s) for s in sources]
     records = load_records(sources)
+    for record in records if slurm_energy else ():
+        joules = slurm_energy.get(str(record.get(RUN_DIR)))
+        if joules is not None:
+            record[SLURM_ENERGY] = joules
     if not records:
         raise ReportError(f"no records in {', '.join(map(str, sources))}: has any run of the sweep finished?")
     analysis = scaling.analyse(records, noisy_share)

@@ -148,6 +148,7 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
             ("noisy", lambda p: p.noisy, ""),
             ("energy/epoch (J)", lambda p: p.energy_per_epoch_j, ""), ("J/image", lambda p: p.j_per_image, ""),
             ("energy eff.", lambda p: p.energy_efficiency, "pct"),
+            ("Slurm energy/job (J)", lambda p: p.slurm_energy_j, ""),
             ("all-reduce share", lambda p: p.comm_share, "pct"),
             ("val acc", lambda p: p.final_val_acc, "pct"), ("borrowed", lambda p: p.borrowed, "")],
             f"{s.kind} scaling; baseline N1={s.baseline_world_size}, T1={s.baseline_epoch_time_s:.2f} s. "
@@ -157,7 +158,8 @@ def tables(analysis: scaling.SweepAnalysis, model: dict, study: Mapping[str, Any
             "Student-t interval of the mean; the speed-up and efficiency intervals carry the baseline's spread too "
             f"(delta method, docs/report.md). Noisy: an interval wider than ±{100 * s.noisy_share:.0f}% of its value. "
             "Energy: GPU counters + CPU packages over the training epochs (docs/metrics.md; — where no source was "
-            "readable); energy eff. = J/image at N1 over J/image at N; Slurm's ConsumedEnergy: `vit-dt status`."))
+            "readable); energy eff. = J/image at N1 over J/image at N; Slurm energy/job: sacct's ConsumedEnergy of the whole "
+            "job (start-up included), where the cluster gathers energy."))
     if analysis.comm_share:
         out.append(_table("All-reduce share vs batch size", analysis.comm_share, [
             ("GPUs", lambda r: r["world_size"], "int"), ("layout", lambda r: r["layout"], ""),

@@ -162,6 +162,7 @@ class Point:
     energy_per_epoch_j: float | None = None
     j_per_image: float | None = None
     energy_efficiency: float | None = None     # the baseline's J/image over this point's: 1.0 costs no more per image
+    slurm_energy_j: float | None = None        # Slurm's ConsumedEnergy of a job of the point (mean), where recorded
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ def _series(key: SeriesKey, members: list[Mapping[str, Any]], borrowed_runs: Seq
             speedup_ci=(s_ratio.ci_low, s_ratio.ci_high), efficiency_ci=(e_ratio.ci_low, e_ratio.ci_high),
             noisy=noisy, energy_per_epoch_j=mean_or_none(result.epoch_energy_j(r) for r in runs),
             j_per_image=(jpi := mean_or_none(result.j_per_image(r) for r in runs)),
-            energy_efficiency=base_jpi / jpi if base_jpi is not None and jpi else None))
+            energy_efficiency=base_jpi / jpi if base_jpi is not None and jpi else None,
+            slurm_energy_j=mean_or_none(result.slurm_energy_j(r) for r in runs)))
     return Series(key=key, kind=kind, baseline_world_size=n_base, baseline_epoch_time_s=t_base, points=tuple(points),
                   noisy_share=noisy_share)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP_EPILOG = """Reads SWEEP_DIR/results.jsonl only (no network, no Slurm). Writes report.html (self-contained),
+HELP_EPILOG = """Reads SWEEP_DIR/results.jsonl (no network), and Slurm's ConsumedEnergy of the sweep's jobs where sacct
+answers and the cluster gathers energy. Writes report.html (self-contained),
 report.md, report.json and plots/*.png into --out (default: the first SWEEP_DIR/report) and prints the
 HTML report's path. Several sweep directories are merged (e.g. an intra-node and an inter-node sweep).
 --wandb also logs a summary run (offline unless WANDB_MODE=online). How to read it: docs/report.md."""
@@ -22,6 +23,26 @@ def parser() -> argparse.ArgumentParser:
                    help="flag a point noisy when its 95%% interval is wider than SHARE of its value either side "
                         "(default 10%%)")
     return p
+
+
+def slurm_energy_by_run(sources: list[str]) -> dict[str, float]:
+    """Slurm's ConsumedEnergy (J) of each point's job, by run directory, for the sources that are sweep
+    directories; empty where Slurm does not answer or gathers no energy (the report then shows —)."""
+    from pathlib import Path
+
+    from vit_dt.slurm.manifest import manifest_path
+    from vit_dt.slurm.status import sweep_status
+
+    energy: dict[str, float] = {}
+    for source in map(Path, sources):
+        if not manifest_path(source).is_file():
+            continue
+        try:
+            _, rows = sweep_status(source)
+        except Exception:    # a report must not fail for want of accounting: it is an extra column
+            continue
+        energy.update({row.run_dir: row.slurm_energy_j for row in rows if row.slurm_energy_j is not None})
+    return energy
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +63,8 @@ def main(argv: list[str]) -> int:
         print(f"vit-dt report: --noisy-share {error}", file=sys.stderr)
         return 2
     try:
-        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb, noisy_share=noisy_share)
+        result = build_report(args.sweep_dirs, out_dir=args.out, wandb=args.wandb, noisy_share=noisy_share,
+                              slurm_energy=slurm_energy_by_run(args.sweep_dirs))
     except ReportError as error:
         print(f"vit-dt report: {error}", file=sys.stderr)
         return 2

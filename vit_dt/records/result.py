@@ -50,7 +50,8 @@ IMG_PER_S = "img_per_s"            # images per second, all ranks, over the stea
 CONFIG = "config"                  # the composed config, secrets scrubbed
 FAILURE_CAUSE = "failure_cause"    # a failed record's cause, one of FAILURE_CAUSES (vit_dt/run/rank.py)
 FAILURE_CAUSES = ("io", "collective", "hang", "error")
-SILENT_RANKS = "silent_ranks"      # a failed record's ranks that stopped answering: rank, host, phase, silent_s
+SILENT_RANKS = "silent_ranks"
+SLURM_ENERGY = "slurm_energy_j"    # added by the report from sacct, never stored (see slurm_energy_j)      # a failed record's ranks that stopped answering: rank, host, phase, silent_s
 # Per epoch record (the `epochs` list)
 EPOCH_SECONDS = "time_s"
 EPOCH_IMG_PER_S = "img_per_s"
@@ -261,6 +262,14 @@ def energy(record: Mapping[str, Any]) -> Mapping[str, Any]:
 def j_per_image(record: Mapping[str, Any]) -> float | None:
     """Joules per training image over the steady-state epochs (GPU + CPU packages, whatever was readable)."""
     value = energy(record).get("j_per_image")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def slurm_energy_j(record: Mapping[str, Any]) -> float | None:
+    """Slurm's ConsumedEnergy of the run's job (sacct, the whole job: start-up included), where the cluster
+    gathers energy. Not in the stored record (the job is still running when it is written): the report adds it
+    in memory from `vit-dt status`'s accounting (vit_dt/commands/report.py)."""
+    value = record.get(SLURM_ENERGY)
     return float(value) if isinstance(value, (int, float)) else None
 
 

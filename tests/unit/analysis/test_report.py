@@ -267,3 +267,17 @@ def test_wandb_keeps_every_series_table_when_their_titles_differ_only_past_the_k
     [row] = read_offline_run(result.wandb_dir)["history"]
     series_tables = {key.rsplit(".", 1)[0] for key in row if key.startswith("tables/series_")}
     assert len(series_tables) == 2, sorted(series_tables)     # the cut title is the same: numbered, not overwritten
+
+
+def test_slurms_consumed_energy_stands_beside_vit_dts_own(tmp_path) -> None:
+    """Where the cluster records ConsumedEnergy, the report shows it per point (by run directory), and — where it
+    does not; the stored records are left as they were."""
+    records = [make_record(world_size=n, epoch_time_s=t, micro_batch=64) for n, t in ((1, 10.0), (2, 5.5))]
+    write_store(tmp_path, records)
+    before = (tmp_path / "results.jsonl").read_text()
+    result = build_report([tmp_path], out_dir=tmp_path / "out", slurm_energy={records[1]["run_dir"]: 1234.5})
+    table = next(t for t in result.data["tables"] if "Slurm energy/job (J)" in t["columns"])
+    column = table["columns"].index("Slurm energy/job (J)")
+    by_n = {row[table["columns"].index("GPUs")]: row[column] for row in table["rows"]}
+    assert by_n == {"1": "—", "2": "1.23e+03"}, by_n
+    assert (tmp_path / "results.jsonl").read_text() == before
