@@ -12,9 +12,10 @@ Two sources, and each estimate names its own:
   `CPU_RANK_GFLOPS`; ranks share the work perfectly; the fixed costs
   are `DEFAULT_OVERHEAD_S`. A guess is marked as one wherever it is printed.
 
-    estimate          wall = epochs x epoch_s + overhead_s x segments
+    estimate          wall = epochs x epoch_s + (overhead_s + LAUNCH_S) x segments
     resource hours    ranks x wall / 3600     (GPU-hours on a GPU partition, CPU rank-hours on a CPU partition)
-    time limit (auto) ceil((epochs x epoch_s x margin + overhead_s + signal_delay_s) / 60) min, clamped to the
+    time limit (auto) ceil((epochs x epoch_s x margin + overhead_s + LAUNCH_S + signal_delay_s + SIGNAL_JITTER_S)
+                      / 60) min (the last two only where the cluster requeues), clamped to the
                       partition's max; when clamped, each segment (attempt) fits whole epochs only
                       (checkpoints are written at epoch ends), so segments = ceil(epochs / epochs per segment).
 
@@ -38,6 +39,8 @@ from vit_dt.records import result
 PRIOR_MFU = 0.35
 CPU_RANK_GFLOPS = 10.0        # effective GFLOP/s of one CPU rank (one core, gloo): a CPU partition's prior
 DEFAULT_OVERHEAD_S = 120.0    # start-up + compile/JIT warm-up + validation + checkpoints, when nothing measured them
+LAUNCH_S = 30.0               # srun to the record's started_at (interpreter, torch, submitit): no record measures it
+SIGNAL_JITTER_S = 30.0        # Slurm sends USR2 up to 30 s before cluster.signal_delay_s (it checks every 30 s)
 GUESS, CALIBRATED = "guess", "calibrated"
 # Training images per epoch of each file dataset (synthetic: dataset.train_size; digits: 1,797 images less the
 # dataset.val_fraction hold-out). The weak-scaling subset follows vit_dt/data/subsets.py weak_subset_size.
@@ -80,7 +83,8 @@ class PointEstimate:
 
     @property
     def wall_s(self) -> float:
-        return self.train_s + self.overhead_s * self.segments
+        """The job's wall time over all its segments: training, and each attempt's fixed costs and launch."""
+        return self.train_s + (self.overhead_s + LAUNCH_S) * self.segments
 
     @property
     def hours(self) -> float:
@@ -221,30 +225,38 @@ class TimeLimit:
 
 
 def time_limit(estimate: PointEstimate, *, margin: float, max_time_min: int, signal_delay_s: float = 0.0) -> TimeLimit:
-    """`resources.time_min=auto`: ceil((train_s x margin + overhead_s + signal_delay_s) / 60), clamped to
-    `max_time_min`; when clamped, segments = ceil(epochs / whole epochs one attempt holds)."""
+    """`resources.time_min=auto`: ceil((train_s x margin + fixed costs) / 60) min, clamped to `max_time_min`; when
+    clamped, segments = ceil(epochs / whole epochs one attempt holds). Fixed costs: `job_fixed_s`."""
     if margin < 1.0:
         raise EstimateError(f"resources.time_margin={margin:g} is invalid: it must be >= 1 (1.5: 50% headroom)")
-    wanted = math.ceil((estimate.train_s * margin + estimate.overhead_s + signal_delay_s) / 60.0)
+    wanted = math.ceil((estimate.train_s * margin + job_fixed_s(estimate, signal_delay_s)) / 60.0)
     if wanted <= max_time_min:
         return TimeLimit(time_min=max(1, wanted), segments=1, clamped=False)
     return TimeLimit(time_min=max_time_min, segments=segments(estimate, max_time_min, margin, signal_delay_s),
                      clamped=True)
 
 
+def job_fixed_s(estimate: PointEstimate, signal_delay_s: float = 0.0) -> float:
+    """What each attempt spends besides training: the estimate's fixed costs, the launch before the record's clock
+    starts (LAUNCH_S), and, where the cluster requeues, the warning before the limit (signal_delay_s, which Slurm
+    may send up to SIGNAL_JITTER_S early): time the attempt cannot train in."""
+    return estimate.overhead_s + LAUNCH_S + (signal_delay_s + SIGNAL_JITTER_S if signal_delay_s else 0.0)
+
+
 def segments(estimate: PointEstimate, time_min: int, margin: float = 1.0, signal_delay_s: float = 0.0) -> int:
-    """Attempts a point takes under a `time_min` limit: each pays the fixed costs and the warning before the
-    limit, and keeps only whole epochs (checkpoints at epoch ends). EstimateError when not one epoch fits."""
-    usable = time_min * 60.0 - estimate.overhead_s - signal_delay_s
-    if estimate.train_s * margin + estimate.overhead_s + signal_delay_s <= time_min * 60.0:
+    """Attempts a point takes under a `time_min` limit: each pays the fixed costs (job_fixed_s) and keeps only whole
+    epochs (checkpoints at epoch ends). EstimateError when not one epoch fits."""
+    fixed = job_fixed_s(estimate, signal_delay_s)
+    usable = time_min * 60.0 - fixed
+    if estimate.train_s * margin <= usable:
         return 1
     per_segment = math.floor(usable / (estimate.epoch_s * margin)) if usable > 0 else 0
     if per_segment < 1:
         with_margin = f" x margin {margin:g}" if margin != 1.0 else ""
         raise EstimateError(f"point {estimate.index}: one epoch (~{_duration(estimate.epoch_s * margin)}{with_margin}) "
-                            f"and the fixed costs (~{_duration(estimate.overhead_s + signal_delay_s)}) do "
-                            f"not fit a {time_min} min limit: no attempt could checkpoint an epoch; use more GPUs "
-                            f"(resources.gpus), a partition with a longer limit, or trainer.max_steps_per_epoch")
+                            f"and the fixed costs (~{_duration(fixed)}) do not fit a {time_min} min limit: no attempt "
+                            f"could checkpoint an epoch; use more GPUs (resources.gpus), a partition with a longer "
+                            f"limit, or trainer.max_steps_per_epoch")
     return math.ceil(estimate.epochs / per_segment)
 
 

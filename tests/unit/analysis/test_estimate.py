@@ -40,8 +40,8 @@ def test_calibrated_estimate_is_the_models_epoch_time_times_epochs_plus_measured
     assert model.overhead_s == pytest.approx(5580 - 3 * 1815.0)
     assert estimate.source == est.CALIBRATED and estimate.overhead_measured
     assert estimate.epoch_s == pytest.approx(row.epoch_s)
-    assert estimate.wall_s == pytest.approx(5 * row.epoch_s + 135.0)
-    assert estimate.hours == pytest.approx(4 * (5 * row.epoch_s + 135.0) / 3600)
+    assert estimate.wall_s == pytest.approx(5 * row.epoch_s + 135.0 + est.LAUNCH_S)
+    assert estimate.hours == pytest.approx(4 * (5 * row.epoch_s + 135.0 + est.LAUNCH_S) / 3600)
     assert estimate.to_dict()["unit"] == "GPU-hours"
     # the measured run itself: its own epoch time back (1 rank, the same batch and data)
     same = est.estimate_point(0, cfg, nodes=1, ranks_per_node=1, on_gpus=True, gpu_model="T4", model=model)
@@ -109,18 +109,22 @@ def _estimate(epochs: int, epoch_s: float, overhead_s: float = 120.0) -> est.Poi
 
 def test_auto_limit_is_estimate_times_margin_plus_fixed_costs_when_it_fits():
     limit = est.time_limit(_estimate(4, 300.0), margin=1.5, max_time_min=240, signal_delay_s=30)
-    assert limit == est.TimeLimit(time_min=math.ceil((4 * 300 * 1.5 + 120 + 30) / 60), segments=1, clamped=False)
+    fixed = 120 + est.LAUNCH_S + 30 + est.SIGNAL_JITTER_S
+    assert limit == est.TimeLimit(time_min=math.ceil((4 * 300 * 1.5 + fixed) / 60), segments=1, clamped=False)
+    # no requeue (signal_delay_s 0): no warning to leave room for
+    assert est.time_limit(_estimate(4, 300.0), margin=1.5, max_time_min=240).time_min == math.ceil(
+        (4 * 300 * 1.5 + 120 + est.LAUNCH_S) / 60)
 
 
 def test_auto_limit_is_clamped_to_the_partition_and_segmented_by_whole_epochs():
     # the paper's 1 x T4 ViT-B/16: ~1,815 s an epoch, 5 epochs, on a 60-minute partition
     estimate = _estimate(5, 1815.0)
     limit = est.time_limit(estimate, margin=1.5, max_time_min=60, signal_delay_s=30)
-    # one attempt: 3,600 - 120 - 30 = 3,450 s usable; an epoch with the margin 2,722.5 s: 1 epoch per segment
+    # one attempt: 3,600 - 120 - 30 - 30 - 30 = 3,390 s usable; an epoch with the margin 2,722.5 s: 1 per segment
     assert limit == est.TimeLimit(time_min=60, segments=5, clamped=True)
     wider = est.time_limit(estimate, margin=1.0, max_time_min=120, signal_delay_s=30)
-    assert wider == est.TimeLimit(time_min=120, segments=math.ceil(5 / 3), clamped=True)   # 7,050 s: 3 epochs
-    assert replace(estimate, segments=5).wall_s == pytest.approx(5 * 1815 + 5 * 120)
+    assert wider == est.TimeLimit(time_min=120, segments=math.ceil(5 / 3), clamped=True)   # 6,990 s: 3 epochs
+    assert replace(estimate, segments=5).wall_s == pytest.approx(5 * 1815 + 5 * (120 + est.LAUNCH_S))
 
 
 def test_a_point_whose_one_epoch_cannot_fit_is_refused():
@@ -140,7 +144,7 @@ def test_summary_gives_per_shape_and_total_hours_and_each_source():
     lines = est.summary_lines([a, b], {0: "1x4 4gpu t4 90min", 1: "1x1 1gpu t4 30min"},
                               lambda ix: ",".join(map(str, ix)), max_requeues=1)
     text = "\n".join(lines)
-    assert "1x4 4gpu t4 90min: points 0: 4.00 GPU-hours" in text
+    assert "1x4 4gpu t4 90min: points 0: 4.03 GPU-hours" in text     # 4 x (2 x 1,800 s + the 30 s launch)
     assert "total: " in text and "(1 of 2 point(s) a guess)" in text
     assert "source: guess: T4: points 1" in text and "source: calibrated from x: points 0" in text
     assert "point 1: needs 3 requeued segments of 30 min" in text and "more than the 1 requeue(s)" in text

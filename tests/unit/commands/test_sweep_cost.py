@@ -57,8 +57,8 @@ def test_time_min_auto_from_a_calibration_sets_each_points_limit(tmp_path):
     e = first["estimate"]
     assert e["source"] == "calibrated" and e["overhead_measured"] and e["overhead_s"] == pytest.approx(135.0)
     assert e["epoch_s"] == pytest.approx(1815.0, rel=0.01)     # the FLOPs count differs from the record's by <1%
-    # 2 epochs x 1,815 s x 1.5 + 135 s + vaughan's signal delay
-    wanted = math.ceil((2 * e["epoch_s"] * 1.5 + 135.0 + 120) / 60)
+    # 2 epochs x 1,815 s x 1.5 + 135 s measured + the launch + vaughan's signal delay (120 s) and Slurm's jitter
+    wanted = math.ceil((2 * e["epoch_s"] * 1.5 + 135.0 + est.LAUNCH_S + 120 + est.SIGNAL_JITTER_S) / 60)
     assert e["time_auto"] and e["time_min"] == first["shape"]["time_min"] == wanted
     second = manifest["points"][1]
     assert second["shape"]["time_min"] < wanted                 # 2 ranks: about half the time
