@@ -49,12 +49,19 @@ def plan_costs(points: Sequence[Any], *, calibrate_from: str | None = None,
 
     model = load_cost_model(calibrate_from) if calibrate_from else None
     notes: list[str] = []
+    unestimated: dict[str, list[int]] = {}
     for point in points:
         part = point.profile.partition(point.shape.partition)
-        estimate = est.estimate_point(point.index, point.cfg, nodes=point.shape.nodes,
-                                      ranks_per_node=point.shape.tasks_per_node, on_gpus=part.has_gpus,
-                                      gpu_model=part.gpu_model, model=model)
         resources = point.cfg["resources"]
+        try:
+            estimate = est.estimate_point(point.index, point.cfg, nodes=point.shape.nodes,
+                                          ranks_per_node=point.shape.tasks_per_node, on_gpus=part.has_gpus,
+                                          gpu_model=part.gpu_model, model=model)
+        except est.EstimateError as exc:
+            if resources["time_min"] == AUTO_TIME or max_gpu_hours is not None:   # they need the estimate
+                raise est.EstimateError(f"point {point.index}: {exc}") from None
+            unestimated.setdefault(str(exc), []).append(point.index)   # a plain sweep still runs, unestimated
+            continue
         signal = point.profile.signal_delay_s if point.profile.requeue else 0.0
         if resources["time_min"] == AUTO_TIME:
             limit = est.time_limit(estimate, margin=float(resources["time_margin"]), max_time_min=part.max_time_min,
@@ -71,6 +78,7 @@ def plan_costs(points: Sequence[Any], *, calibrate_from: str | None = None,
                 count = 1
             estimate = replace(estimate, time_min=point.shape.time_min, segments=count)
         point.estimate = estimate.to_dict()
+    notes += [f"no estimate for point(s) {index_ranges(ix)}: {why}" for why, ix in unestimated.items()]
     if max_gpu_hours is not None:
         check_budget([p.estimate for p in points], max_gpu_hours, {p.index: p.shape.describe() for p in points})
     return notes

@@ -91,6 +91,16 @@ def test_bad_cost_options_are_one_line_and_exit_2(tmp_path, args, wanted):
     assert not (sweep_dir / "sweep.json").exists()
 
 
+def test_a_partition_without_a_gpu_model_runs_unestimated_unless_the_estimate_is_needed(tmp_path):
+    proc, sweep_dir = _sweep(tmp_path, "s", "cluster=localslurm", "resources.partition=gpu", "resources.gpus=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "no estimate for point(s) 0: no peak TFLOP/s for GPU model None" in proc.stdout
+    assert "estimate" not in json.loads((sweep_dir / "sweep.json").read_text())["points"][0]
+    proc, _ = _sweep(tmp_path, "t", "cluster=localslurm", "resources.partition=gpu", "resources.gpus=1",
+                     "resources.time_min=auto")
+    assert proc.returncode == 2 and "point 0: no peak TFLOP/s for GPU model None" in proc.stderr
+
+
 def test_a_500_point_dry_run_prints_total_gpu_hours_and_compressed_point_lists(tmp_path):
     proc, sweep_dir = _sweep(tmp_path, "s", "cluster=vaughan", "resources.gpus=1,2,4,8", "trainer.seed=range(125)")
     assert proc.returncode == 0, proc.stderr
