@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_throughput.py
 	$(BIN)/python benchmarks/bench_ddp_cpu.py
 	$(BIN)/python benchmarks/bench_breakdown_overhead.py
+	$(BIN)/python benchmarks/bench_dry_run.py
 	$(BIN)/vit-dt cluster up && $(BIN)/python benchmarks/bench_submit.py
 
 clean:

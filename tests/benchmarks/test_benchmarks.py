@@ -194,3 +194,11 @@ def test_step_profile_summary_counts_device_work_once_and_ranks_kernels():
     assert [k["name"] for k in summary["costliest"]] == ["gemm", "adamw", "memset"]
     assert summary["costliest"][0] == {"name": "gemm", "ms_per_step": 6.0, "calls_per_step": 1.0}
     assert "| x | 10.00 | 6.75 | 32.5% | 2 | gemm (6.00) |" in step_profile.table({"x": summary})
+
+
+def test_dry_run_benchmark_quick_reports_the_sweeps_cost(tmp_path):
+    out = tmp_path / "dry_run.json"
+    run_benchmark("bench_dry_run.py", out)
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "dry_run" and (report["points"], report["shapes"]) == (40, 4)
+    assert positive(report["total_s"]) and positive(report["total_gpu_hours"]) and report["summary_lines"] < 20

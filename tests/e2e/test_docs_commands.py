@@ -44,6 +44,8 @@ SKIPPED = {
     "vit-dt cluster": "the local cluster is started by the slurm_cluster fixture",
     "eval \"$(vit-dt cluster up)\"": "the local cluster is started by the slurm_cluster fixture",
     "vit-dt predict --from outputs/sweeps/<": "needs an earlier real sweep on the Vaughan cluster",
+    "vit-dt sweep cluster=vaughan resources.gpus=1,2,4,8 resources.time_min=auto --calibrate-from outputs/sweeps/<":
+        "needs an earlier real sweep to calibrate from (tests/unit/commands/test_sweep_cost.py calibrates a dry run)",
     "vit-dt report SWEEP_": "needs the paper's three real sweeps on the Vaughan cluster",
     "vit-dt report outputs/": "reads a real sweep made by the command above it (run by that study's e2e test)",
     "vit-dt status outputs/": "reads a real sweep made by the command above it, or a path the page makes up",

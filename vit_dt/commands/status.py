@@ -34,11 +34,16 @@ def main(argv: list[str]) -> int:
     except ManifestError as exc:
         print(f"vit-dt status: error: {exc}", file=sys.stderr)
         return 2
+    from vit_dt.slurm.usage import sweep_usage
+
+    usage = sweep_usage(manifest)      # GPU-hours used (sacct) against the estimate sweep.json keeps
     if args.json:
         print(json.dumps({"sweep_dir": manifest["sweep_dir"], "warning": manifest.get("status_warning"),
-                          "points": [r.to_dict() for r in rows]}, indent=1))
+                          "points": [r.to_dict() for r in rows], "usage": usage.to_dict()}, indent=1))
     else:
         print(format_table(manifest, rows))
+        if usage.line():
+            print(usage.line() + (f" (warning: {usage.warning})" if usage.warning else ""))
     return 0
 
 

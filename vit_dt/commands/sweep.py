@@ -17,6 +17,10 @@ Options:
   --dry-run                render every job's sbatch script, submit nothing
   --no-verify-data         do not verify file datasets on this node
   --resume SWEEP_DIR       run again only what did not complete
+  --calibrate-from SWEEP_OR_RESULT
+                           estimate each point's time and GPU-hours from these finished runs (the scaling model);
+                           without it the estimate is a guess from the peak-FLOPs table (docs/sweeps.md#estimates)
+  --max-gpu-hours H        refuse the sweep (exit 2, nothing queued) when its estimate exceeds H GPU-hours
   --cfg, -c job|hydra|all  print every point's composed config (one YAML document each) and exit: nothing queued
   --resolve                resolve interpolations in what --cfg prints (alone: --cfg job --resolve)
   -m, --multirun           accepted as in Hydra; a sweep is always a multirun
@@ -29,7 +33,8 @@ import sys
 USAGE = __doc__
 
 
-OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "--cfg", "-c", "--resolve", "-m", "--multirun", "-h", "--help")
+OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "--calibrate-from", "--max-gpu-hours", "--cfg", "-c",
+           "--resolve", "-m", "--multirun", "-h", "--help")
 
 
 def usage() -> str:
@@ -39,7 +44,8 @@ def usage() -> str:
     return f"{USAGE.rstrip()}\n\n{groups_help()}"
 
 
-def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True) -> list[str]:
+def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True,
+                    cost: dict[str, str] | None = None) -> list[str]:
     """Hydra overrides for the multirun: vit-dt's launcher (points are validated together and submitted as one
     array per shape; no other launcher knows how) and its sweeper, unless another sweeper was picked."""
     overrides = list(args)
@@ -55,7 +61,42 @@ def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True) ->
         overrides.append("hydra.launcher.dry_run=true")
     if not verify_data:
         overrides.append("hydra.launcher.verify_data=false")
+    for key, value in (cost or {}).items():   # quoted: a path is one string whatever it holds
+        quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+        shown = f"'{quoted}'" if key == "calibrate_from" else value
+        overrides.append(f"hydra.launcher.{key}={shown}")
     return overrides
+
+
+def take_cost_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """--calibrate-from PATH and --max-gpu-hours H out of `args`, checked (ValueError names the bad value)."""
+    cost: dict[str, str] = {}
+    for option, key in (("--calibrate-from", "calibrate_from"), ("--max-gpu-hours", "max_gpu_hours")):
+        if option not in args:
+            continue
+        at = args.index(option)
+        if at + 1 >= len(args) or args[at + 1].startswith("--"):
+            raise ValueError(f"{option} needs a value" + (": a finished sweep directory, results.jsonl or "
+                                                          "result.json" if key == "calibrate_from" else
+                                                          ": a number of GPU-hours > 0, e.g. 100"))
+        value = args[at + 1]
+        args = args[:at] + args[at + 2:]
+        if key == "calibrate_from":
+            from pathlib import Path
+
+            if not Path(value).exists():
+                raise ValueError(f"--calibrate-from {value}: no such file or directory (a finished sweep directory, "
+                                 f"results.jsonl or result.json)")
+            value = str(Path(value).absolute())
+        else:
+            try:
+                hours = float(value)
+            except ValueError:
+                hours = float("nan")
+            if not hours > 0 or hours == float("inf"):
+                raise ValueError(f"--max-gpu-hours {value!r} is invalid: it must be a number of GPU-hours > 0")
+        cost[key] = value
+    return cost, args
 
 
 def run_sweep(overrides: list[str]) -> list:
@@ -90,6 +131,11 @@ def main(argv: list[str]) -> int:
     except OptionError as exc:
         print(f"vit-dt sweep: {exc}", file=sys.stderr)
         return 2
+    try:
+        cost, args = take_cost_options(args)
+    except ValueError as exc:
+        print(f"vit-dt sweep: {exc}", file=sys.stderr)
+        return 2
     resume_dir = None
     if "--resume" in args:
         at = args.index("--resume")
@@ -111,6 +157,10 @@ def main(argv: list[str]) -> int:
             return 2
         return print_config("sweep", args, cfg_type, resolve, sweep=True)
     if resume_dir is not None:
+        if cost:
+            print("vit-dt sweep: --resume keeps each point's saved time limit and estimate; drop --calibrate-from "
+                  "and --max-gpu-hours", file=sys.stderr)
+            return 2
         return _resume(resume_dir, args, dry_run, verify_data)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -118,7 +168,7 @@ def main(argv: list[str]) -> int:
     from vit_dt.slurm.submit import PartialSubmissionError
 
     try:
-        returns = run_sweep(build_overrides(args, dry_run, verify_data))
+        returns = run_sweep(build_overrides(args, dry_run, verify_data, cost))
     except PartialSubmissionError as exc:
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 3

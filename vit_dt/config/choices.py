@@ -40,6 +40,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 # resources and cluster profiles
 LAYOUTS = ("intra", "inter", "grid")
+AUTO_TIME = "auto"     # resources.time_min=auto: the limit comes from the cost estimate (vit_dt/analysis/estimate.py)
 SCHEDULERS = ("local", "slurm")
 MPI_LAUNCHERS = ("srun_mpi", "mpirun")
 SLURM_LAUNCHERS = ("srun",) + MPI_LAUNCHERS  # how a Slurm job starts its ranks

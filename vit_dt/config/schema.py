@@ -84,7 +84,8 @@ class ResourcesSchema:
     nodes: Optional[int] = MISSING
     gpus_per_node: Optional[int] = MISSING
     partition: Optional[str] = MISSING
-    time_min: int = MISSING
+    time_min: Any = MISSING          # minutes (an integer >= 1) or "auto": checked by vit_dt/slurm/shape.py
+    time_margin: float = MISSING     # time_min=auto: the estimate's training time x this (vit_dt/analysis/estimate.py)
     cpus_per_task: Optional[int] = MISSING
     mem_gb: Optional[float] = MISSING
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from vit_dt.config.choices import LAYOUTS
+from vit_dt.config.choices import AUTO_TIME, LAYOUTS
 from vit_dt.slurm.profile import ClusterProfile, Partition, RequestError
 
 
@@ -70,7 +70,7 @@ def resolve_shape(cfg: Mapping[str, Any], profile: ClusterProfile | None = None)
         tasks_per_node=per_node,
         gpus_per_node=per_node if partition.has_gpus else 0,
         partition=partition.name,
-        time_min=_positive(res["time_min"], "resources.time_min"),
+        time_min=_time_min(res["time_min"], partition),
         cpus_per_task=cpus_per_task,
         mem_gb=partition.mem_gb if mem is None else _mem_gb(mem, "resources.mem_gb"),   # the profile checked its own
     )
@@ -135,6 +135,17 @@ def _mem_gb(value: Any, key: str) -> float | None:
         shown = f"{value:g}" if isinstance(value, float) else repr(value)   # the schema makes a typed -5 into -5.0
         raise ShapeError(f"{key}={shown} is invalid: it must be a number > 0 (GB per node) or null")
     return float(number)
+
+
+def _time_min(value: Any, partition: Partition) -> int:
+    """Minutes; `auto` stands for the partition's max until the sweep sets it from the cost estimate
+    (vit_dt/commands/sweep_cost.py), so every check of the request still runs."""
+    if value == AUTO_TIME:
+        return partition.max_time_min
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShapeError(f"resources.time_min must be a positive integer (minutes) or {AUTO_TIME} (from the "
+                         f"sweep's cost estimate), got {value!r}")
+    return value
 
 
 def _positive(value: Any, key: str) -> int:

@@ -50,6 +50,7 @@ class SweepPoint:
     run_dir: Path
     profile: ClusterProfile
     shape: JobShape
+    estimate: dict[str, Any] | None = None   # its cost estimate (vit_dt/analysis/estimate.py), kept in sweep.json
 
 
 @dataclass
@@ -329,7 +330,7 @@ def _point_record(point: SweepPoint) -> dict[str, Any]:
             "run_dir": str(point.run_dir),
             "cluster": point.profile.name, "scheduler": point.profile.scheduler,
             "launcher": point.profile.launcher, "shape": point.shape.to_dict(), "job": None, "job_id": None,
-            "attempts": []}
+            "attempts": [], **({"estimate": point.estimate} if point.estimate else {})}
 
 
 def _attach(manifest: dict[str, Any], group: JobGroup, record: dict[str, Any],

@@ -28,6 +28,10 @@ class VitDtLauncherConf:
     # Verify file datasets (cifar10/100, imagenet100) on this node before queueing; false for roots that only
     # compute nodes see (`vit-dt sweep --no-verify-data`).
     verify_data: bool = True
+    # `vit-dt sweep --calibrate-from SWEEP_OR_RESULT`: estimate each point from these runs (else the stated prior).
+    calibrate_from: Optional[str] = None
+    # `vit-dt sweep --max-gpu-hours H`: refuse the sweep when its estimate exceeds H.
+    max_gpu_hours: Optional[float] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")

@@ -30,8 +30,11 @@ HYDRA_DUMP = "multirun.yaml"
 
 class VitDtLauncher(Launcher):
     def __init__(self, dry_run: bool = False, entry: str = DEFAULT_ENTRY, max_num_timeout: int = 3,
-                 verify_data: bool = True) -> None:
+                 verify_data: bool = True, calibrate_from: str | None = None,
+                 max_gpu_hours: float | None = None) -> None:
         self.dry_run = bool(dry_run)
+        self.calibrate_from = calibrate_from
+        self.max_gpu_hours = None if max_gpu_hours is None else float(max_gpu_hours)
         self.entry = entry
         self.max_num_timeout = int(max_num_timeout)
         self.verify_data = bool(verify_data)
@@ -91,10 +94,16 @@ class VitDtLauncher(Launcher):
                 raise SweepError("nothing was submitted; the data is not usable from this node:\n  "
                                  + "\n  ".join(problems)
                                  + "\n(if the root exists only on compute nodes, pass --no-verify-data)")
+        from vit_dt.commands.sweep_cost import plan_costs
+
+        # estimates, time_min=auto limits and the budget: before anything is written or queued
+        notes = plan_costs(points, calibrate_from=self.calibrate_from, max_gpu_hours=self.max_gpu_hours)
         manifest = submit_sweep(sweep_dir, points, entry=self.entry, dry_run=self.dry_run,
                                 max_num_timeout=self.max_num_timeout, argv=self._argv(),
                                 prepare_seconds=time.perf_counter() - tic)
-        _print_summary(manifest)
+        _print_summary(manifest, self.max_num_timeout)
+        for note in notes:
+            print(note)
         by_index = {p["index"]: p for p in manifest["points"]}
         returns = []
         for point in points:
@@ -176,7 +185,8 @@ def _scrub_hydra_dump(sweep_dir: Path, typed_overrides: Sequence[str]) -> None:
         atomic.write_text(dump, text)
 
 
-def _print_summary(manifest: dict[str, Any]) -> None:
+def _print_summary(manifest: dict[str, Any], max_requeues: int) -> None:
+    from vit_dt.commands.sweep_cost import cost_lines
     from vit_dt.slurm.submit import summary_lines
 
-    print("\n".join(summary_lines(manifest)))
+    print("\n".join(summary_lines(manifest) + cost_lines(manifest, max_requeues)))

@@ -163,3 +163,10 @@ def test_shape_describe_and_dict():
     shape = JobShape(2, 4, 4, "a40", 30, 8, None)
     assert shape.describe() == "2x4 4gpu a40 30min"
     assert shape.to_dict()["world_size"] == 8
+
+
+def test_time_min_auto_stands_for_the_partition_max_until_the_sweep_estimates_it():
+    cfg = cfg_for("cluster=localslurm", "resources.time_min=auto")
+    assert resolve_shape(cfg).time_min == 240          # the cpu partition's max_time_min
+    with pytest.raises(ShapeError, match=r"resources.time_min must be a positive integer \(minutes\) or auto"):
+        resolve_shape(cfg_for("cluster=localslurm", "resources.time_min=aut"))
