@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
     run_dir = new_run_dir(cfg["out_dir"]).resolve()
     run_dir.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(scrub_secrets(cfg)), run_dir / "config.yaml")  # secrets come from the env
+    _write_provenance(run_dir, argv)
     print(f"run directory: {run_dir}", flush=True)
     nproc = int(cfg["trainer"]["nproc"])
     if nproc == 1:
@@ -117,3 +118,13 @@ def main(argv: list[str]) -> int:
         code = launch(run_dir, nproc)
     print(f"result: {run_dir / RESULT_NAME}", flush=True)
     return code
+
+
+def _write_provenance(run_dir: Path, argv: list[str]) -> None:
+    """The run's provenance as requested here (vit_dt/records/provenance.py); rank 0 completes it."""
+    from vit_dt.records import provenance
+    from vit_dt.slurm.snapshot import provenance_here
+
+    block = provenance_here(["vit-dt", "train", *argv])
+    provenance.write_point(run_dir, block, [a for a in argv if "=" in a and not a.startswith("-")])
+

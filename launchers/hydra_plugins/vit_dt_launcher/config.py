@@ -28,6 +28,8 @@ class VitDtLauncherConf:
     # Verify file datasets (cifar10/100, imagenet100) on this node before queueing; false for roots that only
     # compute nodes see (`vit-dt sweep --no-verify-data`).
     verify_data: bool = True
+    # Freeze the code into <sweep_dir>/code/ and have every job import it (`vit-dt sweep --no-snapshot`: false).
+    snapshot: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")

@@ -30,11 +30,12 @@ HYDRA_DUMP = "multirun.yaml"
 
 class VitDtLauncher(Launcher):
     def __init__(self, dry_run: bool = False, entry: str = DEFAULT_ENTRY, max_num_timeout: int = 3,
-                 verify_data: bool = True) -> None:
+                 verify_data: bool = True, snapshot: bool = True) -> None:
         self.dry_run = bool(dry_run)
         self.entry = entry
         self.max_num_timeout = int(max_num_timeout)
         self.verify_data = bool(verify_data)
+        self.snapshot = bool(snapshot)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -93,7 +94,7 @@ class VitDtLauncher(Launcher):
                                  + "\n(if the root exists only on compute nodes, pass --no-verify-data)")
         manifest = submit_sweep(sweep_dir, points, entry=self.entry, dry_run=self.dry_run,
                                 max_num_timeout=self.max_num_timeout, argv=self._argv(),
-                                prepare_seconds=time.perf_counter() - tic)
+                                prepare_seconds=time.perf_counter() - tic, snapshot=self.snapshot)
         _print_summary(manifest)
         by_index = {p["index"]: p for p in manifest["points"]}
         returns = []
