@@ -199,12 +199,14 @@ def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snap
     else:
         manifest["code"] = {"snapshot": None, "frozen": False, "no_snapshot": True, "source": str(root),
                             "note": "--no-snapshot: jobs import the installed code as it is when each starts"}
+    tic = time.perf_counter()
     block, diff, packages = provenance.gather(checkout or root, is_checkout=checkout is not None,
                                               snapshot=manifest["code"]["snapshot"])
     block = provenance.save_sweep_files(sweep_dir, block, diff, packages)
     manifest["provenance"] = block
     for point in points:
         provenance.write_point(point.run_dir, block, point.overrides)
+    manifest["provenance_seconds"] = round(time.perf_counter() - tic, 4)
 
 
 def code_dir_of(sweep_dir: Path, manifest: Mapping[str, Any]) -> str | None:
