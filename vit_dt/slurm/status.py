@@ -53,6 +53,7 @@ class PointStatus:
     stderr: str | None
     attempts: int = 0           # submissions of this point (1 + resumes); requeues of one job do not count
     reason: str | None = None   # why it did not complete (only for failed/timeout/cancelled or a failed result)
+    code: str | None = None     # the code version it runs: short commit, "+dirty" (vit_dt.records.provenance)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,8 +171,22 @@ def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatu
         out.append(PointStatus(index=point["index"], overrides=point.get("overrides", []), job_id=point.get("job_id"),
                                state=state, slurm_state=raw, result=result, run_dir=point["run_dir"],
                                stdout=logs.get("stdout"), stderr=logs.get("stderr"),
-                               attempts=len(point.get("attempts") or []), reason=reason))
+                               attempts=len(point.get("attempts") or []), reason=reason,
+                               code=_code_version(Path(point["run_dir"]))))
     return manifest, out
+
+
+def _code_version(run_dir: Path) -> str | None:
+    """The code version the point was submitted with (<run_dir>/provenance.json), else its result's."""
+    from vit_dt.records import provenance
+
+    block = provenance.read_point(run_dir)
+    if block is None:
+        try:
+            block = json.loads((run_dir / RESULT_NAME).read_text()).get(provenance.PROVENANCE)
+        except (OSError, ValueError, AttributeError):
+            return None
+    return provenance.code_version({provenance.PROVENANCE: block}) if isinstance(block, dict) else None
 
 
 def failure_reason(point: dict[str, Any], slurm_state: str | None, max_lines: int = 4) -> str:
@@ -304,9 +319,9 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
         lines.append(f"note: copied or moved from {manifest['moved_from']}; the paths below are this directory's")
     if manifest.get("status_warning"):
         lines.append(f"warning: {manifest['status_warning']} (is SLURM_CONF set for this cluster?)")
-    header = ("point", "job", "state", "result", "tries", "overrides")
+    header = ("point", "job", "state", "result", "tries", "code", "overrides")
     table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", str(r.attempts or "-"),
-                         " ".join(r.overrides) or "-") for r in rows]
+                         r.code or "-", " ".join(r.overrides) or "-") for r in rows]
     lines += format_columns(table, pad_last=False)        # overrides: free text, last
     failed = [r for r in rows if r.reason]
     if failed:
