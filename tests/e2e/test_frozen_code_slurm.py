@@ -106,3 +106,20 @@ def test_jobs_run_the_code_frozen_at_submission(slurm_cluster, tmp_path, monkeyp
     while expected not in log.read_text():
         assert time.monotonic() < deadline, f"the requeued job did not run the snapshot:\n{log.read_text()[-2000:]}"
         time.sleep(2)
+
+    # `vit-dt rerun` of a completed point, here, from the recorded snapshot (the working tree's vit_dt still raises):
+    # the same weights and accuracy, in a run directory of its own.
+    point = manifest["points"][1]
+    original = json.loads((Path(point["run_dir"]) / "result.json").read_text())
+    rerun = subprocess.run([sys.executable, "-m", "vit_dt.cli", "rerun", point["run_dir"]], capture_output=True,
+                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "note:" not in rerun.stdout, rerun.stdout        # snapshot present, same packages: nothing to say
+    out = Path(next(line for line in rerun.stdout.splitlines() if line.startswith("run directory: "))[15:])
+    again = json.loads((out / "result.json").read_text())
+    assert again["status"] == "completed"
+    assert again["param_checksums"] == original["param_checksums"]
+    assert again["final_val_acc"] == original["final_val_acc"]
+    assert again["provenance"]["code"]["imported_from"] == str(snapshot / "vit_dt")
+    assert again["provenance"]["request"]["rerun_of"] == str(Path(point["run_dir"]).resolve())
+    assert len((sweep / "results.jsonl").read_text().splitlines()) == 2     # the sweep's store is untouched
