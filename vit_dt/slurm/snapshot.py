@@ -16,12 +16,13 @@ What the snapshot holds:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,28 @@ def python_path(code_dir: str | Path) -> str:
     """The PYTHONPATH entries that make a job import from the snapshot: vit_dt, then the launcher plugin."""
     code_dir = str(code_dir)
     return f"{code_dir}:{code_dir}/{LAUNCHERS_SUBDIR}"
+
+
+@contextlib.contextmanager
+def importing(code_dir: str | None) -> Iterator[None]:
+    """While inside, processes started from here (submitit's local jobs copy os.environ) import the snapshot first,
+    as the sbatch script makes a Slurm job do."""
+    if code_dir is None:
+        yield
+        return
+    names = ("PYTHONPATH", "PYTHONSAFEPATH", "VIT_DT_CODE_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    old = saved["PYTHONPATH"]
+    os.environ.update(PYTHONPATH=python_path(code_dir) + (f":{old}" if old else ""), PYTHONSAFEPATH="1",
+                      VIT_DT_CODE_DIR=str(code_dir))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def make_snapshot(sweep_dir: Path, root: Path | None = None) -> Snapshot:

@@ -22,7 +22,7 @@ from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
-from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze
+from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing
 from vit_dt.slurm.sweep_dir import LATEST
 
 # submitit's files (scripts, pickles, per-task logs), named <job id>_<task>_...: one flat folder, so nothing
@@ -149,7 +149,8 @@ def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, A
             if dry_run:
                 _attach(manifest, group, {"job_id": None, "scheduler": "local", "submitted_at": None}, reason)
             else:
-                _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
+                with importing(code_dir):    # a local sweep's later points run the snapshot too
+                    _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
         write_manifest(sweep_dir, manifest)
 
 

@@ -123,3 +123,14 @@ def test_resubmissions_use_the_sweeps_own_snapshot_and_refuse_when_it_is_gone(tm
     assert code_dir_of(tmp_path, manifest) == str(tmp_path / CODE_SUBDIR)
     assert code_dir_of(tmp_path, {"code": {"snapshot": None, "no_snapshot": True}}) is None
     assert code_dir_of(tmp_path, {}) is None          # a sweep made before snapshots
+
+
+def test_a_local_sweeps_points_import_the_snapshot(tmp_path):
+    """cluster=local runs its points here, one after another: each imports the sweep's snapshot, as a Slurm job."""
+    sweep = tmp_path / "local"
+    proc = run_cli("sweep", "cluster=local", "dataset=digits", "trainer.seed=0,1", f"hydra.sweep.dir={sweep}",
+                   "hydra.launcher.entry=vit_dt.slurm.job_entry:noop_entry")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for index in (0, 1):
+        (launch,) = (sweep / "points" / str(index) / "launch").glob("rank*.json")
+        assert json.loads(launch.read_text())["code"] == str(sweep / CODE_SUBDIR / "vit_dt")
