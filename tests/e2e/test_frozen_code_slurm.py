@@ -123,3 +123,19 @@ def test_jobs_run_the_code_frozen_at_submission(slurm_cluster, tmp_path, monkeyp
     assert again["provenance"]["code"]["imported_from"] == str(snapshot / "vit_dt")
     assert again["provenance"]["request"]["rerun_of"] == str(Path(point["run_dir"]).resolve())
     assert len((sweep / "results.jsonl").read_text().splitlines()) == 2     # the sweep's store is untouched
+
+    # ... and on Slurm: a one-point sweep of the point's shape, its job importing the recorded snapshot.
+    rerun = subprocess.run([sys.executable, "-m", "vit_dt.cli", "rerun", point["run_dir"], "--slurm"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rerun_sweep = Path(next(line for line in rerun.stdout.splitlines() if line.startswith("sweep dir: "))[11:])
+    assert f"code:      {snapshot} (the recorded run's snapshot)" in rerun.stdout
+    (rerun_job,) = read_manifest(rerun_sweep)["jobs"]
+    _scontrol("update", f"jobid={rerun_job['job_id']}", "StartTime=now")   # the recorded profile's --begin too
+    rows = wait_until_done(rerun_sweep)
+    assert [(r.state, r.result) for r in rows] == [("completed", "completed")], [(r.state, r.stderr) for r in rows]
+    again = json.loads((rerun_sweep / "points" / "0" / "result.json").read_text())
+    assert again["param_checksums"] == original["param_checksums"]
+    assert again["final_val_acc"] == original["final_val_acc"]
+    assert again["provenance"]["code"]["imported_from"] == str(snapshot / "vit_dt")
+    assert again["provenance"]["code"]["commit"] == commit and again["provenance"]["machine"]["job_id"]

@@ -1,17 +1,21 @@
-"""`vit-dt rerun RUN_DIR_OR_RESULT [--out DIR] [--dry-run]`: run one recorded point again, here, with the code
-and config it ran with, so that a surprising number can be reproduced months later.
+"""`vit-dt rerun RUN_DIR_OR_RESULT [--slurm] [--out DIR] [--dry-run]`: run one recorded point again, here or on
+Slurm, with the code and config it ran with, so that a surprising number can be reproduced months later.
 
     vit-dt rerun outputs/sweeps/20260101-120000/points/3             # a sweep point's run directory
     vit-dt rerun outputs/runs/20260101-120000-ab12cd/result.json     # or its result.json
+    vit-dt rerun outputs/sweeps/20260101-120000/points/3 --slurm     # as a Slurm job of the point's shape
 
 The config is the one the run received (`<run dir>/config.yaml`, else the record's own `config`); the code is the
 sweep's snapshot the record names (`provenance.code.snapshot`, docs/sweeps.md), imported first as the jobs did.
 Before it starts it says when the snapshot is gone (the installed code runs instead) and when the installed
 packages differ from the recorded ones (`provenance.environment.packages_sha256`). The rerun writes into a new
 run directory, `<run dir>/reruns/<UTC time>/` (or --out), with its own result.json and results store: the
-original's records are never touched. The point's world size is started as local ranks (trainer.nproc).
+original's records are never touched. Here, the point's world size is started as local ranks (trainer.nproc);
+with --slurm the rerun directory is a one-point sweep (`vit-dt status` follows it) submitted with the point's
+shape (from its sweep.json) to its cluster, its job importing the recorded snapshot.
 
 Options:
+  --slurm       submit it as a Slurm job of the point's shape instead of running it here
   --out DIR     the rerun's run directory (default <run dir>/reruns/<UTC time>); must not exist
   --dry-run     say what would run (and the checks), run nothing
   -h, --help    this help
@@ -130,13 +134,51 @@ def run_here(out: Path, world: int, snapshot: str | None) -> int:
     return subprocess.run(command, env=env).returncode
 
 
+def submit(run_dir: Path, record: dict, cfg: dict, out: Path, argv: list[str], snapshot: str | None) -> int:
+    """The point as a one-point sweep in `out`, its job importing the recorded snapshot."""
+    from vit_dt.records import provenance
+    from vit_dt.slurm.manifest import read_manifest
+    from vit_dt.slurm.profile import ClusterProfile
+    from vit_dt.slurm.shape import JobShape, resolve_shape, validate_request
+    from vit_dt.slurm.submit import SweepPoint, submit_sweep, summary_lines
+
+    shape_saved, overrides = None, []
+    try:
+        entry = next(p for p in read_manifest(cfg["sweep_dir"])["points"] if p["index"] == cfg.get("point"))
+        shape_saved, overrides = entry.get("shape"), list(entry.get("overrides") or [])
+    except Exception:  # noqa: BLE001 - a lone run, or its sweep is gone: the config says the shape
+        pass
+    cfg = dict(cfg, sweep_dir=str(out.absolute()), point=0)
+    profile = ClusterProfile.from_config(cfg["cluster"])
+    shape = JobShape.from_dict(shape_saved) if shape_saved else resolve_shape(cfg, profile)
+    try:
+        validate_request(profile, shape)
+    except ValueError as exc:
+        print(f"vit-dt rerun: {exc}", file=sys.stderr)
+        return 2
+    block = json.loads(json.dumps(provenance.of(record) or provenance.read_point(run_dir) or {}))
+    block.setdefault(provenance.REQUEST, {})["command_line"] = provenance.command_line(["vit-dt", "rerun", *argv])
+    block[provenance.REQUEST]["rerun_of"] = str(run_dir.resolve())
+    block.setdefault(provenance.CODE, {})["snapshot"] = snapshot
+    out.mkdir(parents=True)
+    point = SweepPoint(index=0, overrides=overrides, cfg=cfg, run_dir=out / "points" / "0", profile=profile,
+                       shape=shape)
+    try:
+        manifest = submit_sweep(out, [point], argv=None, reuse_code=(snapshot, block))
+    except ValueError as exc:
+        print(f"vit-dt rerun: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(manifest)))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0 if argv else 2
     args = list(argv)
-    dry_run = "--dry-run" in args
-    args = [a for a in args if a != "--dry-run"]
+    dry_run, on_slurm = "--dry-run" in args, "--slurm" in args
+    args = [a for a in args if a not in ("--dry-run", "--slurm")]
     out = None
     if "--out" in args:
         at = args.index("--out")
@@ -147,7 +189,7 @@ def main(argv: list[str]) -> int:
         args = args[:at] + args[at + 2:]
     unknown = [a for a in args if a.startswith("-")]
     if unknown or len(args) != 1:
-        print(f"vit-dt rerun: expected one RUN_DIR_OR_RESULT and --out/--dry-run, got {' '.join(argv)}",
+        print(f"vit-dt rerun: expected one RUN_DIR_OR_RESULT and --slurm/--out/--dry-run, got {' '.join(argv)}",
               file=sys.stderr)
         return 2
     try:
@@ -168,6 +210,8 @@ def main(argv: list[str]) -> int:
     if dry_run:
         print(f"vit-dt rerun: would run {run_dir} again into {out} with {code} (nothing run: --dry-run)")
         return 0
+    if on_slurm:
+        return submit(run_dir, record, cfg, out, argv, snapshot)
     out, world = prepare(run_dir, record, cfg, out, argv)
     print(f"vit-dt rerun: {run_dir} again, {world} local rank(s), with {code}", flush=True)
     print(f"run directory: {out}", flush=True)

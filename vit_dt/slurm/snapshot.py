@@ -207,25 +207,34 @@ def provenance_here(argv: list[str] | None = None) -> dict:
 
 
 # --- what a sweep does with it -------------------------------------------------------------------------
-def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snapshot: bool) -> None:
+def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snapshot: bool,
+           reuse: tuple[str | None, dict] | None = None) -> None:
     """The code snapshot (unless `snapshot` is false: --no-snapshot) and the provenance block of every point:
     manifest["code"] says where the snapshot is (or that there is none), manifest["provenance"] what was
-    submitted; each point's block goes next to its config (the rank puts it into result.json)."""
+    submitted; each point's block goes next to its config (the rank puts it into result.json).
+    `reuse`: (an existing snapshot or None, the provenance block recorded with it): `vit-dt rerun --slurm` runs
+    a recorded point again with its own code, copied nowhere and gathered from nothing here."""
     from vit_dt.records import provenance
-    
-    root = package_root()
-    checkout = git_root(root)
-    if snapshot:
-        snap = make_snapshot(sweep_dir, root)
-        manifest["code"] = {"snapshot": snap.path, "frozen": True, "no_snapshot": False, **snap.to_dict()}
-        del manifest["code"]["path"]
-    else:
-        manifest["code"] = {"snapshot": None, "frozen": False, "no_snapshot": True, "source": str(root),
-                            "note": "--no-snapshot: jobs import the installed code as it is when each starts"}
+
     tic = time.perf_counter()
-    block, diff, packages = provenance.gather(checkout or root, is_checkout=checkout is not None,
-                                              snapshot=manifest["code"]["snapshot"])
-    block = provenance.save_sweep_files(sweep_dir, block, diff, packages)
+    if reuse is not None:
+        path, block = reuse
+        manifest["code"] = {"snapshot": path, "frozen": path is not None, "no_snapshot": path is None,
+                            "reused": True, "kind": "reused", "source": path, "files": 0, "bytes": 0, "seconds": 0.0}
+    else:
+        root = package_root()
+        checkout = git_root(root)
+        if snapshot:
+            snap = make_snapshot(sweep_dir, root)
+            manifest["code"] = {"snapshot": snap.path, "frozen": True, "no_snapshot": False, **snap.to_dict()}
+            del manifest["code"]["path"]
+        else:
+            manifest["code"] = {"snapshot": None, "frozen": False, "no_snapshot": True, "source": str(root),
+                                "note": "--no-snapshot: jobs import the installed code as it is when each starts"}
+        tic = time.perf_counter()
+        block, diff, packages = provenance.gather(checkout or root, is_checkout=checkout is not None,
+                                                  snapshot=manifest["code"]["snapshot"])
+        block = provenance.save_sweep_files(sweep_dir, block, diff, packages)
     manifest["provenance"] = block
     for point in points:
         provenance.write_point(point.run_dir, block, point.overrides)
@@ -238,6 +247,10 @@ def code_dir_of(sweep_dir: Path, manifest: Mapping[str, Any]) -> str | None:
     code = manifest.get("code") or {}
     if not code.get("snapshot"):
         return None
+    if code.get("reused"):      # a rerun's: the recorded sweep's snapshot, where it is
+        if not Path(code["snapshot"]).is_dir():
+            raise SnapshotError(f"the code snapshot {code['snapshot']} is gone")
+        return str(code["snapshot"])
     here = Path(sweep_dir) / CODE_SUBDIR
     path = here if here.is_dir() or not Path(code["snapshot"]).is_dir() else Path(code["snapshot"])
     if code.get("frozen") and not path.is_dir():
@@ -253,6 +266,8 @@ def code_lines(manifest: Mapping[str, Any]) -> list[str]:
         return []
     if code.get("no_snapshot"):
         return ["code:      not frozen (--no-snapshot): each job imports the installed code as it is when it starts"]
+    if code.get("reused"):
+        return [f"code:      {code['snapshot']} (the recorded run's snapshot); every job imports it"]
     if not code.get("frozen"):
         return [f"code:      would be frozen into {code['snapshot']} at submission"]
     from vit_dt.records.provenance import code_version
