@@ -47,3 +47,11 @@ def test_results_and_status_show_each_points_code_version(tmp_path):
     proc = run_cli("results", str(sweep))
     assert proc.returncode == 0, proc.stderr
     assert "code" in proc.stdout.splitlines()[0] and "0123456+dirty" in proc.stdout
+
+
+def test_the_command_line_is_kept_as_typed_with_secrets_redacted(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "k3y-value-0123456789")
+    line = provenance.command_line(["/x/vit_dt/cli.py", "sweep", "wandb.api_key=abcdefgh12345678",
+                                    "wandb.notes=k3y-value-0123456789", "trainer.seed=0,1", "--dry-run"])
+    assert line == ("vit-dt sweep 'wandb.api_key=<redacted>' 'wandb.notes=<redacted>' trainer.seed=0,1 --dry-run")
+    assert "abcdefgh" not in line and "k3y-value" not in line
