@@ -83,6 +83,7 @@ def test_jobs_run_the_code_frozen_at_submission(slurm_cluster, tmp_path, monkeyp
         result = json.loads((run_dir / "result.json").read_text())
         block = result["provenance"]
         assert block["code"]["commit"] == commit and block["code"]["imported_from"] == str(snapshot / "vit_dt")
+        assert block["code"]["foreign_modules"] == []      # every vit_dt module from the snapshot
         assert block["request"]["overrides"] == point["overrides"]
         assert "vit-dt sweep" in block["request"]["command_line"]
         assert block["machine"]["job_id"] and block["machine"]["slurm_version"].startswith("slurm")
@@ -121,6 +122,7 @@ def test_jobs_run_the_code_frozen_at_submission(slurm_cluster, tmp_path, monkeyp
     assert again["param_checksums"] == original["param_checksums"]
     assert again["final_val_acc"] == original["final_val_acc"]
     assert again["provenance"]["code"]["imported_from"] == str(snapshot / "vit_dt")
+    assert again["provenance"]["code"]["foreign_modules"] == []
     assert again["provenance"]["request"]["rerun_of"] == str(Path(point["run_dir"]).resolve())
     assert len((sweep / "results.jsonl").read_text().splitlines()) == 2     # the sweep's store is untouched
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,7 +114,13 @@ def run_provenance(run_dir: Path, rank_hardware: list[dict] | None = None) -> di
 
     block = provenance.read_point(run_dir) or provenance_here()
     code, environment = block.setdefault(provenance.CODE, {}), block.setdefault(provenance.ENVIRONMENT, {})
-    code["imported_from"] = str(Path(vit_dt.__file__).resolve().parent)
+    package = Path(vit_dt.__file__).resolve().parent
+    code["imported_from"] = str(package)
+    # vit_dt modules this rank loaded from anywhere else (an editable install's import hook fills in a module the
+    # snapshot lacks from the checkout it points at): must be none, or the run mixed code versions
+    code["foreign_modules"] = sorted(name for name, module in list(sys.modules.items())
+                                     if name.startswith("vit_dt.") and getattr(module, "__file__", None)
+                                     and package not in Path(module.__file__).resolve().parents)
     here = provenance.environment_fields()
     if environment.get(provenance.PACKAGES_SHA256) not in (None, here[provenance.PACKAGES_SHA256]):
         here["submitted_packages_sha256"] = environment[provenance.PACKAGES_SHA256]

@@ -30,7 +30,9 @@ from typing import Any
 CODE_SUBDIR = "code"                # <sweep_dir>/code: the snapshot
 SNAPSHOT_INFO = "SNAPSHOT.json"     # inside it: what was copied, from where
 LAUNCHERS_SUBDIR = "launchers"      # the plugin package sits under <root>/launchers (hydra_plugins/...)
-SKIP_DIRS = {"__pycache__", ".git", ".venv", "venv", "outputs", "data", ".pytest_cache", ".mypy_cache"}
+# An installed package's folders never copied. A checkout needs no such list: git already leaves out what it ignores
+# (.venv, outputs/, data/), and a name like `data` is also a package of vit_dt (vit_dt/data/).
+SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 MAX_FILE_BYTES = 5 * 1024 * 1024    # a tracked file this large is data, not code: left out (and listed)
 
 
@@ -130,7 +132,7 @@ def _git_files(checkout: Path) -> list[tuple[Path, str]]:
     if out.returncode != 0:
         raise OSError(f"git ls-files failed: {out.stderr.decode(errors='replace').strip()}")
     names = sorted({n for n in out.stdout.decode().split("\0") if n})
-    return [(checkout / n, n) for n in names if not (set(Path(n).parts[:-1]) & SKIP_DIRS)]
+    return [(checkout / n, n) for n in names]
 
 
 def _package_files(root: Path) -> list[tuple[Path, str]]:

@@ -78,6 +78,8 @@ def test_an_installed_package_without_git_still_gets_a_snapshot(tmp_path):
     (site / "vit_dt" / "slurm").mkdir(parents=True)
     (site / "vit_dt" / "__init__.py").write_text("")
     (site / "vit_dt" / "slurm" / "submit.py").write_text("X = 1\n")
+    (site / "vit_dt" / "data").mkdir()
+    (site / "vit_dt" / "data" / "build.py").write_text("Y = 2\n")     # a package named like a data folder
     (site / "vit_dt" / "__pycache__").mkdir()
     (site / "vit_dt" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     assert git_root(site) is None
@@ -85,6 +87,7 @@ def test_an_installed_package_without_git_still_gets_a_snapshot(tmp_path):
     code = Path(snap.path)
     assert snap.kind == "package"
     assert (code / "vit_dt" / "slurm" / "submit.py").read_text() == "X = 1\n"
+    assert (code / "vit_dt" / "data" / "build.py").read_text() == "Y = 2\n"
     assert not (code / "vit_dt" / "__pycache__").exists()
     assert (code / "launchers" / "hydra_plugins" / "vit_dt_launcher" / "launcher.py").is_file()  # the plugin too
     block, diff, _ = provenance.gather(site, is_checkout=False, snapshot=snap.path)
@@ -95,6 +98,9 @@ def test_this_repository_snapshots_small(tmp_path):
     snap = make_snapshot(tmp_path, REPO)
     assert snap.kind == "git" and snap.bytes < 20e6 and not snap.skipped
     assert (Path(snap.path) / "vit_dt" / "slurm" / "snapshot.py").is_file()
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "vit_dt"], capture_output=True, text=True).stdout
+    missing = [n for n in tracked.split() if (REPO / n).is_file() and not (Path(snap.path) / n).is_file()]
+    assert not missing, missing          # every module of the package: vit_dt/data/ too
     assert not (Path(snap.path) / ".venv").exists()
 
 
