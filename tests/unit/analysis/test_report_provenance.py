@@ -57,3 +57,16 @@ def test_records_without_provenance_neither_split_nor_break_the_report(tmp_path)
     report = build_report([tmp_path])
     assert len(report.data["series"]) == 1
     assert report.data["meta"]["provenance"][0] == "Code: 1111111 (2 runs), unknown (no provenance) (1 run)."
+
+
+def test_predict_refuses_a_profile_from_runs_of_two_commits_and_where_picks_one():
+    import pytest
+
+    from vit_dt.analysis.scaling_model import ModelError
+    from vit_dt.commands.predict import filter_where, pick_profile_record
+
+    runs = [_with_code(make_record(world_size=1, epoch_time_s=100.0, micro_batch=64, point=i), commit)
+            for i, commit in enumerate((OLD, NEW))]
+    with pytest.raises(ModelError, match=r"code: 1111111, 2222222.*--where code=1111111"):
+        pick_profile_record(runs)
+    assert pick_profile_record(filter_where(runs, ["code=2222222"]))["point"] == 1
