@@ -203,9 +203,10 @@ def _code_lines(code_dir: str | None) -> list[str]:
         return ["# (no snapshot: the job imports the installed code as it is when the job starts)"]
     from vit_dt.slurm.snapshot import python_path
 
-    # PYTHONSAFEPATH: `python -m` must not put the job's working directory (often the checkout) before the snapshot
-    return [f'export PYTHONPATH="{_dq(python_path(code_dir))}${{PYTHONPATH:+:$PYTHONPATH}}"',
-            "export PYTHONSAFEPATH=1", f'export VIT_DT_CODE_DIR="{_dq(code_dir)}"']
+    # PYTHONSAFEPATH: `python -m` must not put the job's working directory (often the checkout) before the snapshot.
+    # Single-quoted: a path is data, and a sweep directory may hold `$`, backquotes or quotes.
+    return [f'export PYTHONPATH={_q(python_path(code_dir))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+            "export PYTHONSAFEPATH=1", f"export VIT_DT_CODE_DIR={_q(code_dir)}"]
 
 
 def _launch_summary(spec: SbatchSpec) -> str:

@@ -109,7 +109,7 @@ def test_a_dry_run_names_the_snapshot_and_no_snapshot_says_so(tmp_path):
     proc = run_cli("sweep", "cluster=vaughan", f"hydra.sweep.dir={sweep}", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert f"would be frozen into {sweep / CODE_SUBDIR}" in proc.stdout
-    assert f'export PYTHONPATH="{sweep / CODE_SUBDIR}:' in proc.stdout
+    assert f"export PYTHONPATH={sweep / CODE_SUBDIR}:" in proc.stdout
     opted_out = tmp_path / "n"
     proc = run_cli("sweep", "cluster=vaughan", f"hydra.sweep.dir={opted_out}", "--dry-run", "--no-snapshot")
     assert proc.returncode == 0, proc.stderr
