@@ -9,6 +9,7 @@ COMMANDS = {
     "train": "one training run here (trainer.nproc=N local ranks)",
     "sweep": "a Hydra multirun submitted as Slurm jobs, one job array per resource shape",
     "status": "each point of a sweep: Slurm state, result, logs",
+    "rerun": "run one recorded point again here, with its recorded code snapshot and config",
     "results": "a sweep's results store as a table or CSV",
     "report": "scaling report (tables + plots) from a sweep's results store",
     "compare": "two sweeps of the same points: ratio, interval and verdict per point (exit 1 on a regression)",

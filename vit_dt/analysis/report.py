@@ -16,6 +16,7 @@ from typing import Any
 from vit_dt import atomic
 from vit_dt.analysis import checks, plots, plots_studies, scaling, studies
 from vit_dt.analysis.model_view import model_section
+from vit_dt.analysis.provenance_check import header_lines
 from vit_dt.analysis.report_render import PLOT_TITLES, render_html, render_markdown
 from vit_dt.analysis.report_tables import Table, tables
 from vit_dt.analysis.stats import NOISY_SHARE
@@ -137,7 +138,8 @@ def build_report(sources: Sequence[Path | str], out_dir: Path | str | None = Non
             "sources": [str(s.resolve()) for s in sources], "records": len(records),
             "completed": len(analysis.selection.used), "not_completed": len(analysis.selection.not_completed),
             "superseded": len(analysis.selection.superseded),
-            "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "provenance": header_lines(analysis.selection.used, analysis.knobs)}   # code, environment, mixes
     notes = analysis.notes + ([] if analysis.selection.used else ["no completed run: nothing to analyse"])
     notes += study["notes"]
     tables_ = tables(analysis, model, study)

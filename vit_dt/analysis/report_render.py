@@ -55,7 +55,8 @@ def _header_lines(meta: dict) -> list[str]:
     return [f"Sources: {', '.join(meta['sources'])}",
             f"Records: {meta['records']} read, {meta['completed']} completed and used, "
             f"{meta['not_completed']} not completed, {meta['superseded']} superseded by a rerun of the same point.",
-            f"Generated {meta['generated_at']} from the results store alone (offline)."]
+            f"Generated {meta['generated_at']} from the results store alone (offline).",
+            *meta.get("provenance", [])]
 
 
 def render_html(meta: dict, tables_: Sequence[Table], made: Mapping[str, Path], skipped: Mapping[str, str],

@@ -20,8 +20,12 @@ SERIES_KNOBS = ("optimizer.", "deepspeed.bf16_mode", "deepspeed.overrides", "dee
 
 
 def knob_values(record: Mapping[str, Any]) -> dict[str, str]:
-    """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots)."""
-    return {k: v for k, v in result.flat_config(record).items() if k.startswith(SERIES_KNOBS)}
+    """The record's SERIES_KNOBS settings as flat `key: value` text (nested groups joined with dots), and its code
+    version and package digest (provenance_check.py): runs of other code are not repeats of the same point."""
+    from vit_dt.analysis.provenance_check import provenance_knobs
+
+    knobs = {k: v for k, v in result.flat_config(record).items() if k.startswith(SERIES_KNOBS)}
+    return knobs | provenance_knobs(record)
 
 
 def swept_knobs(records: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:

@@ -73,9 +73,12 @@ PROFILE_FIELDS = ("cluster", "gpu_model", "model", "dataset", "precision", "engi
 
 
 def _setting(record: dict, key: str) -> str | None:
+    from vit_dt.analysis.swept_knobs import knob_values
     from vit_dt.records.result import flat_config
 
     value = flat_config(record).get(key)
+    if value is None:       # the code version and package set knobs (vit_dt/analysis/provenance_check.py)
+        value = knob_values(record).get(key)
     if value is None and record.get(key) is not None:
         value = str(record[key])
     return value

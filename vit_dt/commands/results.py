@@ -13,7 +13,8 @@ from vit_dt.textable import format_columns
 
 HEADERS = {"point": "point", "status": "status", "world_size": "world", "nodes": "nodes",
            "global_batch": "global batch", "epoch_time_s": "epoch s", "img_per_s": "img/s",
-           "comm_share": "comm share", "final_val_acc": "val acc", "settings": "settings"}
+           "comm_share": "comm share", "final_val_acc": "val acc", "code": "code",
+           "settings": "settings"}
 
 
 def _cell(column: str, value) -> str:
@@ -34,7 +35,7 @@ def format_table(rows: list[dict]) -> str:
     """Aligned columns; a `settings` column (what the points differ in) where the rows carry one."""
     columns = [*TABLE_COLUMNS, *(["settings"] if any(row.get("settings") for row in rows) else [])]
     cells = [[HEADERS[c] for c in columns]] + [[_cell(c, row.get(c)) for c in columns] for row in rows]
-    numbers = {i for i, c in enumerate(columns) if c not in ("status", "settings")}
+    numbers = {i for i, c in enumerate(columns) if c not in ("status", "code", "settings")}
     return "\n".join(format_columns(cells, right=numbers, rule_after_first=True, strip=True))
 
 

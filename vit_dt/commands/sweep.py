@@ -16,6 +16,8 @@ before are in sweep.json; --resume submits the rest); 1: a point of a cluster=lo
 Options:
   --dry-run                render every job's sbatch script, submit nothing
   --no-verify-data         do not verify file datasets on this node
+  --no-snapshot            do not freeze the code into <sweep dir>/code/: jobs import the installed code as it
+                           is when each starts (sweep.json says so)
   --resume SWEEP_DIR       run again only what did not complete
   --calibrate-from SWEEP_OR_RESULT
                            estimate each point's time and GPU-hours from these finished runs (the scaling model);
@@ -33,8 +35,8 @@ import sys
 USAGE = __doc__
 
 
-OPTIONS = ("--dry-run", "--no-verify-data", "--resume", "--calibrate-from", "--max-gpu-hours", "--cfg", "-c",
-           "--resolve", "-m", "--multirun", "-h", "--help")
+OPTIONS = ("--dry-run", "--no-verify-data", "--no-snapshot", "--resume", "--calibrate-from", "--max-gpu-hours",
+           "--cfg", "-c", "--resolve", "-m", "--multirun", "-h", "--help")
 
 
 def usage() -> str:
@@ -45,7 +47,7 @@ def usage() -> str:
 
 
 def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True,
-                    cost: dict[str, str] | None = None) -> list[str]:
+                    cost: dict[str, str] | None = None, snapshot: bool = True) -> list[str]:
     """Hydra overrides for the multirun: vit-dt's launcher (points are validated together and submitted as one
     array per shape; no other launcher knows how) and its sweeper, unless another sweeper was picked."""
     overrides = list(args)
@@ -65,6 +67,8 @@ def build_overrides(args: list[str], dry_run: bool, verify_data: bool = True,
         quoted = value.replace("\\", "\\\\").replace("'", "\\'")
         shown = f"'{quoted}'" if key == "calibrate_from" else value
         overrides.append(f"hydra.launcher.{key}={shown}")
+    if not snapshot:
+        overrides.append("hydra.launcher.snapshot=false")
     return overrides
 
 
@@ -124,8 +128,9 @@ def main(argv: list[str]) -> int:
         return 0
     dry_run = "--dry-run" in argv
     verify_data = "--no-verify-data" not in argv
+    snapshot = "--no-snapshot" not in argv
     # -m/--multirun: Hydra's habit; a sweep always is one
-    args = [a for a in argv if a not in ("--dry-run", "--no-verify-data", "-m", "--multirun")]
+    args = [a for a in argv if a not in ("--dry-run", "--no-verify-data", "--no-snapshot", "-m", "--multirun")]
     try:
         cfg_type, resolve, args = take_cfg_options(args)
     except OptionError as exc:
@@ -168,7 +173,7 @@ def main(argv: list[str]) -> int:
     from vit_dt.slurm.submit import PartialSubmissionError
 
     try:
-        returns = run_sweep(build_overrides(args, dry_run, verify_data, cost))
+        returns = run_sweep(build_overrides(args, dry_run, verify_data, cost, snapshot))
     except PartialSubmissionError as exc:
         print(f"vit-dt sweep: error: {exc}", file=sys.stderr)
         return 3

@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
     run_dir = new_run_dir(cfg["out_dir"]).resolve()
     run_dir.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(scrub_secrets(cfg)), run_dir / "config.yaml")  # secrets come from the env
+    _write_provenance(run_dir, argv)
     print(f"run directory: {run_dir}", flush=True)
     from vit_dt.run.local_launch import Interrupted, launch
 
@@ -114,3 +115,13 @@ def main(argv: list[str]) -> int:
         print(f"vit-dt train: run failed (exit status {code}); logs: {run_dir / 'logs'}", file=sys.stderr)
     print(f"result: {run_dir / RESULT_NAME}", flush=True)
     return 1 if code else 0
+
+
+def _write_provenance(run_dir: Path, argv: list[str]) -> None:
+    """The run's provenance as requested here (vit_dt/records/provenance.py); rank 0 completes it."""
+    from vit_dt.records import provenance
+    from vit_dt.slurm.snapshot import provenance_here
+
+    block = provenance_here(["vit-dt", "train", *argv])
+    provenance.write_point(run_dir, block, [a for a in argv if "=" in a and not a.startswith("-")])
+

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from vit_dt import atomic
-from vit_dt.records import result
+from vit_dt.records import provenance, result
 from vit_dt.records.result import flat_config, point_of
 
 TABLE_COLUMNS = ("point", "status", "world_size", "nodes", "global_batch", "epoch_time_s", "img_per_s",
-                 "comm_share", "final_val_acc")
+                 "comm_share", "final_val_acc", "code")
 
 
 def table_row(record: Mapping[str, Any]) -> dict:
@@ -24,7 +24,8 @@ def table_row(record: Mapping[str, Any]) -> dict:
             "world_size": record.get(result.WORLD_SIZE), "nodes": record.get(result.NODES),
             "global_batch": result.global_batch(record), "epoch_time_s": result.epoch_time(record),
             "img_per_s": result.img_per_s(record), "comm_share": record.get("comm_share"),
-            "final_val_acc": record.get("final_val_acc")}
+            "final_val_acc": record.get("final_val_acc"),
+            "code": provenance.code_version(record)}      # short commit, "+dirty"; None before provenance
 
 
 # Config entries that name or place a run rather than describe it: never "what differs" between points.

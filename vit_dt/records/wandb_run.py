@@ -189,6 +189,11 @@ class WandbRun:
         values = {k: v for k, v in metrics.items() if v is not None}
         self._guard("log", lambda: self._run.log(values, step=step))
 
+    def add_config(self, values: Mapping[str, Any]) -> None:
+        """More of the run's config (nested values flattened as the config's own: provenance.code.commit, ...)."""
+        flat = scrub_secrets(flatten(values))
+        self._guard("config", lambda: self._run.config.update(flat, allow_val_change=True))
+
     def summary(self, metrics: Mapping[str, Any]) -> None:
         values = scrub_secrets({k: v for k, v in metrics.items() if v is not None})
         self._guard("summary", lambda: self._run.summary.update(values))

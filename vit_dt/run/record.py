@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +15,7 @@ from vit_dt.measure import breakdown, hardware, metrics
 from vit_dt.measure import memory as memory_model
 from vit_dt.measure.energy import run_energy
 from vit_dt.optim import optimizers
+from vit_dt.records import provenance
 from vit_dt.records.result import (
     ENERGY,
     EPOCH_ENERGY,
@@ -108,7 +110,92 @@ def failed_result(cfg: dict, run_dir: Path, env: DistEnv, started: str, finished
     return {"status": "failed", "error": error, "failure_cause": cause, SILENT_RANKS: list(silent_ranks or []),
             **_identity(cfg, run_dir, env),
             "started_at": started, "finished_at": finished, "epochs": epochs,
-            "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "config": scrub_secrets(cfg)}
+            "final_val_acc": epochs[-1]["val_acc"] if epochs else None, "config": scrub_secrets(cfg),
+            provenance.PROVENANCE: run_provenance(run_dir)}
+
+
+def run_provenance(run_dir: Path, rank_hardware: list[dict] | None = None) -> dict:
+    """The provenance block (vit_dt/records/provenance.py) of this run: as submitted (<run_dir>/provenance.json;
+    gathered here for a run nobody submitted), with what only the rank sees: where vit_dt was imported from, the
+    installed packages and versions here, the machine. Never fails a run: a fact it cannot read is null."""
+
+    import vit_dt
+    from vit_dt.slurm.snapshot import provenance_here
+
+    block = provenance.read_point(run_dir) or provenance_here()
+    code, environment = block.setdefault(provenance.CODE, {}), block.setdefault(provenance.ENVIRONMENT, {})
+    package = Path(vit_dt.__file__).resolve().parent
+    code["imported_from"] = str(package)
+    # vit_dt modules this rank loaded from anywhere else (an editable install's import hook fills in a module the
+    # snapshot lacks from the checkout it points at): must be none, or the run mixed code versions
+    code["foreign_modules"] = sorted(name for name, module in list(sys.modules.items())
+                                     if name.startswith("vit_dt.") and getattr(module, "__file__", None)
+                                     and package not in Path(module.__file__).resolve().parents)
+    here = provenance.environment_fields()
+    if environment.get(provenance.PACKAGES_SHA256) not in (None, here[provenance.PACKAGES_SHA256]):
+        here["submitted_packages_sha256"] = environment[provenance.PACKAGES_SHA256]
+    here["packages_file"] = environment.get("packages_file")
+    here.update(torch=torch.__version__, cuda=torch.version.cuda, cudnn=_cudnn_version(), nccl=_nccl_version(),
+                deepspeed=_deepspeed_version())
+    block[provenance.ENVIRONMENT] = here
+    block[provenance.MACHINE] = _machine(rank_hardware)
+    return scrub_secrets(block)
+
+
+def _cudnn_version() -> int | None:
+    try:
+        return torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _nccl_version() -> str | None:
+    try:
+        if not torch.cuda.is_available():
+            return None
+        version = torch.cuda.nccl.version()
+        return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _machine(rank_hardware: list[dict] | None) -> dict:
+    import os
+
+    machine = provenance.empty_machine()
+    seen = rank_hardware or [hardware_here()]
+    nodes = sorted({r.get("node") or r.get("host") for r in seen})
+    gpus = {}
+    for r in seen:
+        if r.get("gpu_name"):
+            entry = gpus.setdefault(r.get("node") or r.get("host"), {"model": r["gpu_name"], "count": 0})
+            entry["count"] += 1
+    driver = _gpu_driver() if gpus else None
+    machine.update(nodes=nodes, job_id=os.environ.get("SLURM_JOB_ID"),
+                   array_job_id=os.environ.get("SLURM_ARRAY_JOB_ID"),
+                   array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"),
+                   slurm_nodelist=os.environ.get("SLURM_JOB_NODELIST"),
+                   slurm_version=provenance.slurm_version() if os.environ.get("SLURM_JOB_ID") else None)
+    if gpus:
+        machine["gpus"] = [{"node": n, **g, "driver": driver} for n, g in sorted(gpus.items())]
+    else:
+        machine["gpus_reason"] = "no GPU: the ranks ran on CPU"
+    return machine
+
+
+def hardware_here() -> dict:
+    return hardware.local_hardware(torch.device("cpu"))
+
+
+def _gpu_driver() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def _merge_rank_summaries(per_epoch: list[list[dict]], epoch_records: list[dict] | None = None) -> list[dict]:
@@ -190,6 +277,10 @@ class RunRecorder:
             self.wandb = WandbRun.start(cfg, run_dir, rank=env.rank, group=wandb_group(cfg), job_type=cfg["scaling"]["mode"],
                                         tags=self._tags(), name=cfg.get("run_name") or self._default_name(),
                                         resumable=True)
+        # what produced this run: in result.json, the store line and the W&B config (rank 0 only; gathered once)
+        self.provenance = run_provenance(run_dir, self.rank_hardware) if env.is_main else None
+        if self.wandb:
+            self.wandb.add_config({provenance.PROVENANCE: self.provenance})
 
     def _tags(self) -> list[str]:
         tags = [f"cluster:{self.cfg['cluster']['name']}", f"layout:{self.cfg.get('resources', {}).get('layout')}",
@@ -292,6 +383,7 @@ class RunRecorder:
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "deepspeed": _deepspeed_version()},
             "config": scrub_secrets(self.cfg),
+            provenance.PROVENANCE: self.provenance,
         }
 
 

@@ -37,23 +37,27 @@ def default_python(profile: ClusterProfile) -> str:
 
 
 def job_spec(profile: ClusterProfile, shape: JobShape, folder: str | Path, *, job_name: str,
-             array_size: int | None, description: str = "", python: str | None = None) -> SbatchSpec:
-    """The script spec for one job (array) of `shape`; `folder` is submitit's folder (with %j)."""
+             array_size: int | None, description: str = "", python: str | None = None,
+             code_dir: str | Path | None = None) -> SbatchSpec:
+    """The script spec for one job (array) of `shape`; `folder` is submitit's folder (with %j); `code_dir`: the
+    sweep's code snapshot the job imports (None: the installed code)."""
     python = python or default_python(profile)
     return build_spec(profile, shape, job_name=job_name, folder=folder, array_size=array_size,
-                      command=task_command(python, folder, profile.launcher), description=description)
+                      command=task_command(python, folder, profile.launcher), description=description,
+                      code_dir=code_dir)
 
 
 class VitDtSlurmExecutor(SlurmExecutor):
     """Submits callables as jobs of one `shape` on `profile`; several at once (`batch()`) become one array."""
 
     def __init__(self, folder: str | Path, profile: ClusterProfile, shape: JobShape, *, job_name: str,
-                 description: str = "", max_num_timeout: int = 3) -> None:
+                 description: str = "", max_num_timeout: int = 3, code_dir: str | Path | None = None) -> None:
         super().__init__(folder, max_num_timeout=max_num_timeout, python=default_python(profile))
         self.profile = profile
         self.shape = shape
         self.job_name = job_name
         self.description = description
+        self.code_dir = code_dir
         # submitit reads the time limit from here to decide, on USR2, whether a job timed out or was preempted.
         self.parameters = {"time": shape.time_min}
         self._array_size: int | None = None
@@ -68,7 +72,7 @@ class VitDtSlurmExecutor(SlurmExecutor):
 
     def spec(self, array_size: int | None = None) -> SbatchSpec:
         return job_spec(self.profile, self.shape, self.folder, job_name=self.job_name, array_size=array_size,
-                        description=self.description, python=self.python)
+                        description=self.description, python=self.python, code_dir=self.code_dir)
 
     def render(self, array_size: int | None = None) -> str:
         return render_sbatch(self.spec(array_size))

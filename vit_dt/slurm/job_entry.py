@@ -71,7 +71,10 @@ class PointTask(Checkpointable):
         if done is not None:
             # A requeue that lands after the run recorded its result (USR2 between result.json and exit) must not
             # train again and append a second record to the results store.
-            print(f"vit-dt: {self.run_dir} already holds a completed result.json; nothing to do", flush=True)
+            import vit_dt
+
+            print(f"vit-dt: {self.run_dir} already holds a completed result.json; nothing to do "
+                  f"(code: {Path(vit_dt.__file__).resolve().parent})", flush=True)
             return done
         _clear_own_error(Path(self.run_dir))
         status = "failed"
@@ -113,8 +116,12 @@ def completed_result(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_launch_record(run_dir: Path, started: float, status: str) -> None:
+    import vit_dt
+
     rank = _rank_label()
+    # code: where this attempt imported vit_dt from (the sweep's snapshot, unless it was submitted --no-snapshot)
     record = {"rank_label": rank, "hostname": socket.gethostname(), "pid": os.getpid(), "status": status,
+              "code": str(Path(vit_dt.__file__).resolve().parent),
               "seconds": round(time.time() - started, 3),
               "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}
     try:

@@ -68,6 +68,7 @@ class SbatchSpec:
     mpirun_args: tuple[str, ...] = ()
     extra_directives: tuple[tuple[str, str], ...] = ()
     description: str = ""
+    code_dir: str | None = None          # the sweep's code snapshot (vit_dt/slurm/snapshot.py); None: the installed code
 
     def __post_init__(self) -> None:
         if self.launcher not in SLURM_LAUNCHERS:
@@ -91,6 +92,7 @@ def build_spec(
     command: str,
     array_size: int | None = None,
     description: str = "",
+    code_dir: str | Path | None = None,
 ) -> SbatchSpec:
     """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
     from vit_dt.records.secrets import holds_secret
@@ -123,6 +125,7 @@ def build_spec(
         stdout=f"{log}.out",
         stderr=f"{log}.err",
         description=description,
+        code_dir=None if code_dir is None else str(code_dir),
     )
 
 
@@ -133,6 +136,7 @@ def render_sbatch(spec: SbatchSpec, template: str | None = None) -> str:
         directives="\n".join(f"#SBATCH {d}" for d in _directives(spec)),
         setup="\n".join(spec.setup) if spec.setup else "# (none)",
         env="\n".join(_env_lines(spec.env)) or "# (none)",
+        code="\n".join(_code_lines(spec.code_dir)),
         launch_summary=_launch_summary(spec),
         launch=_launch_line(spec),
     )
@@ -192,6 +196,17 @@ def _env_lines(env: tuple[tuple[str, str | None], ...]) -> list[str]:
         else:
             lines.append(f'export {name}="{_dq(value)}"')
     return lines
+
+
+def _code_lines(code_dir: str | None) -> list[str]:
+    if code_dir is None:
+        return ["# (no snapshot: the job imports the installed code as it is when the job starts)"]
+    from vit_dt.slurm.snapshot import python_path
+
+    # PYTHONSAFEPATH: `python -m` must not put the job's working directory (often the checkout) before the snapshot.
+    # Single-quoted: a path is data, and a sweep directory may hold `$`, backquotes or quotes.
+    return [f'export PYTHONPATH={_q(python_path(code_dir))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+            "export PYTHONSAFEPATH=1", f"export VIT_DT_CODE_DIR={_q(code_dir)}"]
 
 
 def _launch_summary(spec: SbatchSpec) -> str:

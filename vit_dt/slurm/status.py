@@ -55,6 +55,7 @@ class PointStatus:
     reason: str | None = None   # why it did not complete (only for failed/timeout/cancelled or a failed result)
     energy_j: float | None = None         # vit-dt's own: result.json energy.total_j (docs/metrics.md)
     slurm_energy_j: float | None = None   # sacct's ConsumedEnergyRaw of the job, where the cluster records it
+    code: str | None = None     # the code version it runs: short commit, "+dirty" (vit_dt.records.provenance)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,8 +193,22 @@ def sweep_status(sweep_dir: str | Path) -> tuple[dict[str, Any], list[PointStatu
                                stdout=logs.get("stdout"), stderr=logs.get("stderr"),
                                attempts=len(point.get("attempts") or []), reason=reason,
                                energy_j=_result_energy(Path(point["run_dir"])),
-                               slurm_energy_j=energies.get(point.get("job_id") or "")))
+                               slurm_energy_j=energies.get(point.get("job_id") or ""),
+                               code=_code_version(Path(point["run_dir"]))))
     return manifest, out
+
+
+def _code_version(run_dir: Path) -> str | None:
+    """The code version the point was submitted with (<run_dir>/provenance.json), else its result's."""
+    from vit_dt.records import provenance
+
+    block = provenance.read_point(run_dir)
+    if block is None:
+        try:
+            block = json.loads((run_dir / RESULT_NAME).read_text()).get(provenance.PROVENANCE)
+        except (OSError, ValueError, AttributeError):
+            return None
+    return provenance.code_version({provenance.PROVENANCE: block}) if isinstance(block, dict) else None
 
 
 def failure_reason(point: dict[str, Any], slurm_state: str | None, max_lines: int = 4) -> str:
@@ -335,14 +350,14 @@ def format_table(manifest: dict[str, Any], rows: list[PointStatus]) -> str:
         lines.append(f"note: copied or moved from {manifest['moved_from']}; the paths below are this directory's")
     if manifest.get("status_warning"):
         lines.append(f"warning: {manifest['status_warning']} (is SLURM_CONF set for this cluster?)")
-    header = ("point", "job", "state", "result", "tries", "overrides")
+    header = ("point", "job", "state", "result", "tries", "code", "overrides")
     table = [header] + [(str(r.index), r.job_id or "-", r.state, r.result or "-", str(r.attempts or "-"),
-                         " ".join(r.overrides) or "-") for r in rows]
+                         r.code or "-", " ".join(r.overrides) or "-") for r in rows]
     if any(r.energy_j is not None or r.slurm_energy_j is not None for r in rows):
         # vit-dt's training epochs beside Slurm's whole job (start-up, validation, the host: docs/metrics.md)
-        header = (*header[:5], "energy J (vit-dt)", "energy J (Slurm)", header[5])
-        table = [header] + [(*row[:5], "-" if r.energy_j is None else f"{r.energy_j:.0f}",
-                             "-" if r.slurm_energy_j is None else f"{r.slurm_energy_j:.0f}", row[5])
+        header = (*header[:6], "energy J (vit-dt)", "energy J (Slurm)", header[6])
+        table = [header] + [(*row[:6], "-" if r.energy_j is None else f"{r.energy_j:.0f}",
+                             "-" if r.slurm_energy_j is None else f"{r.slurm_energy_j:.0f}", row[6])
                             for r, row in zip(rows, table[1:])]
     lines += format_columns(table, pad_last=False)        # overrides: free text, last
     failed = [r for r in rows if r.reason]

@@ -22,6 +22,7 @@ from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
+from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing
 from vit_dt.slurm.sweep_dir import LATEST
 from vit_dt.textable import index_ranges
 
@@ -86,9 +87,12 @@ def group_points(points: list[SweepPoint]) -> list[JobGroup]:
 
 def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFAULT_ENTRY,
                  dry_run: bool = False, max_num_timeout: int = 3, argv: list[str] | None = None,
-                 prepare_seconds: float | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+                 prepare_seconds: float | None = None, echo: Callable[[str], None] = print,
+                 snapshot: bool = True, reuse_code: tuple[str | None, dict] | None = None) -> dict[str, Any]:
     """Submit (or, with dry_run, only render) every point; returns the manifest written to sweep.json.
-    `prepare_seconds`: how long composing and validating the points took (recorded in the manifest)."""
+    `prepare_seconds`: how long composing and validating the points took (recorded in the manifest).
+    `snapshot`: freeze the code into <sweep_dir>/code/ and have every job import it (vit_dt/slurm/snapshot.py);
+    `reuse_code`: (snapshot, provenance block) of a recorded run to use instead (`vit-dt rerun --slurm`)."""
     started = time.perf_counter()
     sweep_dir = Path(sweep_dir).absolute()
     if manifest_path(sweep_dir).exists():
@@ -111,6 +115,10 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
     if not dry_run:
         for point in points:
             write_point_config(point)
+        freeze(sweep_dir, manifest, points, snapshot=snapshot, reuse=reuse_code)
+    else:
+        manifest["code"] = {"snapshot": str(sweep_dir / CODE_SUBDIR) if snapshot else None, "frozen": False,
+                            "no_snapshot": not snapshot}
     manifest["prepare_seconds"] = None if prepare_seconds is None else round(prepare_seconds, 4)
     submit_groups(sweep_dir, groups, manifest, entry=entry, dry_run=dry_run, max_num_timeout=max_num_timeout,
                   echo=echo, started=started)
@@ -123,12 +131,13 @@ def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, A
     """Queue (or render) Slurm groups, write the manifest, then run local groups here. Shared by a new sweep and
     `--resume`, which passes the existing manifest and `reasons` (point index -> why it runs again)."""
     reason: str | Mapping[int, str] = "submitted" if reasons is None else reasons
+    code_dir = code_dir_of(sweep_dir, manifest) if not dry_run else (manifest.get("code") or {}).get("snapshot")
     slurm_groups = [g for g in groups if g.profile.scheduler == "slurm"]
     local_groups = [g for g in groups if g.profile.scheduler == "local"]
     for queued, group in enumerate(slurm_groups):
         try:
-            record = (_render_group(sweep_dir, group, echo) if dry_run
-                      else _submit_group(sweep_dir, group, entry, max_num_timeout))
+            record = (_render_group(sweep_dir, group, echo, code_dir) if dry_run
+                      else _submit_group(sweep_dir, group, entry, max_num_timeout, code_dir))
         except Exception as exc:    # sbatch refused, or Slurm cannot be reached
             _refuse_after_submission_failure(sweep_dir, manifest, group, queued, exc, resumed=reasons is not None)
         _attach(manifest, group, record, reason)
@@ -143,7 +152,8 @@ def submit_groups(sweep_dir: Path, groups: list[JobGroup], manifest: dict[str, A
             if dry_run:
                 _attach(manifest, group, {"job_id": None, "scheduler": "local", "submitted_at": None}, reason)
             else:
-                _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
+                with importing(code_dir):    # a local sweep's later points run the snapshot too
+                    _run_local_group(sweep_dir, group, entry, manifest, echo, reason)
         write_manifest(sweep_dir, manifest)
 
 
@@ -204,12 +214,14 @@ def point_latest_at(sweep_dir: Path, echo: Callable[[str], None] = print) -> Non
 
 
 # --- Slurm ------------------------------------------------------------------------------------------
-def _submit_group(sweep_dir: Path, group: JobGroup, entry: str, max_num_timeout: int) -> dict[str, Any]:
+def _submit_group(sweep_dir: Path, group: JobGroup, entry: str, max_num_timeout: int,
+                  code_dir: str | None) -> dict[str, Any]:
     from vit_dt.slurm.executor import VitDtSlurmExecutor
 
     folder = sweep_dir / SLURM_SUBDIR
     executor = VitDtSlurmExecutor(folder, group.profile, group.shape, job_name=group.job_name,
-                                  description=group.description(sweep_dir), max_num_timeout=max_num_timeout)
+                                  description=group.description(sweep_dir), max_num_timeout=max_num_timeout,
+                                  code_dir=code_dir)
     tasks = [PointTask(p.cfg, str(p.run_dir), entry) for p in group.points]
     tic = time.perf_counter()
     submitted_at = _now()
@@ -230,13 +242,14 @@ def _submit_group(sweep_dir: Path, group: JobGroup, entry: str, max_num_timeout:
     }
 
 
-def _render_group(sweep_dir: Path, group: JobGroup, echo: Callable[[str], None]) -> dict[str, Any]:
+def _render_group(sweep_dir: Path, group: JobGroup, echo: Callable[[str], None],
+                  code_dir: str | None) -> dict[str, Any]:
     from vit_dt.slurm.executor import job_spec
 
     folder = sweep_dir / SLURM_SUBDIR
     array = len(group.points) if len(group.points) > 1 else None
     spec = job_spec(group.profile, group.shape, folder, job_name=group.job_name, array_size=array,
-                    description=group.description(sweep_dir))
+                    description=group.description(sweep_dir), code_dir=code_dir)
     text = render_sbatch(spec)
     script = sweep_dir / DRY_RUN_SUBDIR / f"job{group.index}.sbatch"
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +322,7 @@ def summary_lines(manifest: dict[str, Any], jobs: list[dict[str, Any]] | None = 
             lines.append(f"  would run here, one after another: point(s) {index_ranges(job['points'])} "
                          f"({shape['nodes']} node(s) x {shape['tasks_per_node']} rank(s))")
     lines.append(f"sweep dir: {sweep_dir}")
+    lines += code_lines(manifest)
     lines.append(f"status:    vit-dt status {shlex.quote(str(sweep_dir))}")
     return lines
 

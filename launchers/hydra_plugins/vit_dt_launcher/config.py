@@ -32,6 +32,8 @@ class VitDtLauncherConf:
     calibrate_from: Optional[str] = None
     # `vit-dt sweep --max-gpu-hours H`: refuse the sweep when its estimate exceeds H.
     max_gpu_hours: Optional[float] = None
+    # Freeze the code into <sweep_dir>/code/ and have every job import it (`vit-dt sweep --no-snapshot`: false).
+    snapshot: bool = True
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")

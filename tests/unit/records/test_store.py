@@ -135,7 +135,8 @@ def test_results_table_derives_missing_columns_from_epochs():
     ])
     assert [r["point"] for r in rows] == [0, 1, 2]
     assert rows[0] == {"point": 0, "status": "completed", "world_size": 2, "nodes": 1, "global_batch": 64,
-                       "epoch_time_s": 9.5, "img_per_s": 160.0, "comm_share": None, "final_val_acc": 0.8}
+                       "epoch_time_s": 9.5, "img_per_s": 160.0, "comm_share": None, "final_val_acc": 0.8,
+                       "code": None}     # a record from before provenance
     assert rows[1]["global_batch"] == 16 * 2 * 4                       # derived: micro x accum x world
     assert rows[1]["epoch_time_s"] == 11.0 and rows[1]["img_per_s"] == 140.0   # first epoch left out
     assert rows[1]["comm_share"] == 0.25

@@ -136,6 +136,7 @@ def test_result_json_steady_state_leaves_out_the_resumed_attempts_first_epoch(tm
     recorder.flops_per_image, recorder.hardware_flops_per_image = 1e9, 1e9
     recorder.rank_hardware = [hardware.local_hardware(CPU)]
     recorder.hostnames = [recorder.rank_hardware[0]["host"]]
+    recorder.provenance = None
     epochs = _resumed_epochs()
     state = TrainState(epoch=4, epochs=epochs, breakdowns=[_timers(ms) for ms in (50.0, 1.0, 50.0, 1.0)])
     result = recorder._summarise(state, [1.0], [None])

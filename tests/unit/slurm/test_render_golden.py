@@ -16,6 +16,8 @@ from vit_dt.slurm.shape import JobShape, resolve_shape
 GOLDEN = Path(__file__).parent / "golden"
 FOLDER = "/scratch/me/sweeps/20250101-120000/slurm"
 PYTHON = "/opt/vit-dt/.venv/bin/python"  # localslurm runs the submitting interpreter: pin it here
+CODE_DIR = "/scratch/me/sweeps/20250101-120000/code"   # the sweep's code snapshot
+NO_SNAPSHOT = {"nebula_dualcard_intra"}                 # a sweep submitted with --no-snapshot
 
 CASES = {
     # name: (overrides, array size)
@@ -43,7 +45,7 @@ def render_case(name: str) -> str:
     shape = resolve_shape(cfg, profile)
     python = profile.python or PYTHON
     spec = job_spec(profile, shape, FOLDER, job_name=f"vitdt-{name}", array_size=array, python=python,
-                    description=f"golden case {name}")
+                    description=f"golden case {name}", code_dir=None if name in NO_SNAPSHOT else CODE_DIR)
     return render_sbatch(spec)
 
 
@@ -56,6 +58,29 @@ def test_golden(name):
         path.write_text(text)
     assert path.exists(), f"{path} missing: run with VIT_DT_UPDATE_GOLDEN=1 to create it"
     assert text == path.read_text(), f"{name}: rendered script differs from {path} (VIT_DT_UPDATE_GOLDEN=1 updates)"
+
+
+def test_snapshot_comes_first_on_the_python_path():
+    """A job imports vit_dt from the sweep's snapshot: first on PYTHONPATH, and `python -m` may not put the job's
+    working directory (often the checkout) before it."""
+    text = render_case("localslurm_cpu_inter_array")
+    assert f'export PYTHONPATH={CODE_DIR}:{CODE_DIR}/launchers"${{PYTHONPATH:+:$PYTHONPATH}}"' in text
+    assert "export PYTHONSAFEPATH=1" in text
+    assert text.index("PYTHONSAFEPATH") < text.index("srun --unbuffered")
+    assert "PYTHONPATH" not in render_case("nebula_dualcard_intra")
+
+
+def test_a_snapshot_path_of_shell_characters_stays_one_path(tmp_path):
+    """The sweep directory may hold `$`, backquotes and quotes: the exported paths are the bytes, nothing runs."""
+    import subprocess
+
+    code = tmp_path / "s; $(touch PWNED1) `touch PWNED2` 'q' \"d\"" / "code"
+    text = render_sbatch(spec(code_dir=str(code)))
+    lines = [line for line in text.splitlines() if line.startswith("export ")]
+    out = subprocess.run(["bash", "-c", "\n".join([*lines, 'echo "$PYTHONPATH"; echo "$VIT_DT_CODE_DIR"'])],
+                         capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": "/x", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.splitlines() == [f"{code}:{code}/launchers:/x", str(code)]
+    assert not list(tmp_path.glob("PWNED*"))
 
 
 def test_rendering_is_pure():

@@ -1,0 +1,212 @@
+"""The provenance block: what produced a result. One home for its field names; torch-free.
+
+    provenance:
+      code:        commit, branch, dirty, diff_sha256, diff_file, source ("git" | "package"), version,
+                   snapshot (the sweep's code/ or null), imported_from (where the rank imported vit_dt from)
+      environment: packages_sha256, packages_file, packages_count, python, torch, cuda, cudnn, nccl, deepspeed, mpi
+      machine:     nodes, gpus (per node: model, driver, count) or null with gpus_reason, slurm_version, job_id,
+                   array_job_id, array_task_id
+      request:     command_line (as typed, secrets redacted), overrides (the point's)
+
+The login side gathers code, environment and request at submission (`gather`), saves the uncommitted diff and the
+package list once per sweep under `<sweep_dir>/provenance/`, and leaves the block next to each point's config
+(`<run_dir>/provenance.json`). Rank 0 reads it back, adds the machine and the versions only the rank can see
+(vit_dt/run/record.py), and puts the one block into result.json, the results store line and the W&B config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PROVENANCE = "provenance"                 # the record's field, and the sweep's folder of once-per-sweep files
+POINT_FILE = "provenance.json"            # <run_dir>/provenance.json: the point's block as submitted
+SWEEP_FILE = "provenance.json"            # <sweep_dir>/provenance/provenance.json: the sweep's block
+DIFF_FILE = "diff.patch"                  # <sweep_dir>/provenance/diff.patch: uncommitted changes at submission
+PACKAGES_FILE = "packages.txt"            # <sweep_dir>/provenance/packages.txt: name==version, one a line
+CODE, ENVIRONMENT, MACHINE, REQUEST = "code", "environment", "machine", "request"
+COMMIT, BRANCH, DIRTY, DIFF_SHA256 = "commit", "branch", "dirty", "diff_sha256"
+PACKAGES_SHA256 = "packages_sha256"
+MAX_UNTRACKED_IN_DIFF = 200               # untracked files beyond this are named in the diff, not included
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def git_state(root: Path) -> tuple[dict[str, Any], bytes]:
+    """(code fields, the uncommitted diff) of the checkout at `root`: tracked changes against HEAD, then each
+    untracked (not ignored) file as a new-file diff."""
+    head = _git(root, "rev-parse", "HEAD")
+    branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+    diff = _git(root, "diff", "HEAD", "--binary")
+    untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard")
+    text = diff.stdout if diff is not None and diff.returncode == 0 else b""
+    names = [n for n in (untracked.stdout.decode().split("\0") if untracked and untracked.returncode == 0 else [])
+             if n]
+    for name in sorted(names)[:MAX_UNTRACKED_IN_DIFF]:
+        new = _git(root, "diff", "--no-index", "--binary", "--", "/dev/null", name)
+        text += new.stdout if new is not None else b""
+    if len(names) > MAX_UNTRACKED_IN_DIFF:
+        text += ("# untracked, not included: " + " ".join(sorted(names)[MAX_UNTRACKED_IN_DIFF:]) + "\n").encode()
+    fields = {
+        "source": "git",
+        COMMIT: head.stdout.decode().strip() if head is not None and head.returncode == 0 else None,
+        BRANCH: branch.stdout.decode().strip() if branch is not None and branch.returncode == 0 else None,
+        DIRTY: bool(text),
+        DIFF_SHA256: hashlib.sha256(text).hexdigest() if text else None,
+    }
+    return fields, text
+
+
+def package_list() -> list[str]:
+    """Every installed distribution as name==version, sorted: what the environment digest covers. Only what is
+    installed counts: not the working directory (''), nor the vendored copies a library puts on sys.path while it
+    runs (torch's extension builder adds setuptools/_vendor), which would change the digest mid-run."""
+    import importlib.metadata as metadata
+
+    paths = [p for p in sys.path if p and not Path(p).name.endswith("_vendor")]
+    return sorted({f"{(d.metadata['Name'] or '?').lower()}=={d.version}" for d in metadata.distributions(path=paths)})
+
+
+def packages_digest(packages: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(packages).encode()).hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    import importlib.metadata as metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment_fields(packages: Sequence[str] | None = None) -> dict[str, Any]:
+    """What the login side can tell without importing torch; the rank fills in cuda, cudnn, nccl."""
+    packages = package_list() if packages is None else packages
+    return {PACKAGES_SHA256: packages_digest(packages), "packages_count": len(packages), "packages_file": None,
+            "python": platform.python_version(), "torch": _version("torch"), "cuda": None, "cudnn": None,
+            "nccl": None, "deepspeed": _version("deepspeed"), "mpi": _mpi_version()}
+
+
+def _mpi_version() -> str | None:
+    """mpi4py's version and, when MPI is already loaded in this process, its library (never initialised here)."""
+    version = _version("mpi4py")
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None:
+        try:
+            return f"mpi4py {version}; {mpi.Get_library_version().splitlines()[0].strip()}"
+        except Exception:  # noqa: BLE001 - a version string must never fail a run
+            pass
+    return f"mpi4py {version}" if version else None
+
+
+def slurm_version() -> str | None:
+    try:
+        out = subprocess.run(["scontrol", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed (vit-dt's own arguments), secrets redacted."""
+    from vit_dt.records.secrets import scrub_override
+
+    argv = list(sys.argv if argv is None else argv)
+    prog = "vit-dt" if argv and argv[0].endswith(("vit_dt/cli.py", "vit-dt", "vit_dt.cli")) else (argv[0] if argv else "")
+    return " ".join([prog, *(shlex.quote(scrub_override(a)) for a in argv[1:])]).strip()
+
+
+def code_fields(root: Path, *, is_checkout: bool, snapshot: str | None = None) -> tuple[dict[str, Any], bytes]:
+    """Code fields of the vit_dt at `root` (a git checkout's top, or where the package is installed) and its
+    uncommitted diff (empty for an installed package)."""
+    if is_checkout:
+        fields, diff = git_state(root)
+    else:
+        fields, diff = {"source": "package", COMMIT: None, BRANCH: None, DIRTY: None, DIFF_SHA256: None}, b""
+    fields.update(version=_version("vit-dt"), diff_file=None, snapshot=snapshot, imported_from=None)
+    return fields, diff
+
+
+def gather(root: Path, *, is_checkout: bool, snapshot: str | None, argv: Sequence[str] | None = None,
+           packages: Sequence[str] | None = None) -> tuple[dict[str, Any], bytes, list[str]]:
+    """The login side's block (code, environment, request; the machine is the rank's to fill), the uncommitted
+    diff and the package list."""
+    packages = package_list() if packages is None else list(packages)
+    code, diff = code_fields(root, is_checkout=is_checkout, snapshot=snapshot)
+    block = {CODE: code, ENVIRONMENT: environment_fields(packages), MACHINE: empty_machine(),
+             REQUEST: {"command_line": command_line(argv), "overrides": []}}
+    return block, diff, packages
+
+
+def empty_machine() -> dict[str, Any]:
+    return {"nodes": None, "gpus": None, "gpus_reason": None, "slurm_version": None, "job_id": None,
+            "array_job_id": None, "array_task_id": None}
+
+
+def save_sweep_files(sweep_dir: Path, block: Mapping[str, Any], diff: bytes, packages: Sequence[str]) -> dict:
+    """Write the once-per-sweep files; returns the block with their names (relative to the sweep directory)."""
+    from vit_dt import atomic
+
+    folder = Path(sweep_dir) / PROVENANCE
+    folder.mkdir(parents=True, exist_ok=True)
+    block = json.loads(json.dumps(block))
+    atomic.write_text(folder / PACKAGES_FILE, "\n".join(packages) + "\n")
+    block[ENVIRONMENT]["packages_file"] = f"{PROVENANCE}/{PACKAGES_FILE}"
+    if diff:
+        (folder / DIFF_FILE).write_bytes(diff)
+        block[CODE]["diff_file"] = f"{PROVENANCE}/{DIFF_FILE}"
+    atomic.write_text(folder / SWEEP_FILE, json.dumps(block, indent=1) + "\n")
+    return block
+
+
+def write_point(run_dir: Path, block: Mapping[str, Any], overrides: Sequence[str]) -> None:
+    from vit_dt import atomic
+    from vit_dt.records.secrets import scrub_override
+
+    point = json.loads(json.dumps(block))
+    point[REQUEST]["overrides"] = [scrub_override(o) for o in overrides]
+    atomic.write_text(Path(run_dir) / POINT_FILE, json.dumps(point, indent=1) + "\n")
+
+
+def read_point(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(run_dir) / POINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def of(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    block = record.get(PROVENANCE)
+    return block if isinstance(block, Mapping) else {}
+
+
+def code_version(record: Mapping[str, Any]) -> str | None:
+    """The short code version a person reads: 'a1b2c3d', 'a1b2c3d+dirty', or None (no provenance recorded)."""
+    code = of(record).get(CODE) or {}
+    commit = code.get(COMMIT)
+    if not commit:
+        version = code.get("version")
+        return f"pkg {version}" if version else None
+    return f"{commit[:7]}{'+dirty' if code.get(DIRTY) else ''}"
+
+
+def packages_of(record: Mapping[str, Any]) -> str | None:
+    return (of(record).get(ENVIRONMENT) or {}).get(PACKAGES_SHA256)
+
+
+def env_root() -> str | None:
+    return os.environ.get("VIT_DT_CODE_DIR")
