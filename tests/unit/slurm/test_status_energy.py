@@ -23,5 +23,5 @@ def test_the_energy_columns_appear_only_with_a_figure() -> None:
     table = format_table(manifest, [_row(0, energy_j=1520.4, slurm_energy_j=2210.0), _row(1)])
     header, first, second = table.splitlines()[1:4]
     assert "energy J (vit-dt)" in header and "energy J (Slurm)" in header
-    assert first.split()[5:8] == ["1520", "2210", "resources.gpus=1"]
-    assert second.split()[5:8] == ["-", "-", "resources.gpus=2"]
+    assert first.split()[6:9] == ["1520", "2210", "resources.gpus=1"]      # after the code column
+    assert second.split()[6:9] == ["-", "-", "resources.gpus=2"]
