@@ -95,8 +95,9 @@ def _assert_error_bars(path: Path, widest: float) -> None:
     """The first series' colour runs vertically (an error bar) taller than a marker (~9 px) where an interval is
     at least 5% of its mean either side: on the linear axis from 0 (times within 4x) that is ~30 px."""
     _, longest = colour_runs(path)
-    if widest < 0.05:
-        pytest.skip(f"the repeats agreed within {widest:.1%}: bars shorter than a marker, nothing to see in pixels")
+    if widest < 0.05:     # bars shorter than a marker: the markers are drawn (tests/unit/analysis/test_error_bars.py
+        assert longest >= 5, (longest, widest)     # shows bars grow with the interval); seen here: never below 5%
+        return
     assert longest > 12, (longest, widest)
 
 
