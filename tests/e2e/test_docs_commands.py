@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.fixtures.sweeps import run_sweep_cli, wait_until_done
-from tests.helpers import REPO, read_result, run_cli, run_dir_from_output
+from tests.helpers import REPO, read_result, run_cli, run_cli_here, run_dir_from_output
 
 PAGES = ["README.md", "docs/quickstart.md", "docs/sweeps.md", "docs/paper-reproduction.md",
          *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs" / "studies").glob("*.md"))]
@@ -172,7 +172,7 @@ def rendered_shapes(stdout: str) -> dict[int, tuple[int, int]]:
 
 def check_sweep_dry_run(command: Command, tmp_path: Path) -> None:
     overrides = [a for a in command.argv[1:] if a not in ("--dry-run", "-m", "--multirun")]
-    proc = run_cli("sweep", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}", "--no-verify-data", "--dry-run")
+    proc = run_cli_here("sweep", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}", "--no-verify-data", "--dry-run")
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
     shapes = rendered_shapes(proc.stdout)
     sizes = _sweep_sizes(overrides)
@@ -189,7 +189,7 @@ def check_sweep_dry_run(command: Command, tmp_path: Path) -> None:
 
 
 def check_sweep_cfg(command: Command, tmp_path: Path) -> None:
-    proc = run_cli(*command.argv, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_cli_here(*command.argv, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
     documents = list(yaml.safe_load_all(proc.stdout))
     sizes = _sweep_sizes([a for a in command.argv[1:] if not a.startswith("-")])
@@ -259,10 +259,10 @@ def test_documented_command(command, tmp_path, monkeypatch):
     elif kind == "transcript":
         check_transcript(command, tmp_path)
     elif kind == "train-cfg":
-        proc = run_cli(*command.argv, "--cfg", "job")
+        proc = run_cli_here(*command.argv, "--cfg", "job")
         assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["trainer"], f"{command}\n{proc.stderr}"
     else:
-        proc = run_cli(*command.argv)
+        proc = run_cli_here(*command.argv)
         assert proc.returncode == 0 and "== Configuration groups ==" in proc.stdout, command
 
 
