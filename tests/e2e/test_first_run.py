@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import sys
 import termios
@@ -30,10 +31,18 @@ class _Terminal:
         self.master, slave = os.openpty()
         self.output = bytearray()
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
-                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                     preexec_fn=self._foreground_job)
         os.close(slave)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+
+    @staticmethod
+    def _foreground_job() -> None:
+        """In the child, before exec: the pty becomes its controlling terminal, and SIGINT gets its default action
+        back, as an interactive shell gives a foreground job. A suite started in the background by a script
+        (`make test &`) inherits SIGINT ignored, and an ignored signal survives exec: Ctrl-C would do nothing."""
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     def _read(self) -> None:
         while True:
