@@ -1,4 +1,5 @@
-"""Energy per epoch: RAPL counters read from a powercap tree (unwrapped at their range), GPU counters through NVML
+"""Energy per epoch: RAPL counters read from a powercap tree (unwrapped at their range; the tree is written here in
+the kernel's on-disk layout, since this machine has no /sys/class/powercap), GPU counters through NVML
 where importable, and on this CPU machine every figure null with the reason, never 0; the epoch and run summaries;
 and the training loop records it per epoch."""
 from __future__ import annotations
