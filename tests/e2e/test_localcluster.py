@@ -253,9 +253,12 @@ lib.MPI_Comm_size(world, ctypes.byref(size))
 mine = ctypes.c_int(rank.value + 1)
 assert lib.MPI_Allreduce(ctypes.byref(mine), ctypes.byref(total), 1, handle("ompi_mpi_int"),
                          handle("ompi_mpi_op_sum"), world) == 0
-print(json.dumps({"node": os.environ["SLURMD_NODENAME"], "rank": rank.value, "size": size.value,
+row = json.dumps({"node": os.environ["SLURMD_NODENAME"], "rank": rank.value, "size": size.value,
                   "sum": total.value, "pmix_rank": getenv("PMIX_RANK"),
-                  "ompi_rank": getenv("OMPI_COMM_WORLD_RANK")}), flush=True)
+                  "ompi_rank": getenv("OMPI_COMM_WORLD_RANK")})
+# One write per line: print() writes the text and its newline separately, and mpirun's output forwarding
+# interleaved two ranks' lines between those writes (CI saw '{...rank 0...}{...rank 1...}').
+os.write(1, (row + "\n").encode())
 lib.MPI_Finalize()
 """
 
