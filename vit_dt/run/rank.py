@@ -261,14 +261,19 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+NAMERS_OF_SILENT_RANKS = (0, 1)
+
+
 def _record_failure(cfg: dict, run_dir: Path, env: DistEnv, started: str, exc: BaseException,
                     epochs: list[dict], attempt: str) -> None:
-    """Each rank leaves its traceback, ending with the ranks that went silent when peers stopped answering (any
-    rank may be the one that times out: the stopped one may be rank 0); rank 0 also writes a failed result.json,
+    """Each rank leaves its traceback; ranks 0 and 1 end theirs with the ranks that went silent when peers stopped
+    answering (the stopped one may be rank 0, then rank 1 names it); rank 0 also writes a failed result.json,
     with the epochs measured so far, the failure's cause and the silent ranks, and appends it to the store."""
     cause = failure_cause(exc)
-    silent = heartbeat.silent_ranks(run_dir, env.world_size, attempt, skip=env.rank) \
-        if cause in ("collective", "hang") else []
+    # Ranks 0 and 1 name the silent ones: rank 0 for its record, rank 1 for when rank 0 is the silent one. Not every
+    # rank: each would read every rank's beat file, world_size squared reads on a shared file system at once.
+    names_silent = cause in ("collective", "hang") and env.rank in NAMERS_OF_SILENT_RANKS
+    silent = heartbeat.silent_ranks(run_dir, env.world_size, attempt, skip=env.rank) if names_silent else []
     error = one_line(exc)
     if silent:      # first: what status shows of a long line is its start
         error = "; ".join(s.describe() for s in silent) + ": " + error
