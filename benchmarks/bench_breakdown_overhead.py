@@ -64,21 +64,21 @@ def build_engine(device: str, model_name: str, batch: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 6 steps at batch 32 (CI)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 steps at batch 16 (CI: checks the plumbing, measures nothing)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
-    parser.add_argument("--batch", type=int, help="micro-batch (default 64, --quick 32)")
-    parser.add_argument("--rounds", type=int, help="rounds over all modes (default 10, --quick 3)")
-    parser.add_argument("--steps", type=int, help="steps per mode and round (default 10, --quick 6)")
+    parser.add_argument("--batch", type=int, help="micro-batch (default 64, --quick 16)")
+    parser.add_argument("--rounds", type=int, help="rounds over all modes (default 10, --quick 2)")
+    parser.add_argument("--steps", type=int, help="steps per mode and round (default 10, --quick 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; 1 is steadier on a "
                         "shared machine)")
     parser.add_argument("--sample-every", type=int, default=5, help="the trainer's timer_sample_every (default 5)")
     parser.add_argument("--json", type=Path, help="where to write the numbers (default "
                         "$VIT_DT_OUT_DIR/bench/breakdown_overhead.json, VIT_DT_OUT_DIR defaulting to outputs)")
     args = parser.parse_args(argv)
-    batch = args.batch or (32 if args.quick else 64)
-    rounds = args.rounds or (3 if args.quick else 10)
-    steps = args.steps or (6 if args.quick else 10)
+    batch = args.batch or (16 if args.quick else 64)
+    rounds = args.rounds or (2 if args.quick else 10)
+    steps = args.steps or (3 if args.quick else 10)
     every = args.sample_every
     out = args.json or Path(os.environ.get("VIT_DT_OUT_DIR", "outputs")) / "bench" / "breakdown_overhead.json"
 
