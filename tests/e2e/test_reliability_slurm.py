@@ -62,10 +62,11 @@ def sacct_state(job_id: str) -> str:
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_time_limit_requeues_and_resumes_exactly(slurm_cluster, tmp_path):
-    """Point 0 has a 1-minute limit and ~52 s of training after ~10 s of start-up: it gets USR2, submitit requeues
-    it, the next attempt resumes from the epoch checkpoint and finishes. Point 1 (5 min) is the same run,
-    uninterrupted, on another node.
+def test_time_limit_requeues_each_array_task_and_resumes_exactly(slurm_cluster, tmp_path):
+    """Points 0-1 (seeds 0, 1) have a 1-minute limit and ~52 s of training after ~10 s of start-up: each gets USR2,
+    submitit requeues it, the next attempt resumes from the epoch checkpoint and finishes. Points 2-3 are the same
+    runs with 5 minutes, uninterrupted. One shape, one job array: each task is requeued as `<array>_<task>`, not
+    the whole array (Lightning 15022: requeue breaks for job arrays), and records one result.
 
     slurmctld checks time limits every 30 s and sends --signal=USR2@D at the first check where the job has less
     than D + 30 s left: with D = 5 s a 1-minute job gets USR2 25-55 s after it starts (a requeued one, which starts
@@ -73,23 +74,36 @@ def test_time_limit_requeues_and_resumes_exactly(slurm_cluster, tmp_path):
     A sleep in every forward pass (the test-only debug.delay_s) makes the run outlast any first
     window whatever the CPU's speed, so the test cannot pass without a requeue."""
     sweep_dir = tmp_path / "timelimit"
-    sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.time_min=1,5", "cluster.signal_delay_s=5",
-                        "hydra.launcher.max_num_timeout=6", *TIMED)
+    sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.time_min=1,5", "trainer.seed=0,1",
+                        "cluster.signal_delay_s=5", "hydra.launcher.max_num_timeout=6", *TIMED)
     assert sub.proc.returncode == 0, sub.proc.stdout + sub.proc.stderr
+    manifest = read_manifest(sweep_dir)
+    limited_job = next(job for job in manifest["jobs"] if job["points"] == [0, 1])
+    assert limited_job["array"], manifest["jobs"]
     rows = wait_until_done(sweep_dir, timeout_s=480)
-    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 2, [(r.state, r.reason) for r in rows]
+    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 4, [(r.state, r.reason) for r in rows]
 
-    limited, reference = (json.loads((Path(r.run_dir) / "result.json").read_text()) for r in rows)
-    restarts = json.loads((Path(rows[0].run_dir) / "launch" / "rank0.json").read_text())["env"]
-    assert int(restarts.get("SLURM_RESTART_COUNT", 0)) >= 1, "point 0 was never requeued"
-    # the same parameters as the uninterrupted run: exact resume (model, optimizer, scheduler, RNG)
-    assert limited["param_checksums"] == reference["param_checksums"]
-    assert [e["val_acc"] for e in limited["epochs"]] == [e["val_acc"] for e in reference["epochs"]]
-    assert len(limited["epochs"]) == EPOCHS
+    for task, (limited_row, reference_row) in enumerate(zip(rows[:2], rows[2:])):
+        limited, reference = (json.loads((Path(r.run_dir) / "result.json").read_text())
+                              for r in (limited_row, reference_row))
+        env = json.loads((Path(limited_row.run_dir) / "launch" / "rank0.json").read_text())["env"]
+        assert int(env.get("SLURM_RESTART_COUNT", 0)) >= 1, f"point {task} was never requeued"
+        assert (env["SLURM_ARRAY_JOB_ID"], env["SLURM_ARRAY_TASK_ID"]) == (limited_job["job_id"], str(task))
+        # the same parameters as the uninterrupted run: exact resume (model, optimizer, scheduler, RNG)
+        assert limited["param_checksums"] == reference["param_checksums"]
+        assert [e["val_acc"] for e in limited["epochs"]] == [e["val_acc"] for e in reference["epochs"]]
+        assert len(limited["epochs"]) == EPOCHS
+        _assert_no_epoch_trained_twice(Path(limited_row.stdout).read_text(), limited)
+        assert not list(Path(limited_row.run_dir).glob("error-rank*.txt"))
 
-    # epochs done before a requeue are not redone: after each resume from epoch-K, no epoch < K is trained again,
-    # and result.json keeps the times each epoch had when it was first trained
-    log = Path(rows[0].stdout).read_text()
+    # a requeue is not a failure: exactly one record per point in the store, all completed
+    records = store_records(sweep_dir)
+    assert sorted((r["point"], r["status"]) for r in records) == [(p, "completed") for p in range(4)], records
+
+
+def _assert_no_epoch_trained_twice(log: str, limited: dict) -> None:
+    """Epochs done before a requeue are not redone: after each resume from epoch-K, no epoch < K is trained again,
+    and result.json keeps the times each epoch had when it was first trained."""
     attempts = re.split(r"submitit INFO \([^)]*\) - Starting with JobEnvironment", log)[1:]
     assert len(attempts) >= 2, "expected a first attempt and at least one requeued attempt"
     first_epochs = [(int(e), float(t)) for e, t in EPOCH_LINE.findall(attempts[0])]
@@ -102,40 +116,8 @@ def test_time_limit_requeues_and_resumes_exactly(slurm_cluster, tmp_path):
             assert epoch >= start, f"epoch {epoch} trained again after resuming from epoch-{start}"
             logged.setdefault(epoch, seconds)
     assert "resumed from" in attempts[1]
-    for epoch, seconds in first_epochs:
+    for epoch, seconds in first_epochs + list(logged.items()):
         assert round(limited["epochs"][epoch]["time_s"], 1) == pytest.approx(seconds, abs=0.051), epoch
-    for epoch, seconds in logged.items():
-        assert round(limited["epochs"][epoch]["time_s"], 1) == pytest.approx(seconds, abs=0.051), epoch
-
-    # a requeue is not a failure: exactly one record per point in the store, both completed
-    records = store_records(sweep_dir)
-    assert sorted((r["point"], r["status"]) for r in records) == [(0, "completed"), (1, "completed")], records
-    assert not list(Path(rows[0].run_dir).glob("error-rank*.txt"))
-
-
-@pytest.mark.slurm
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_time_limit_requeues_each_array_task_on_its_own(slurm_cluster, tmp_path):
-    """Two points of one shape are one job array. At the time limit each task is requeued as `<array>_<task>`, not
-    the whole array (Lightning 15022: requeue breaks for job arrays), resumes from its own checkpoint, and
-    records one result: one completed record per point, each attempt in the same array task."""
-    sweep_dir = tmp_path / "array"
-    sub = run_sweep_cli(sweep_dir, "cluster=localslurm", "resources.time_min=1", "cluster.signal_delay_s=5",
-                        "hydra.launcher.max_num_timeout=6", "trainer.seed=0,1", *TIMED)
-    assert sub.proc.returncode == 0, sub.proc.stdout + sub.proc.stderr
-    manifest = read_manifest(sweep_dir)
-    assert len(manifest["jobs"]) == 1 and manifest["jobs"][0]["array"], manifest["jobs"]
-    array_id = manifest["jobs"][0]["job_id"]
-    rows = wait_until_done(sweep_dir, timeout_s=480)
-    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 2, [(r.state, r.reason) for r in rows]
-    for task, row in enumerate(rows):
-        env = json.loads((Path(row.run_dir) / "launch" / "rank0.json").read_text())["env"]
-        assert int(env.get("SLURM_RESTART_COUNT", 0)) >= 1, f"task {task} was never requeued"
-        assert (env["SLURM_ARRAY_JOB_ID"], env["SLURM_ARRAY_TASK_ID"]) == (array_id, str(task))
-        assert "resumed from" in Path(row.stdout).read_text()
-    records = store_records(sweep_dir)
-    assert sorted((r["point"], r["status"]) for r in records) == [(0, "completed"), (1, "completed")], records
 
 
 # --- idempotent sweeps -------------------------------------------------------------------------------------------
