@@ -5,9 +5,9 @@ Every call goes through the system's OpenSSH client over one shared connection: 
 once; every later ssh and rsync reuses it without asking again.
 
 What travels, and how:
-- Commands go as a POSIX sh script on ssh's standard input; ssh's own command line only says `/bin/sh -s`. An
-  override with spaces, quotes or `$(...)` arrives as typed (each word is single-quoted), and no override shows
-  in ssh's argv or the login node's process list.
+- Commands go as a POSIX sh script on ssh's standard input; ssh's own command line only says `/bin/sh -s`, so
+  whatever the login node's shell is (bash, zsh, tcsh), it never parses an override. An override with spaces,
+  quotes or `$(...)` arrives as typed (each word is single-quoted for /bin/sh).
 - The ssh and rsync clients run without the secrets of this environment (WANDB_API_KEY and anything named like a
   key, token, secret or password): a `SendEnv` line in an ssh config would otherwise forward them. On the login
   node vit-dt and W&B read the key from that machine's own environment or ~/.netrc (docs/clusters.md).

@@ -103,7 +103,8 @@ def check_vit_dt(connection: Connection) -> str:
         raise RemoteError(f"vit-dt cannot run on {spec.where} with cluster.remote.python={spec.python}; the login "
                           f"node said:\n{done.stderr.strip()}\n{install_hint(spec)}")
     if done.returncode != 0 or not done.stdout.strip():
-        raise RemoteError(f"{spec.where}: cannot use cluster.remote.work_dir={spec.work_dir} (exit status "
+        what = "a cluster.remote.setup line failed, or " if spec.setup else ""
+        raise RemoteError(f"{spec.where}: {what}cannot use cluster.remote.work_dir={spec.work_dir} (exit status "
                           f"{done.returncode}); the login node said:\n{done.stderr.strip()}")
     return done.stdout.strip().splitlines()[-1]
 
