@@ -22,7 +22,7 @@ from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
-from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing
+from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing, shipped_code
 from vit_dt.slurm.sweep_dir import LATEST
 from vit_dt.textable import index_ranges
 
@@ -118,6 +118,8 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
         for point in points:
             write_point_config(point)
         freeze(sweep_dir, manifest, points, snapshot=snapshot, reuse=reuse_code, shipped=shipped)
+    elif shipped:     # a dry run of `vit-dt sweep --remote`: the snapshot is there already
+        manifest["code"] = shipped_code(sweep_dir)[0]
     else:
         manifest["code"] = {"snapshot": str(sweep_dir / CODE_SUBDIR) if snapshot else None, "frozen": False,
                             "no_snapshot": not snapshot}
