@@ -1,4 +1,5 @@
 """Shared fixtures. `slurm_cluster`: the real local Slurm cluster (vit_dt.localcluster), once per session.
+`login_node`: a real sshd on 127.0.0.1 whose sessions see that cluster, once per session.
 `one_rank_group`: a real one-rank process group for in-process engines, once per session."""
 
 from __future__ import annotations
@@ -37,6 +38,25 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = previous
     if info.started and os.environ.get("VIT_DT_KEEP_CLUSTER") != "1":
         localcluster.down()
+
+
+@pytest.fixture(scope="session")
+def login_node(slurm_cluster, tmp_path_factory):
+    """A cluster login node reached over SSH (tests/fixtures/sshd.py): Debian's sshd on 127.0.0.1 with a
+    throw-away key, its sessions seeing the local Slurm cluster. Skips, saying why, where openssh-server, the ssh
+    client or rsync is missing, unless VIT_DT_REQUIRE_SLURM is set (CI installs them: scripts/install-system-deps.sh)."""
+    from tests.fixtures import sshd
+
+    missing = sshd.missing()
+    if missing:
+        why = (f"no login node to test against: Debian packages {missing} are not installed "
+               "(run scripts/install-system-deps.sh as root)")
+        if os.environ.get("VIT_DT_REQUIRE_SLURM"):
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    node = sshd.start(tmp_path_factory.mktemp("login-node"), {**slurm_cluster.env, "OMP_NUM_THREADS": "1"})
+    yield node
+    node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--noisy-share", default="10%", metavar="SHARE",
                    help="flag a point noisy when its 95%% interval is wider than SHARE of its value either side "
                         "(default 10%%)")
+    from vit_dt.commands import remote
+
+    remote.add_option(p, "pulled here first, then reported here: the results")
     return p
 
 
@@ -47,6 +50,16 @@ def slurm_energy_by_run(sources: list[str]) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.remote is not None:
+        from vit_dt.commands import remote
+
+        if args.sweep_dirs:
+            print("vit-dt report: --remote NAME names the sweep; drop SWEEP_DIR", file=sys.stderr)
+            return 2
+        copy = remote.pulled("report", args.remote)
+        if copy is None:
+            return 2
+        args.sweep_dirs = [copy]
     if not args.sweep_dirs:
         from vit_dt.commands.options import latest_sweep_or_report
 

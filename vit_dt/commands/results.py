@@ -83,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noisy-share", default="10%", metavar="SHARE",
                         help="flag a point noisy when its 95%% interval is wider than SHARE of its value either "
                              "side (default 10%%)")
+    from vit_dt.commands import remote
+
+    remote.add_option(parser, "pulled here first: the results")
     args = parser.parse_args(argv)
+    if args.remote is not None:
+        if args.sweep_dir is not None:
+            print("vit-dt results: --remote NAME names the sweep; drop SWEEP_DIR", file=sys.stderr)
+            return 2
+        copy = remote.pulled("results", args.remote)
+        if copy is None:
+            return 2
+        args.sweep_dir = Path(copy)
     from vit_dt.analysis.stats import parse_share
 
     try:

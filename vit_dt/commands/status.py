@@ -1,4 +1,4 @@
-"""`vit-dt status [SWEEP_DIR] [--json]`: each point's Slurm state, result status and log paths.
+"""`vit-dt status [SWEEP_DIR | --remote [NAME]] [--json]`: each point's Slurm state, result status and log paths.
 
 States: pending, running, completed, failed, timeout, cancelled (unknown when Slurm has no record).
 """
@@ -15,10 +15,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("sweep_dir", nargs="?", help="a directory made by `vit-dt sweep` (holds sweep.json); "
                         "default: the latest sweep (<out_dir>/sweeps/latest)")
     parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    from vit_dt.commands import remote
+
+    remote.add_option(parser, "asked on the login node: the status")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error: a return code, not an exception
         return int(exit_.code or 0)
+    if args.remote is not None:
+        if args.sweep_dir is not None:
+            print("vit-dt status: --remote NAME names the sweep; drop SWEEP_DIR", file=sys.stderr)
+            return 2
+        return remote.on_login_node("status", args.remote, ["--json"] if args.json else [])
 
     if args.sweep_dir is None:
         from vit_dt.commands.options import latest_sweep_or_report

@@ -14,6 +14,10 @@ compute nodes see. Exit status 2: nothing was submitted; 3: sbatch failed part-w
 before are in sweep.json; --resume submits the rest); 1: a point of a cluster=local sweep failed.
 
 Options:
+  --remote [[USER@]HOST[:PORT]]
+                           submit from this machine to a login node over SSH (default: the profile's
+                           cluster.remote.host): the code is frozen here and shipped; `vit-dt status|results|report|
+                           sync --remote` follow it (docs/clusters.md#remote-submission)
   --dry-run                render every job's sbatch script, submit nothing
   --no-verify-data         do not verify file datasets on this node
   --no-snapshot            do not freeze the code into <sweep dir>/code/: jobs import the installed code as it
@@ -35,7 +39,7 @@ import sys
 USAGE = __doc__
 
 
-OPTIONS = ("--dry-run", "--no-verify-data", "--no-snapshot", "--resume", "--calibrate-from", "--max-gpu-hours",
+OPTIONS = ("--remote", "--dry-run", "--no-verify-data", "--no-snapshot", "--resume", "--calibrate-from", "--max-gpu-hours",
            "--cfg", "-c", "--resolve", "-m", "--multirun", "-h", "--help")
 
 
@@ -126,6 +130,11 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
+    from vit_dt.commands import remote
+
+    given, destination, rest = remote.take_destination(argv)
+    if given:   # -m/--multirun: Hydra's habit; a sweep always is one
+        return remote.sweep(destination, [a for a in rest if a not in ("-m", "--multirun")], argv)
     dry_run = "--dry-run" in argv
     verify_data = "--no-verify-data" not in argv
     snapshot = "--no-snapshot" not in argv

@@ -1,4 +1,5 @@
-"""`vit-dt sync SWEEP_DIR [--dry-run] [--include-synced]`: upload a sweep's offline W&B runs (from a login node).
+"""`vit-dt sync SWEEP_DIR|--remote [NAME] [--dry-run] [--include-synced]`: upload a sweep's offline W&B runs (from a
+login node; --remote: a sweep `vit-dt sweep --remote` submitted, uploaded from its login node).
 
 Compute nodes write W&B runs offline into each point's run directory; this finds them all and runs
 `wandb sync` on each. The API key comes from the environment (`WANDB_API_KEY`) or `wandb login`, as usual.
@@ -56,15 +57,28 @@ def _sync_one(command: list[str], timeout_s: float | None, cwd: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vit-dt sync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep (or run) directory; searched recursively")
+    parser.add_argument("sweep_dir", type=Path, nargs="?", help="a sweep (or run) directory; searched recursively")
     parser.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")
     parser.add_argument("--include-synced", action="store_true", help="upload runs already marked as synced too")
     parser.add_argument("--project", help="upload into this W&B project instead of the run's own")
     parser.add_argument("--entity", help="upload under this W&B entity instead of the default one")
     parser.add_argument("--timeout-s", type=float, default=None,
                         help="give up on a run after this many seconds (wandb sync retries for a long time offline)")
-    args = parser.parse_args(argv)
+    from vit_dt.commands import remote
 
+    remote.add_option(parser, "run on the login node, with its own W&B key (its environment or ~/.netrc): the upload")
+    args = parser.parse_args(argv)
+    if args.remote is not None:
+        if args.sweep_dir is not None:
+            print("vit-dt sync: --remote NAME names the sweep; drop SWEEP_DIR", file=sys.stderr)
+            return 2
+        passed = [*(["--dry-run"] if args.dry_run else []), *(["--include-synced"] if args.include_synced else []),
+                  *(["--project", args.project] if args.project else []),
+                  *(["--entity", args.entity] if args.entity else []),
+                  *(["--timeout-s", str(args.timeout_s)] if args.timeout_s is not None else [])]
+        return remote.on_login_node("sync", args.remote, passed)
+    if args.sweep_dir is None:
+        parser.error("the following arguments are required: sweep_dir (or --remote [NAME])")
     if not args.sweep_dir.is_dir():
         print(f"vit-dt sync: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2

@@ -55,6 +55,20 @@ class InterconnectSchema:
 
 
 @dataclass
+class RemoteSchema:
+    """cluster.remote: the login node `vit-dt sweep --remote` submits to over SSH (vit_dt/slurm/remote.py)."""
+    host: Optional[str] = None            # None: no login node here; `--remote [user@]host[:port]` names one
+    user: Optional[str] = None            # None: ssh's choice (~/.ssh/config, else the local user name)
+    port: Optional[int] = None            # None: ssh's choice (~/.ssh/config, else 22)
+    python: str = "python3"               # the login node's Python with vit-dt's dependencies (a venv's bin/python)
+    work_dir: str = "vit-dt"              # on the login node (relative: to the home directory); sweeps in <it>/sweeps/
+    setup: List[str] = field(default_factory=list)        # shell lines run there first (module load ...)
+    ssh_options: List[str] = field(default_factory=list)  # extra ssh arguments: -i KEY, -J JUMP, -o Key=Value
+    control_path: str = "~/.ssh/vit-dt-%C"   # the shared connection's socket on this machine (ssh's ControlPath)
+    control_persist: str = "10m"          # how long the shared connection stays open after the last command
+
+
+@dataclass
 class ClusterSchema:
     """Field order is the profiles' key order, so a composed config reads like the YAML it came from."""
     name: str = MISSING
@@ -74,6 +88,7 @@ class ClusterSchema:
     srun_args: List[str] = field(default_factory=list)
     mpirun_args: List[str] = field(default_factory=list)
     sbatch_args: Dict[str, Any] = field(default_factory=dict)   # free-form: extra #SBATCH --key=value lines
+    remote: RemoteSchema = field(default_factory=RemoteSchema)  # submitting from another machine over SSH
 
 
 # --- resources, model, trainer, deepspeed, wandb: every option has the same keys --------------------------------

@@ -31,6 +31,8 @@ POINT_FILE = "provenance.json"            # <run_dir>/provenance.json: the point
 SWEEP_FILE = "provenance.json"            # <sweep_dir>/provenance/provenance.json: the sweep's block
 DIFF_FILE = "diff.patch"                  # <sweep_dir>/provenance/diff.patch: uncommitted changes at submission
 PACKAGES_FILE = "packages.txt"            # <sweep_dir>/provenance/packages.txt: name==version, one a line
+SHIPPED_FILE = "shipped.json"             # <sweep_dir>/provenance/shipped.json: the code block and command line
+SHIPPED_DIFF = "shipped.patch"            # gathered where `vit-dt sweep --remote` ran, and its uncommitted diff
 CODE, ENVIRONMENT, MACHINE, REQUEST = "code", "environment", "machine", "request"
 COMMIT, BRANCH, DIRTY, DIFF_SHA256 = "commit", "branch", "dirty", "diff_sha256"
 PACKAGES_SHA256 = "packages_sha256"
@@ -149,6 +151,40 @@ def gather(root: Path, *, is_checkout: bool, snapshot: str | None, argv: Sequenc
     block = {CODE: code, ENVIRONMENT: environment_fields(packages), MACHINE: empty_machine(),
              REQUEST: {"command_line": command_line(argv), "overrides": []}}
     return block, diff, packages
+
+
+def write_shipped(sweep_dir: Path, code: Mapping[str, Any], diff: bytes, argv: Sequence[str] | None = None) -> None:
+    """`vit-dt sweep --remote`: what only this machine knows (`code_fields` of the checkout the snapshot came from,
+    its uncommitted diff, the command as typed here), written into the sweep directory that goes to the login node."""
+    from vit_dt import atomic
+
+    folder = Path(sweep_dir) / PROVENANCE
+    folder.mkdir(parents=True, exist_ok=True)
+    if diff:
+        (folder / SHIPPED_DIFF).write_bytes(diff)
+    atomic.write_text(folder / SHIPPED_FILE, json.dumps({CODE: code, "command_line": command_line(argv),
+                                                         "host": platform.node()}, indent=1) + "\n")
+
+
+def read_shipped(sweep_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(sweep_dir) / PROVENANCE / SHIPPED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get(CODE), dict) else None
+
+
+def read_shipped_diff(sweep_dir: Path) -> bytes:
+    path = Path(sweep_dir) / PROVENANCE / SHIPPED_DIFF
+    return path.read_bytes() if path.is_file() else b""
+
+
+def with_shipped(block: Mapping[str, Any], shipped: Mapping[str, Any]) -> dict[str, Any]:
+    """The login node's block (environment: the Python the jobs run) with the shipped code fields and command line."""
+    block = json.loads(json.dumps(block))
+    block[CODE] = {**shipped[CODE], "snapshot": block[CODE]["snapshot"], "diff_file": None, "imported_from": None}
+    block[REQUEST]["command_line"] = shipped.get("command_line") or block[REQUEST]["command_line"]
+    return block
 
 
 def empty_machine() -> dict[str, Any]:

@@ -120,6 +120,7 @@ class ClusterProfile:
 _PROFILE_FIELDS = (
     "name", "scheduler", "launcher", "account", "qos", "default_partition", "partitions", "setup", "env",
     "interconnect", "signal_delay_s", "requeue", "python", "srun_args", "mpirun", "mpirun_args", "sbatch_args",
+    "remote",   # where `vit-dt sweep --remote` submits from: vit_dt/slurm/remote.py reads it, jobs never do
 )
 _PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
                      "cpus_per_node", "node_gpus")

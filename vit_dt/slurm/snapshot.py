@@ -210,16 +210,23 @@ def provenance_here(argv: list[str] | None = None) -> dict:
 
 # --- what a sweep does with it -------------------------------------------------------------------------
 def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snapshot: bool,
-           reuse: tuple[str | None, dict] | None = None) -> None:
+           reuse: tuple[str | None, dict] | None = None, shipped: bool = False) -> None:
     """The code snapshot (unless `snapshot` is false: --no-snapshot) and the provenance block of every point:
     manifest["code"] says where the snapshot is (or that there is none), manifest["provenance"] what was
     submitted; each point's block goes next to its config (the rank puts it into result.json).
     `reuse`: (an existing snapshot or None, the provenance block recorded with it): `vit-dt rerun --slurm` runs
-    a recorded point again with its own code, copied nowhere and gathered from nothing here."""
+    a recorded point again with its own code, copied nowhere and gathered from nothing here.
+    `shipped`: `<sweep_dir>/code/` was frozen on another machine and shipped here (`vit-dt sweep --remote`): it is
+    kept as it is, and the code's provenance is the one gathered there (`shipped_code`)."""
     from vit_dt.records import provenance
 
     tic = time.perf_counter()
-    if reuse is not None:
+    if shipped:
+        manifest["code"], shipped_block, diff = shipped_code(sweep_dir)
+        tic = time.perf_counter()
+        block, _, packages = provenance.gather(package_root(), is_checkout=False, snapshot=manifest["code"]["snapshot"])
+        block = provenance.save_sweep_files(sweep_dir, provenance.with_shipped(block, shipped_block), diff, packages)
+    elif reuse is not None:
         path, block = reuse
         manifest["code"] = {"snapshot": path, "frozen": path is not None, "no_snapshot": path is None,
                             "reused": True, "kind": "reused", "source": path, "files": 0, "bytes": 0, "seconds": 0.0}
@@ -241,6 +248,23 @@ def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snap
     for point in points:
         provenance.write_point(point.run_dir, block, point.overrides)
     manifest["provenance_seconds"] = round(time.perf_counter() - tic, 4)
+
+
+def shipped_code(sweep_dir: Path) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """(manifest["code"], the provenance gathered where the snapshot was frozen, its uncommitted diff) of a snapshot
+    shipped into `<sweep_dir>/code/` with `<sweep_dir>/provenance/` (vit_dt/slurm/remote_sweep.py)."""
+    from vit_dt.records import provenance
+
+    target = Path(sweep_dir) / CODE_SUBDIR
+    info = read_snapshot_info(target)
+    shipped = provenance.read_shipped(sweep_dir)
+    if info is None or shipped is None:
+        raise SnapshotError(f"hydra.launcher.shipped_snapshot=true, but {target} holds no shipped snapshot "
+                            f"({SNAPSHOT_INFO} and {provenance.PROVENANCE}/{provenance.SHIPPED_FILE} are written by "
+                            f"`vit-dt sweep --remote`); submit without it to freeze the code here")
+    code = {"snapshot": str(target), "frozen": True, "no_snapshot": False, "shipped": True,
+            "host": shipped.get("host"), **{k: v for k, v in info.items() if k != "path"}}
+    return code, shipped, provenance.read_shipped_diff(sweep_dir)
 
 
 def code_dir_of(sweep_dir: Path, manifest: Mapping[str, Any]) -> str | None:
@@ -275,5 +299,6 @@ def code_lines(manifest: Mapping[str, Any]) -> list[str]:
     from vit_dt.records.provenance import code_version
 
     version = code_version(manifest) or "no git commit"
-    return [f"code:      {code['snapshot']} ({code['kind']} snapshot of {code['source']} at {version}: "
+    shipped = f"shipped from {code['host']}:" if code.get("shipped") and code.get("host") else "of"
+    return [f"code:      {code['snapshot']} ({code['kind']} snapshot {shipped} {code['source']} at {version}: "
             f"{code['files']} files, {code['bytes'] / 1e6:.1f} MB, {code['seconds']:.2f} s); every job imports it"]

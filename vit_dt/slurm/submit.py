@@ -22,7 +22,7 @@ from vit_dt.slurm.manifest import SCHEMA_VERSION, manifest_path, write_manifest
 from vit_dt.slurm.profile import ClusterProfile
 from vit_dt.slurm.render import render_sbatch
 from vit_dt.slurm.shape import JobShape
-from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing
+from vit_dt.slurm.snapshot import CODE_SUBDIR, code_dir_of, code_lines, freeze, importing, shipped_code
 from vit_dt.slurm.sweep_dir import LATEST
 from vit_dt.textable import index_ranges
 
@@ -88,11 +88,13 @@ def group_points(points: list[SweepPoint]) -> list[JobGroup]:
 def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFAULT_ENTRY,
                  dry_run: bool = False, max_num_timeout: int = 3, argv: list[str] | None = None,
                  prepare_seconds: float | None = None, echo: Callable[[str], None] = print,
-                 snapshot: bool = True, reuse_code: tuple[str | None, dict] | None = None) -> dict[str, Any]:
+                 snapshot: bool = True, reuse_code: tuple[str | None, dict] | None = None,
+                 shipped: bool = False) -> dict[str, Any]:
     """Submit (or, with dry_run, only render) every point; returns the manifest written to sweep.json.
     `prepare_seconds`: how long composing and validating the points took (recorded in the manifest).
     `snapshot`: freeze the code into <sweep_dir>/code/ and have every job import it (vit_dt/slurm/snapshot.py);
-    `reuse_code`: (snapshot, provenance block) of a recorded run to use instead (`vit-dt rerun --slurm`)."""
+    `reuse_code`: (snapshot, provenance block) of a recorded run to use instead (`vit-dt rerun --slurm`);
+    `shipped`: <sweep_dir>/code/ was shipped from another machine (`vit-dt sweep --remote`): keep it."""
     started = time.perf_counter()
     sweep_dir = Path(sweep_dir).absolute()
     if manifest_path(sweep_dir).exists():
@@ -115,7 +117,9 @@ def submit_sweep(sweep_dir: Path, points: list[SweepPoint], *, entry: str = DEFA
     if not dry_run:
         for point in points:
             write_point_config(point)
-        freeze(sweep_dir, manifest, points, snapshot=snapshot, reuse=reuse_code)
+        freeze(sweep_dir, manifest, points, snapshot=snapshot, reuse=reuse_code, shipped=shipped)
+    elif shipped:     # a dry run of `vit-dt sweep --remote`: the snapshot is there already
+        manifest["code"] = shipped_code(sweep_dir)[0]
     else:
         manifest["code"] = {"snapshot": str(sweep_dir / CODE_SUBDIR) if snapshot else None, "frozen": False,
                             "no_snapshot": not snapshot}

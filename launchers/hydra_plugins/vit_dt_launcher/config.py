@@ -34,6 +34,8 @@ class VitDtLauncherConf:
     max_gpu_hours: Optional[float] = None
     # Freeze the code into <sweep_dir>/code/ and have every job import it (`vit-dt sweep --no-snapshot`: false).
     snapshot: bool = True
+    # <sweep_dir>/code/ was frozen on another machine and shipped here by `vit-dt sweep --remote`: keep it.
+    shipped_snapshot: bool = False
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vitdt", node=VitDtLauncherConf, provider="vit_dt")

@@ -31,7 +31,7 @@ HYDRA_DUMP = "multirun.yaml"
 class VitDtLauncher(Launcher):
     def __init__(self, dry_run: bool = False, entry: str = DEFAULT_ENTRY, max_num_timeout: int = 3,
                  verify_data: bool = True, calibrate_from: str | None = None,
-                 max_gpu_hours: float | None = None, snapshot: bool = True) -> None:
+                 max_gpu_hours: float | None = None, snapshot: bool = True, shipped_snapshot: bool = False) -> None:
         self.dry_run = bool(dry_run)
         self.calibrate_from = calibrate_from
         self.max_gpu_hours = None if max_gpu_hours is None else float(max_gpu_hours)
@@ -39,6 +39,7 @@ class VitDtLauncher(Launcher):
         self.max_num_timeout = int(max_num_timeout)
         self.verify_data = bool(verify_data)
         self.snapshot = bool(snapshot)
+        self.shipped_snapshot = bool(shipped_snapshot)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -101,7 +102,8 @@ class VitDtLauncher(Launcher):
         notes = plan_costs(points, calibrate_from=self.calibrate_from, max_gpu_hours=self.max_gpu_hours)
         manifest = submit_sweep(sweep_dir, points, entry=self.entry, dry_run=self.dry_run,
                                 max_num_timeout=self.max_num_timeout, argv=self._argv(),
-                                prepare_seconds=time.perf_counter() - tic, snapshot=self.snapshot)
+                                prepare_seconds=time.perf_counter() - tic, snapshot=self.snapshot,
+                                shipped=self.shipped_snapshot)
         _print_summary(manifest, self.max_num_timeout)
         for note in notes:
             print(note)

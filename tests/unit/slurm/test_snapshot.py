@@ -140,3 +140,30 @@ def test_a_local_sweeps_points_import_the_snapshot(tmp_path):
     for index in (0, 1):
         (launch,) = (sweep / "points" / str(index) / "launch").glob("rank*.json")
         assert json.loads(launch.read_text())["code"] == str(sweep / CODE_SUBDIR / "vit_dt")
+
+
+def test_a_shipped_snapshot_is_kept_and_its_code_provenance_is_the_one_gathered_where_it_was_frozen(checkout,
+                                                                                                     tmp_path):
+    """`vit-dt sweep --remote` freezes the code on the laptop and ships it with its git facts; the login node keeps
+    both (hydra.launcher.shipped_snapshot=true) and adds only what it knows: the environment its jobs run."""
+    from vit_dt.slurm.snapshot import SnapshotError, freeze
+
+    (checkout / "vit_dt" / "trainer.py").write_text("def train():\n    return 'edited on the laptop'\n")
+    sweep = tmp_path / "there"
+    with pytest.raises(SnapshotError, match="holds no shipped snapshot"):
+        freeze(sweep, {}, [], snapshot=True, shipped=True)
+    make_snapshot(sweep, checkout)
+    code, diff = provenance.code_fields(checkout, is_checkout=True)
+    provenance.write_shipped(sweep, code, diff, ["vit-dt", "sweep", "--remote", "login", "cluster=x"])
+    (sweep / CODE_SUBDIR / "marker").write_text("shipped")       # not copied again: the marker stays
+    manifest: dict = {}
+    freeze(sweep, manifest, [], snapshot=True, shipped=True)
+    assert (sweep / CODE_SUBDIR / "marker").read_text() == "shipped"
+    assert manifest["code"]["shipped"] is True and manifest["code"]["snapshot"] == str(sweep / CODE_SUBDIR)
+    assert manifest["code"]["kind"] == "git" and Path(manifest["code"]["source"]) == checkout
+    block = manifest["provenance"]
+    assert block["code"]["commit"] == code["commit"] and block["code"]["dirty"] is True
+    assert block["code"]["snapshot"] == str(sweep / CODE_SUBDIR)
+    assert block["request"]["command_line"] == "vit-dt sweep --remote login cluster=x"
+    assert (sweep / block["code"]["diff_file"]).read_bytes() == diff
+    assert block["environment"]["packages_count"] > 0              # the login node's own packages
