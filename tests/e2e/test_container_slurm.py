@@ -1,5 +1,8 @@
-"""A 2-node point inside a real container runtime (Charliecloud's ch-run, Debian's charliecloud-runtime), on the real
-local Slurm cluster: the profile's `container:` block puts each rank in the image (vit_dt/slurm/container.py).
+"""2-node points inside a real container runtime (Charliecloud's ch-run, Debian's charliecloud-runtime), on the real
+local Slurm cluster: the profile's `container:` block puts each rank in the image (vit_dt/slurm/container.py). One
+sweep, two points: srun starting ch-run as each task, and mpirun starting it on each node (the MPI wrapper maps the
+ranks inside); rank discovery works inside under both. (srun --mpi=pmix is srun's path with PMIx's variables: left
+out to keep CI's time, it passed the same checks when run by hand.)
 
 The image (tests/fixtures/container_image.py) has its own root and /etc, with an /etc/os-release found nowhere on the
 host, and binds the host's /usr and this Python. `--private-tmp` hides the host's /tmp, so the sweep directory (a
@@ -43,7 +46,7 @@ def _list(values: list[str]) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_a_two_node_point_trains_inside_a_charliecloud_container(slurm_cluster, charliecloud_image, tmp_path):
+def test_two_node_points_train_inside_a_charliecloud_container(slurm_cluster, charliecloud_image, tmp_path):
     image, binds = charliecloud_image
     sweep = tmp_path / "sweep"
     key = secrets.token_hex(20)    # made here: the code snapshot holds this file, which must not hold the key
@@ -54,35 +57,38 @@ def test_a_two_node_point_trains_inside_a_charliecloud_container(slurm_cluster, 
          "trainer.epochs=1", "trainer.max_steps_per_epoch=2", "wandb.mode=disabled",
          "cluster.container.runtime=charliecloud", f"cluster.container.image={image}",
          f"cluster.container.binds={_list(binds)}", "cluster.container.flags=[--private-tmp]",
-         "cluster.container.env=[WANDB_API_KEY]", f"hydra.sweep.dir={sweep}"],
+         "cluster.container.env=[WANDB_API_KEY]", "cluster.launcher=srun,mpirun",
+         f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = read_manifest(sweep)
-    (job,) = manifest["jobs"]
-    script = Path(job["script"]).read_text()
-    launch = script.splitlines()[-1]
-    assert f" ch-run -b /{sweep.parts[1]} " in launch and f" --private-tmp {image} -- " in launch, launch
+    launch_lines = {job["launcher"]: Path(job["script"]).read_text().splitlines()[-1] for job in manifest["jobs"]}
+    assert sorted(launch_lines) == ["mpirun", "srun"]
+    for line in launch_lines.values():   # the sweep directory's bind (its top-level directory) is vit-dt's own
+        assert f" ch-run -b /{sweep.parts[1]} " in line and f" --private-tmp {image} -- " in line, line
 
-    (row,) = wait_until_done(sweep)
-    assert (row.state, row.result) == ("completed", "completed"), row.stderr
+    rows = wait_until_done(sweep)
+    assert [(r.state, r.result) for r in rows] == [("completed", "completed")] * 2, [r.stderr for r in rows]
     host_ns = os.readlink("/proc/self/ns/mnt")
-    (point,) = manifest["points"]
-    run_dir = Path(point["run_dir"])
-    launches = [json.loads(p.read_text()) for p in sorted(run_dir.glob("launch/rank*.json"))]
-    assert len(launches) == 2 and len({r["env"]["SLURM_NODEID"] for r in launches}) == 2   # one rank per node
-    for record in launches:
-        inside = record["container"]
-        assert inside["os"] == IMAGE_OS and "CH_RUNNING" in inside["markers"], inside
-        assert inside["mnt_ns"] != host_ns, inside
+    store = {r["point"]: r for r in map(json.loads, (sweep / "results.jsonl").read_text().splitlines())}
+    for point in manifest["points"]:
+        run_dir = Path(point["run_dir"])
+        launches = [json.loads(p.read_text()) for p in sorted(run_dir.glob("launch/rank*.json"))]
+        where = (point["launcher"], launches)
+        assert [r["rank_label"] for r in launches] == ["0", "1"], where
+        assert len({r["env"]["SLURMD_NODENAME"] for r in launches}) == 2, where   # one rank on each node
+        for record in launches:
+            inside = record["container"]
+            assert inside["os"] == IMAGE_OS and "CH_RUNNING" in inside["markers"], where
+            assert inside["mnt_ns"] != host_ns, where
 
-    result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "completed" and result["epochs"]
-    container = result["provenance"]["container"]
-    assert container["runtime"] == "charliecloud" and container["image"] == str(image)
-    assert container["identity"]["kind"] == "directory" and container["identity"]["id"].startswith("mtime:")
-    assert container["seen"]["os"] == IMAGE_OS and container["seen"]["mnt_ns"] != host_ns
-    store = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
-    assert store[0]["provenance"]["container"] == container
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["status"] == "completed" and result["epochs"], where
+        container = result["provenance"]["container"]
+        assert container["runtime"] == "charliecloud" and container["image"] == str(image)
+        assert container["identity"]["kind"] == "directory" and container["identity"]["id"].startswith("mtime:")
+        assert container["seen"]["os"] == IMAGE_OS and container["seen"]["mnt_ns"] != host_ns
+        assert store[point["index"]]["provenance"]["container"] == container
 
     leaked = [p for p in sweep.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert not leaked and key not in proc.stdout + proc.stderr, leaked

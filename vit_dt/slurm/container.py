@@ -99,7 +99,8 @@ def _field(name: str, value: Any, key: str) -> Any:
 
 def _check(c: Container, key: str) -> None:
     if c.runtime not in CONTAINER_RUNTIMES:
-        raise ContainerError(f"{key}.runtime={c.runtime!r} is not valid; choose one of: {', '.join(CONTAINER_RUNTIMES)}")
+        raise ContainerError(f"{key}.runtime={c.runtime!r} is not valid; choose one of: "
+                             f"{', '.join(CONTAINER_RUNTIMES)}")
     if not c.active:
         stray = [name for name in ("image", "python", "binds", "env", "flags") if getattr(c, name)]
         if stray:
@@ -124,8 +125,8 @@ def _check(c: Container, key: str) -> None:
     for flag in c.flags:
         word = flag.split("=", 1)[0]
         if word in OWN_FLAGS[c.runtime]:
-            raise ContainerError(f"{key}.flags: {flag!r} is written by vit-dt itself ({', '.join(OWN_FLAGS[c.runtime])}); "
-                                 f"use {key}.image, {key}.binds or {key}.env instead")
+            raise ContainerError(f"{key}.flags: {flag!r} is written by vit-dt itself "
+                                 f"({', '.join(OWN_FLAGS[c.runtime])}); use {key}.image, {key}.binds or {key}.env")
         if word in CLEAN_ENV_FLAGS.get(c.runtime, ()):
             raise ContainerError(f"{key}.flags: {flag!r} would clear the task's environment inside the container, "
                                  f"and each rank finds its rank there ({RANK_VARIABLE}, ...); remove it (list the "
@@ -185,6 +186,11 @@ def image_problem(c: Container, key: str, paths: Iterable[str] = ()) -> str | No
     if not c.active:
         return None
     paths = list(paths)
+    separators = ":" if c.runtime == "charliecloud" else ":,"   # what separates binds (and SRC from DST)
+    odd = next((p for p in paths if any(ch in p for ch in separators)), None)
+    if odd is not None:
+        return (f"{odd} holds {' or '.join(repr(ch) for ch in separators)}, which {c.runtime} reads as a separator "
+                f"of its binds; choose a sweep directory and data root without them")
     problem = system_dir_problem(c, paths)
     if problem or not is_local_image(c):
         return problem
@@ -218,7 +224,8 @@ def binds(c: Container, job_paths: Iterable[str]) -> tuple[str, ...]:
 
 
 def system_dir_problem(c: Container, job_paths: Iterable[str]) -> str | None:
-    """Charliecloud binds a job path by its top-level directory: one under /usr, /etc, ... would hide the image's own."""
+    """Charliecloud binds a job path by its top-level directory: one under /usr, /etc, ... would hide the image's
+    own."""
     if c.runtime != "charliecloud":
         return None
     for path in job_paths:
