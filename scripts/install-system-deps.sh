@@ -1,13 +1,16 @@
 #!/bin/sh
-# Installs the Debian packages vit-dt's local Slurm cluster and MPI launcher need
-# (docs/local-cluster.md), and the OpenSSH server, client and rsync the remote-submission tests use
-# (a real sshd stands in for a login node: docs/clusters.md#remote-submission). Idempotent: when everything is installed already it does nothing,
+# Installs the Debian packages vit-dt's local Slurm cluster, MPI launcher and container runtime need
+# (docs/local-cluster.md; charliecloud-runtime's ch-run: docs/clusters.md, Containers), and the OpenSSH
+# server, client and rsync the remote-submission tests use (a real sshd stands in for a login node:
+# docs/clusters.md#remote-submission). Idempotent: when everything is installed already it does nothing,
 # so repeated CI runs cost well under a second. Run as root on Debian 12 (systemd not needed:
 # the packages start no service here, `vit-dt cluster up` starts the daemons itself).
 set -eu
 
 PACKAGES="slurmctld slurmd slurm-client munge libpmix2 slurmdbd mariadb-server openmpi-bin libopenmpi-dev
 openssh-server openssh-client rsync"
+# ch-run, the container runtime of tests/e2e/test_container_slurm.py (unprivileged, from a directory image)
+PACKAGES="$PACKAGES charliecloud-runtime"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: must run as root (apt-get install), current uid is $(id -u)" >&2

@@ -140,7 +140,8 @@ def submit(base_dir: Path, jobs: list[ShapeJob]) -> None:
             shape = job.shape
             executor = VitDtSlurmExecutor(base_dir / "slurm", job.profile, shape,
                                           job_name=f"vitdt-preflight-{shape.nodes}x{shape.tasks_per_node}",
-                                          description=f"preflight of {job.label}", max_num_timeout=0)
+                                          description=f"preflight of {job.label}", max_num_timeout=0,
+                                          job_paths=(str(job.run_dir),))
         else:
             import submitit
 

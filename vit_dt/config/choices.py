@@ -45,4 +45,6 @@ SCHEDULERS = ("local", "slurm")
 MPI_LAUNCHERS = ("srun_mpi", "mpirun")
 SLURM_LAUNCHERS = ("srun",) + MPI_LAUNCHERS  # how a Slurm job starts its ranks
 LAUNCHERS = ("local",) + SLURM_LAUNCHERS
-
+# cluster.container.runtime (vit_dt/slurm/container.py): how each rank is put inside a container image; none: on the
+# node itself, as without a container
+CONTAINER_RUNTIMES = ("none", "apptainer", "singularity", "pyxis", "charliecloud")

@@ -36,6 +36,29 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 # --- cluster: one schema for every profile, user-written ones included (docs/clusters.md) -------------------------
 @dataclass
+class ContainerSchema:
+    """cluster.container: the image every rank runs in (vit_dt/slurm/container.py; docs/clusters.md, Containers)."""
+    runtime: str = "none"          # none, apptainer, singularity, pyxis, charliecloud (config/choices.py)
+    image: Optional[str] = None    # a .sif / SquashFS file, a directory image, or a registry reference
+    python: Optional[str] = None   # the interpreter inside the image; None: cluster.python, else the submitting one
+    binds: List[str] = field(default_factory=list)   # SRC[:DST] host paths, besides the sweep, data and code
+    env: List[str] = field(default_factory=list)     # names whose job values win over the image's
+    flags: List[str] = field(default_factory=list)   # extra arguments of the runtime (pyxis: of srun)
+
+
+@dataclass
+class PartitionContainerSchema:
+    """cluster.partitions.<name>.container: null keys keep the profile's value; a `runtime` replaces the whole
+    block (another runtime inherits nothing)."""
+    runtime: Optional[str] = None
+    image: Optional[str] = None
+    python: Optional[str] = None
+    binds: Optional[List[str]] = None
+    env: Optional[List[str]] = None
+    flags: Optional[List[str]] = None
+
+
+@dataclass
 class PartitionSchema:
     gpus_per_node: Any = MISSING                      # an integer >= 0, or "auto" (the GPUs this machine shows)
     gpu_model: Optional[str] = None
@@ -45,6 +68,9 @@ class PartitionSchema:
     mem_gb: Optional[float] = None                     # default for resources.mem_gb (per node)
     cpus_per_node: Optional[int] = None                # when known, tasks x cpus_per_task is checked against it
     node_gpus: Any = None   # {hostlist: model} or [{nodes, gpu_model}], parsed by vit_dt.measure.hardware
+    # this partition's container over cluster.container (an instance, not None: OmegaConf cannot merge a mapping
+    # into a typed node that is null; all its keys null: the profile's container as it is)
+    container: PartitionContainerSchema = field(default_factory=PartitionContainerSchema)
 
 
 @dataclass
@@ -80,6 +106,7 @@ class ClusterSchema:
     partitions: Dict[str, PartitionSchema] = MISSING
     setup: List[str] = field(default_factory=list)
     python: Optional[str] = None          # how a job starts Python; None: the submitting interpreter
+    container: ContainerSchema = field(default_factory=ContainerSchema)   # runtime none: no container
     env: Dict[str, str] = field(default_factory=dict)  # exported in the job; "$VAR" expands there
     mpirun: str = "mpirun"               # the mpirun to call (an MPI matching the one mpi4py loads)
     signal_delay_s: int = 90              # USR2 this long before the time limit: checkpoint, then requeue

@@ -7,6 +7,10 @@
       machine:     nodes, gpus (per node: model, driver, count) or null with gpus_reason, slurm_version, job_id,
                    array_job_id, array_task_id
       request:     command_line (as typed, secrets redacted), overrides (the point's)
+      container:   runtime ("none" without one), image, identity (kind: file | directory | reference; path, bytes,
+                   mtime, id: an mtime-based identity, not a content digest; digest: a reference's @sha256:...),
+                   seen (what the rank saw from inside: markers the runtime set, os (/etc/os-release's PRETTY_NAME),
+                   mnt_ns (its mount namespace))
 
 The login side gathers code, environment and request at submission (`gather`), saves the uncommitted diff and the
 package list once per sweep under `<sweep_dir>/provenance/`, and leaves the block next to each point's config
@@ -33,7 +37,10 @@ DIFF_FILE = "diff.patch"                  # <sweep_dir>/provenance/diff.patch: u
 PACKAGES_FILE = "packages.txt"            # <sweep_dir>/provenance/packages.txt: name==version, one a line
 SHIPPED_FILE = "shipped.json"             # <sweep_dir>/provenance/shipped.json: the code block and command line
 SHIPPED_DIFF = "shipped.patch"            # gathered where `vit-dt sweep --remote` ran, and its uncommitted diff
-CODE, ENVIRONMENT, MACHINE, REQUEST = "code", "environment", "machine", "request"
+CODE, ENVIRONMENT, MACHINE, REQUEST, CONTAINER = "code", "environment", "machine", "request", "container"
+# Variables a container runtime sets inside (charliecloud: CH_RUNNING; `container` is systemd's convention, which
+# several runtimes follow): the rank records those it sees.
+CONTAINER_MARKERS = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "CH_RUNNING", "PYXIS_VERSION", "container")
 COMMIT, BRANCH, DIRTY, DIFF_SHA256 = "commit", "branch", "dirty", "diff_sha256"
 PACKAGES_SHA256 = "packages_sha256"
 MAX_UNTRACKED_IN_DIFF = 200               # untracked files beyond this are named in the diff, not included
@@ -208,13 +215,64 @@ def save_sweep_files(sweep_dir: Path, block: Mapping[str, Any], diff: bytes, pac
     return block
 
 
-def write_point(run_dir: Path, block: Mapping[str, Any], overrides: Sequence[str]) -> None:
+def write_point(run_dir: Path, block: Mapping[str, Any], overrides: Sequence[str],
+                container: Mapping[str, Any] | None = None) -> None:
+    """The point's block: the sweep's, its overrides and the container its ranks run in (`container_fields`)."""
     from vit_dt import atomic
     from vit_dt.records.secrets import scrub_override
 
     point = json.loads(json.dumps(block))
     point[REQUEST]["overrides"] = [scrub_override(o) for o in overrides]
+    point[CONTAINER] = dict(container) if container is not None else container_fields("none", None)
     atomic.write_text(Path(run_dir) / POINT_FILE, json.dumps(point, indent=1) + "\n")
+
+
+def container_fields(runtime: str, image: str | None) -> dict[str, Any]:
+    """The container block as submitted: the runtime, the image and its identity as the login node sees it."""
+    return {"runtime": runtime, "image": image, "identity": image_identity(image) if runtime != "none" else None}
+
+
+def image_identity(image: str | None) -> dict[str, Any] | None:
+    """Which image this is without reading it (a .sif is gigabytes): for a file, its size and mtime; for a directory
+    image, the newest mtime of it and its top-level entries; `id` hashes those with the path and inode, so an image
+    rebuilt in place gets another. A registry reference is its own identity (`digest` when it pins one)."""
+    import datetime as dt
+
+    if not image:
+        return None
+    path = Path(image)
+    if not image.startswith("/") or not path.exists():
+        return {"kind": "reference", "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
+    st = path.stat()
+    kind = "directory" if path.is_dir() else "file"
+    mtime_ns = st.st_mtime_ns
+    if kind == "directory":
+        for entry in os.scandir(path):
+            try:
+                mtime_ns = max(mtime_ns, entry.stat(follow_symlinks=False).st_mtime_ns)
+            except OSError:
+                continue
+    size = st.st_size if kind == "file" else None
+    key = f"{kind}:{path.resolve()}:{st.st_ino}:{size}:{mtime_ns}"
+    return {"kind": kind, "path": str(path.resolve()), "bytes": size,
+            "mtime": dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.timezone.utc).isoformat(timespec="seconds"),
+            "id": f"mtime:{hashlib.sha256(key.encode()).hexdigest()[:16]}"}
+
+
+def container_seen() -> dict[str, Any]:
+    """What this process sees of the container it runs in, if any: the runtime's markers, the distribution of the
+    root file system, the mount namespace (another than the node's inside a container). Never fails."""
+    seen: dict[str, Any] = {"markers": {name: os.environ[name] for name in CONTAINER_MARKERS if name in os.environ}}
+    try:
+        seen["os"] = next((line.split("=", 1)[1].strip().strip('"') for line in
+                           Path("/etc/os-release").read_text().splitlines() if line.startswith("PRETTY_NAME=")), None)
+    except OSError:
+        seen["os"] = None
+    try:
+        seen["mnt_ns"] = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        seen["mnt_ns"] = None
+    return seen
 
 
 def read_point(run_dir: Path) -> dict[str, Any] | None:

@@ -139,6 +139,8 @@ def run_provenance(run_dir: Path, rank_hardware: list[dict] | None = None) -> di
                 deepspeed=_deepspeed_version())
     block[provenance.ENVIRONMENT] = here
     block[provenance.MACHINE] = _machine(rank_hardware)
+    block[provenance.CONTAINER] = {**(block.get(provenance.CONTAINER) or provenance.container_fields("none", None)),
+                                   "seen": provenance.container_seen()}
     return scrub_secrets(block)
 
 

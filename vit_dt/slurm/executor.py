@@ -32,32 +32,36 @@ def task_command(python: str, folder: str | Path, launcher: str) -> str:
     return " ".join([python, "-u", "-m", module, shlex.quote(str(folder))])
 
 
-def default_python(profile: ClusterProfile) -> str:
-    return profile.python or shlex.quote(sys.executable)
+def default_python(profile: ClusterProfile, partition: str | None = None) -> str:
+    """How a rank starts Python: the container's interpreter, else the profile's, else the submitting one."""
+    return profile.partition(partition).container.python or profile.python or shlex.quote(sys.executable)
 
 
 def job_spec(profile: ClusterProfile, shape: JobShape, folder: str | Path, *, job_name: str,
              array_size: int | None, description: str = "", python: str | None = None,
-             code_dir: str | Path | None = None) -> SbatchSpec:
+             code_dir: str | Path | None = None, job_paths: tuple[str, ...] = ()) -> SbatchSpec:
     """The script spec for one job (array) of `shape`; `folder` is submitit's folder (with %j); `code_dir`: the
-    sweep's code snapshot the job imports (None: the installed code)."""
-    python = python or default_python(profile)
+    sweep's code snapshot the job imports (None: the installed code); `job_paths`: what else the job reads and
+    writes (bound into a container)."""
+    python = python or default_python(profile, shape.partition)
     return build_spec(profile, shape, job_name=job_name, folder=folder, array_size=array_size,
                       command=task_command(python, folder, profile.launcher), description=description,
-                      code_dir=code_dir)
+                      code_dir=code_dir, job_paths=job_paths)
 
 
 class VitDtSlurmExecutor(SlurmExecutor):
     """Submits callables as jobs of one `shape` on `profile`; several at once (`batch()`) become one array."""
 
     def __init__(self, folder: str | Path, profile: ClusterProfile, shape: JobShape, *, job_name: str,
-                 description: str = "", max_num_timeout: int = 3, code_dir: str | Path | None = None) -> None:
-        super().__init__(folder, max_num_timeout=max_num_timeout, python=default_python(profile))
+                 description: str = "", max_num_timeout: int = 3, code_dir: str | Path | None = None,
+                 job_paths: tuple[str, ...] = ()) -> None:
+        super().__init__(folder, max_num_timeout=max_num_timeout, python=default_python(profile, shape.partition))
         self.profile = profile
         self.shape = shape
         self.job_name = job_name
         self.description = description
         self.code_dir = code_dir
+        self.job_paths = job_paths
         # submitit reads the time limit from here to decide, on USR2, whether a job timed out or was preempted.
         self.parameters = {"time": shape.time_min}
         self._array_size: int | None = None
@@ -72,7 +76,8 @@ class VitDtSlurmExecutor(SlurmExecutor):
 
     def spec(self, array_size: int | None = None) -> SbatchSpec:
         return job_spec(self.profile, self.shape, self.folder, job_name=self.job_name, array_size=array_size,
-                        description=self.description, python=self.python, code_dir=self.code_dir)
+                        description=self.description, python=self.python, code_dir=self.code_dir,
+                        job_paths=self.job_paths)
 
     def render(self, array_size: int | None = None) -> str:
         return render_sbatch(self.spec(array_size))

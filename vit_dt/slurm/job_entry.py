@@ -117,12 +117,13 @@ def completed_result(run_dir: Path) -> dict[str, Any] | None:
 
 def _write_launch_record(run_dir: Path, started: float, status: str) -> None:
     import vit_dt
+    from vit_dt.records.provenance import container_seen
 
     rank = _rank_label()
     # code: where this attempt imported vit_dt from (the sweep's snapshot, unless it was submitted --no-snapshot)
     record = {"rank_label": rank, "hostname": socket.gethostname(), "pid": os.getpid(), "status": status,
               "code": str(Path(vit_dt.__file__).resolve().parent),
-              "seconds": round(time.time() - started, 3),
+              "seconds": round(time.time() - started, 3), "container": container_seen(),
               "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}
     try:
         atomic.write_text(run_dir / "launch" / f"rank{rank}.json", json.dumps(record, indent=1, sort_keys=True))

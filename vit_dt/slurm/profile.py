@@ -13,6 +13,7 @@ from typing import Any
 from vit_dt.config.choices import LAUNCHERS, SCHEDULERS
 from vit_dt.config.interconnect import Interconnect
 from vit_dt.config.schema import ClusterSchema, PartitionSchema
+from vit_dt.slurm.container import NO_CONTAINER, Container, ContainerError, launch_problem, parse_container
 
 
 class ProfileError(ValueError):
@@ -36,6 +37,7 @@ class Partition:
     # node (Slurm hostlist) -> GPU model for partitions whose nodes carry different GPUs; parsed and checked by
     # vit_dt.measure.hardware (kept as given here: scheduling does not depend on it)
     node_gpus: Any = PartitionSchema.node_gpus
+    container: Container = NO_CONTAINER   # what its ranks run in: the profile's, with this partition's block over it
 
     @property
     def has_gpus(self) -> bool:
@@ -61,6 +63,7 @@ class ClusterProfile:
     mpirun: str = ClusterSchema.mpirun
     mpirun_args: tuple[str, ...] = ()   # appended to the mpirun launch line
     sbatch_args: Mapping[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value lines
+    container: Container = NO_CONTAINER  # the profile's own block; each partition holds the one its ranks use
 
     def partition(self, name: str | None) -> Partition:
         """The partition called `name` (None: the default one), or a RequestError listing the valid names."""
@@ -85,7 +88,16 @@ class ClusterProfile:
         _one_of(data["launcher"], LAUNCHERS, "cluster.launcher")
         if not isinstance(data["partitions"], Mapping) or not data["partitions"]:
             raise ProfileError(f"cluster profile {name!r}: `cluster.partitions` must map names to partitions")
-        partitions = {str(p): _partition(str(p), spec) for p, spec in data["partitions"].items()}
+        try:
+            container = parse_container(data.get("container"), "cluster.container")
+            partitions = {str(p): _partition(str(p), spec, container) for p, spec in data["partitions"].items()}
+        except ContainerError as exc:
+            raise ProfileError(str(exc)) from None
+        for part in partitions.values():
+            key = "cluster.container" if part.container is container else f"cluster.partitions.{part.name}.container"
+            problem = launch_problem(part.container, data["launcher"], data["scheduler"], key)
+            if problem:
+                raise ProfileError(problem)
         if data["default_partition"] not in partitions:
             raise ProfileError(
                 f"cluster profile {name!r}: default_partition {data['default_partition']!r} is not one of its "
@@ -114,6 +126,7 @@ class ClusterProfile:
             mpirun=str(data.get("mpirun") or "mpirun"),
             mpirun_args=tuple(str(a) for a in data.get("mpirun_args") or ()),
             sbatch_args=dict(data.get("sbatch_args") or {}),
+            container=container,
         )
 
 
@@ -121,13 +134,14 @@ _PROFILE_FIELDS = (
     "name", "scheduler", "launcher", "account", "qos", "default_partition", "partitions", "setup", "env",
     "interconnect", "signal_delay_s", "requeue", "python", "srun_args", "mpirun", "mpirun_args", "sbatch_args",
     "remote",   # where `vit-dt sweep --remote` submits from: vit_dt/slurm/remote.py reads it, jobs never do
+    "container",   # the image each rank runs in: vit_dt/slurm/container.py
 )
 _PARTITION_FIELDS = ("gpus_per_node", "gpu_model", "nodes", "max_time_min", "cpus_per_task", "mem_gb",
-                     "cpus_per_node", "node_gpus")
+                     "cpus_per_node", "node_gpus", "container")
 _INTERCONNECT_FIELDS = Interconnect.FIELDS
 
 
-def _partition(name: str, spec: Any) -> Partition:
+def _partition(name: str, spec: Any, container: Container = NO_CONTAINER) -> Partition:
     if not isinstance(spec, Mapping):
         raise ProfileError(f"partition {name!r} must be a mapping of {', '.join(_PARTITION_FIELDS)}")
     _reject_unknown(spec, _PARTITION_FIELDS, f"partition {name!r}", f"cluster.partitions.{name}")
@@ -147,6 +161,7 @@ def _partition(name: str, spec: Any) -> Partition:
         cpus_per_node=None if spec.get("cpus_per_node") is None
         else _int(spec["cpus_per_node"], f"{key}.cpus_per_node", minimum=1),
         node_gpus=spec.get("node_gpus"),
+        container=parse_container(spec.get("container"), f"{key}.container", base=container),
     )
 
 

@@ -8,6 +8,8 @@ Launch lines (one task per rank; ranks read RANK etc. from Slurm or MPI):
                                                                      rank ends the step at once)
     srun_mpi  srun --unbuffered --mpi=pmix ... CMD                    (PMIx wires up MPI; mpi4py discovery)
     mpirun    mpirun -np $SLURM_NTASKS --map-by ppr:N:node ... CMD    (Open MPI syntax; see vit_dt.slurm.mpi_task)
+With a container (vit_dt/slurm/container.py), CMD runs inside it: `apptainer exec ... IMAGE CMD`, `ch-run ... IMAGE --
+CMD`, or pyxis's --container-* options on the srun line.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from vit_dt.config.choices import SLURM_LAUNCHERS
 from vit_dt.paths import templates_dir
+from vit_dt.slurm import container as ct
 
 TEMPLATE_NAME = "job.sbatch.tmpl"
 # Environment names that look like credentials are never written into a script (they reach the job
@@ -69,6 +72,8 @@ class SbatchSpec:
     extra_directives: tuple[tuple[str, str], ...] = ()
     description: str = ""
     code_dir: str | None = None          # the sweep's code snapshot (vit_dt/slurm/snapshot.py); None: the installed code
+    container: ct.Container = ct.NO_CONTAINER   # the image every rank runs in (runtime none: none)
+    job_paths: tuple[str, ...] = ()      # host paths the job reads and writes: bound into the container
 
     def __post_init__(self) -> None:
         if self.launcher not in SLURM_LAUNCHERS:
@@ -93,8 +98,10 @@ def build_spec(
     array_size: int | None = None,
     description: str = "",
     code_dir: str | Path | None = None,
+    job_paths: tuple[str, ...] = (),
 ) -> SbatchSpec:
-    """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`."""
+    """The spec for `shape` on `profile` (a ClusterProfile) with submitit's log layout under `folder`; `job_paths`:
+    what the job reads and writes besides `folder` and `code_dir` (the sweep directory, data roots)."""
     from vit_dt.records.secrets import holds_secret
 
     folder = str(folder)
@@ -126,6 +133,9 @@ def build_spec(
         stderr=f"{log}.err",
         description=description,
         code_dir=None if code_dir is None else str(code_dir),
+        container=profile.partition(shape.partition).container,
+        job_paths=tuple(p for p in (_without_patterns(folder), *map(str, job_paths),
+                                    None if code_dir is None else str(code_dir)) if p),
     )
 
 
@@ -138,7 +148,7 @@ def render_sbatch(spec: SbatchSpec, template: str | None = None) -> str:
         env="\n".join(_env_lines(spec.env)) or "# (none)",
         code="\n".join(_code_lines(spec.code_dir)),
         launch_summary=_launch_summary(spec),
-        launch=_launch_line(spec),
+        launch="\n".join([*_container_lines(spec), _launch_line(spec)]),
     )
     return text if text.endswith("\n") else text + "\n"
 
@@ -212,15 +222,55 @@ def _code_lines(code_dir: str | None) -> list[str]:
 def _launch_summary(spec: SbatchSpec) -> str:
     ranks = f"{spec.nodes} node(s) x {spec.ntasks_per_node} rank(s)"
     device = "one GPU per rank" if spec.gpus_per_node else "CPU ranks"
-    return f"{spec.launcher}, {ranks}, {device}"
+    inside = f", inside {spec.container.runtime} image {spec.container.image}" if spec.container.active else ""
+    return f"{spec.launcher}, {ranks}, {device}{inside}"
+
+
+def _forced_env(spec: SbatchSpec) -> tuple[str, ...]:
+    """Names whose job value must win over the image's: the snapshot's, the profile's env, container.env."""
+    code = ("PYTHONPATH", "PYTHONSAFEPATH", "VIT_DT_CODE_DIR") if spec.code_dir is not None else ()
+    return ct.forced_env(spec.container, [*code, *(name for name, _ in spec.env)])
+
+
+def _container_lines(spec: SbatchSpec) -> list[str]:
+    """Script lines before the launch line that the container needs (none without one)."""
+    c = spec.container
+    if c.runtime in ("apptainer", "singularity"):
+        prefix = c.runtime.upper() + "ENV_"
+        return [f"# {c.runtime} lets an image's variables win over the job's; these keep the job's "
+                f"(names only, values come from this environment)",
+                f"for name in {' '.join(_forced_env(spec))}; do",
+                f'  if [ -n "${{!name+x}}" ]; then export "{prefix}$name=${{!name}}"; fi',
+                "done"]
+    if c.runtime == "charliecloud":
+        return ['export USER="${USER:-$(id -un)}"   # ch-run refuses to start without $USER']
+    return []
+
+
+def _container_words(spec: SbatchSpec) -> tuple[list[str], list[str]]:
+    """(srun options, words before the command) that put the command inside the container."""
+    c = spec.container
+    binds = ct.binds(c, spec.job_paths)
+    if c.runtime in ("apptainer", "singularity"):
+        nv = ["--nv"] if spec.gpus_per_node else []   # the host's NVIDIA driver inside; only where there are GPUs
+        return [], [c.runtime, "exec", *nv, "--bind", _q(",".join(binds)), *map(_q, c.flags), _q(c.image)]
+    if c.runtime == "pyxis":
+        mounts = ",".join(b if ":" in b else f"{b}:{b}" for b in binds)
+        return [f"--container-image={_q(c.image)}", f"--container-mounts={_q(mounts)}",
+                f"--container-env={','.join(_forced_env(spec))}", *map(_q, c.flags)], []
+    if c.runtime == "charliecloud":
+        return [], ["ch-run", *(f"-b {_q(b)}" for b in binds), *map(_q, c.flags), _q(c.image), "--"]
+    return [], []
 
 
 def _launch_line(spec: SbatchSpec) -> str:
+    srun_words, before = _container_words(spec)
+    command = " ".join([*before, spec.command])
     if spec.launcher == "mpirun":
         # Per-rank logs are written by the rank itself (vit_dt.slurm.mpi_task): mpirun has no --output pattern.
         args = [_q(spec.mpirun), "-np", "$SLURM_NTASKS", "--map-by", f"ppr:{spec.ntasks_per_node}:node",
                 *map(_q, spec.mpirun_args)]
-        return " ".join(args + [spec.command])
+        return " ".join(args + [command])
     args = ["srun", "--unbuffered"]
     if spec.launcher == "srun_mpi":
         args.append("--mpi=pmix")
@@ -231,7 +281,14 @@ def _launch_line(spec: SbatchSpec) -> str:
     if spec.gpus_per_node:
         args.append("--gpus-per-task=1")  # each task sees only its own device (CUDA_VISIBLE_DEVICES)
     args += [_q(a) for a in spec.srun_args]
-    return " ".join(args + [spec.command])
+    return " ".join(args + srun_words + [command])
+
+
+def _without_patterns(folder: str) -> str:
+    """`folder` up to its first component holding a Slurm pattern (%j): the directory that exists at submission."""
+    parts = str(folder).split("/")
+    keep = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
+    return "/".join(parts[:keep])
 
 
 def _first_task(pattern: str) -> str:

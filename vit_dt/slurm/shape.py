@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vit_dt.config.choices import AUTO_TIME, LAYOUTS
-from vit_dt.slurm.profile import ClusterProfile, Partition, RequestError
+from vit_dt.slurm.profile import ClusterProfile, Partition, ProfileError, RequestError
 
 
 class ShapeError(ValueError):
@@ -154,9 +154,17 @@ def _positive(value: Any, key: str) -> int:
     return value
 
 
-def validate_request(profile: ClusterProfile, shape: JobShape) -> None:
-    """Raise RequestError when `shape` cannot run on `profile`; every message names the limit it broke."""
+def validate_request(profile: ClusterProfile, shape: JobShape, job_paths: tuple[str, ...] = ()) -> None:
+    """Raise RequestError when `shape` cannot run on `profile`; every message names the limit it broke. Its container
+    is checked here too, on the login node (a ProfileError): the image is there, and (charliecloud) can hold
+    `job_paths` (the sweep directory, the data root: vit_dt.slurm.container.job_paths)."""
+    from vit_dt.slurm.container import image_problem
+
     part = profile.partition(shape.partition)
+    key = "cluster.container" if part.container is profile.container else f"cluster.partitions.{part.name}.container"
+    problem = image_problem(part.container, key, job_paths)
+    if problem:
+        raise ProfileError(problem)
     where = f"partition {part.name!r} of cluster {profile.name!r}"
     if shape.nodes < 1 or shape.tasks_per_node < 1:
         raise RequestError(f"a job needs at least 1 node and 1 task per node, got {shape.nodes} x "

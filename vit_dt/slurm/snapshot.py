@@ -246,7 +246,9 @@ def freeze(sweep_dir: Path, manifest: dict[str, Any], points: list[Any], *, snap
         block = provenance.save_sweep_files(sweep_dir, block, diff, packages)
     manifest["provenance"] = block
     for point in points:
-        provenance.write_point(point.run_dir, block, point.overrides)
+        container = point.profile.partition(point.shape.partition).container
+        provenance.write_point(point.run_dir, block, point.overrides,
+                               provenance.container_fields(container.runtime, container.image))
     manifest["provenance_seconds"] = round(time.perf_counter() - tic, 4)
 
 

@@ -225,7 +225,7 @@ def _submit_group(sweep_dir: Path, group: JobGroup, entry: str, max_num_timeout:
     folder = sweep_dir / SLURM_SUBDIR
     executor = VitDtSlurmExecutor(folder, group.profile, group.shape, job_name=group.job_name,
                                   description=group.description(sweep_dir), max_num_timeout=max_num_timeout,
-                                  code_dir=code_dir)
+                                  code_dir=code_dir, job_paths=_job_paths(sweep_dir, group))
     tasks = [PointTask(p.cfg, str(p.run_dir), entry) for p in group.points]
     tic = time.perf_counter()
     submitted_at = _now()
@@ -253,7 +253,7 @@ def _render_group(sweep_dir: Path, group: JobGroup, echo: Callable[[str], None],
     folder = sweep_dir / SLURM_SUBDIR
     array = len(group.points) if len(group.points) > 1 else None
     spec = job_spec(group.profile, group.shape, folder, job_name=group.job_name, array_size=array,
-                    description=group.description(sweep_dir), code_dir=code_dir)
+                    description=group.description(sweep_dir), code_dir=code_dir, job_paths=_job_paths(sweep_dir, group))
     text = render_sbatch(spec)
     script = sweep_dir / DRY_RUN_SUBDIR / f"job{group.index}.sbatch"
     script.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +261,13 @@ def _render_group(sweep_dir: Path, group: JobGroup, echo: Callable[[str], None],
     echo(f"# ---- {script} ----\n{text}")
     return {"job_id": None, "scheduler": "slurm", "array": array is not None, "script": str(script),
             "submitit_folder": str(folder), "submitted_at": None}
+
+
+def _job_paths(sweep_dir: Path, group: JobGroup) -> tuple[str, ...]:
+    """What the group's jobs read and write (bound into a container): the sweep directory, every point's data root."""
+    from vit_dt.slurm.container import job_paths
+
+    return tuple(dict.fromkeys([str(sweep_dir), *(p for point in group.points for p in job_paths(point.cfg))]))
 
 
 def _log_paths(job: Any) -> dict[str, str]:

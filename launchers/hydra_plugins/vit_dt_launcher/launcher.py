@@ -156,6 +156,7 @@ class VitDtLauncher(Launcher):
 
     def _point(self, composer: PointComposer, index: int, overrides: list[str], sweep_dir: Path) -> Any:
         from vit_dt.config import validate
+        from vit_dt.slurm.container import job_paths
         from vit_dt.slurm.profile import ClusterProfile
         from vit_dt.slurm.shape import resolve_shape, validate_request
         from vit_dt.slurm.submit import SweepPoint
@@ -166,7 +167,7 @@ class VitDtLauncher(Launcher):
         cfg["point"] = index
         profile = ClusterProfile.from_config(cfg["cluster"])
         shape = resolve_shape(cfg, profile)
-        validate_request(profile, shape)
+        validate_request(profile, shape, job_paths(cfg))
         validate(cfg, shape.world_size)
         return SweepPoint(index=index, overrides=overrides, cfg=cfg, run_dir=run_dir, profile=profile, shape=shape)
 

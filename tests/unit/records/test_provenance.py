@@ -55,3 +55,32 @@ def test_the_command_line_is_kept_as_typed_with_secrets_redacted(monkeypatch):
                                     "wandb.notes=k3y-value-0123456789", "trainer.seed=0,1", "--dry-run"])
     assert line == ("vit-dt sweep 'wandb.api_key=<redacted>' 'wandb.notes=<redacted>' trainer.seed=0,1 --dry-run")
     assert "abcdefgh" not in line and "k3y-value" not in line
+
+
+def test_the_container_block_says_which_image_ran(tmp_path):
+    sif = tmp_path / "vit-dt.sif"
+    sif.write_bytes(b"SIF" * 100)
+    fields = provenance.container_fields("apptainer", str(sif))
+    assert fields["runtime"] == "apptainer" and fields["image"] == str(sif)
+    assert fields["identity"]["kind"] == "file" and fields["identity"]["bytes"] == 300
+    assert fields["identity"]["id"] == provenance.image_identity(str(sif))["id"]   # the same file: the same identity
+    sif.write_bytes(b"SIF" * 101)                                                     # rebuilt in place: another one
+    assert provenance.image_identity(str(sif))["id"] != fields["identity"]["id"]
+    image = tmp_path / "img"
+    (image / "etc").mkdir(parents=True)
+    assert provenance.image_identity(str(image))["kind"] == "directory"
+    assert provenance.image_identity("nvcr.io#nvidia/pytorch@sha256:" + "ab" * 32) == \
+        {"kind": "reference", "digest": "sha256:" + "ab" * 32}
+    assert provenance.container_fields("none", None) == {"runtime": "none", "image": None, "identity": None}
+
+
+def test_a_point_records_its_container_and_a_rank_what_it_sees(tmp_path, monkeypatch):
+    provenance.write_point(tmp_path, block(), ["x=1"], provenance.container_fields("pyxis", "nvcr.io#x"))
+    assert provenance.read_point(tmp_path)["container"]["runtime"] == "pyxis"
+    provenance.write_point(tmp_path, block(), ["x=1"])
+    assert provenance.read_point(tmp_path)["container"]["runtime"] == "none"
+    for name in provenance.CONTAINER_MARKERS:     # this test may itself run in a container
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CH_RUNNING", "Weird Al Yankovic")
+    seen = provenance.container_seen()
+    assert seen["markers"] == {"CH_RUNNING": "Weird Al Yankovic"} and seen["mnt_ns"].startswith("mnt:")

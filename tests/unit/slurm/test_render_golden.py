@@ -30,7 +30,35 @@ CASES = {
     "localslurm_cpu_inter_array": (["cluster=localslurm", "resources.layout=inter", "resources.gpus=2"], 4),
     "localslurm_gpu_intra": (["cluster=localslurm", "resources.partition=gpu", "resources.layout=intra",
                               "resources.gpus=2"], None),
+    # containers (vit_dt/slurm/container.py): each rank inside the image
+    "vaughan_t4v2_apptainer_array": (["cluster=vaughan", "resources.nodes=2", "resources.gpus_per_node=8",
+                                      "cluster.container.runtime=apptainer",
+                                      "cluster.container.image=/project/images/vit-dt.sif",
+                                      "cluster.container.python=python3", "cluster.container.binds=[/project/cache]",
+                                      "cluster.container.env=[WANDB_API_KEY,HF_HOME]"], 2),
+    "vaughan_a40_singularity_mpirun": (["cluster=vaughan", "cluster.launcher=mpirun", "resources.partition=a40",
+                                        "resources.layout=intra", "resources.gpus=4",
+                                        "cluster.container.runtime=singularity",
+                                        "cluster.container.image=/project/images/vit-dt.sif",
+                                        "cluster.container.flags=[--writable-tmpfs]"], None),
+    "nebula_dualcard_pyxis_srun_mpi": (["cluster=nebula", "cluster.launcher=srun_mpi", "resources.layout=grid",
+                                        "resources.nodes=2", "resources.gpus_per_node=2",
+                                        "cluster.container.runtime=pyxis",
+                                        "cluster.container.image='nvcr.io#nvidia/pytorch:24.05-py3'",
+                                        "cluster.container.python=python",
+                                        "cluster.container.flags=[--container-writable]"], None),
+    "localslurm_cpu_charliecloud_inter": (["cluster=localslurm", "resources.layout=inter", "resources.gpus=2",
+                                           "cluster.container.runtime=charliecloud",
+                                           "cluster.container.image=/images/vit-dt",
+                                           "cluster.container.binds=[/opt/venv]"], None),
+    # a partition's own block over the profile's: another runtime replaces it
+    "vaughan_a40_partition_pyxis": (["cluster=vaughan", "resources.partition=a40", "resources.layout=intra",
+                                     "resources.gpus=4", "cluster.container.runtime=apptainer",
+                                     "cluster.container.image=/project/images/vit-dt.sif",
+                                     "cluster.partitions.a40.container={runtime: pyxis, "
+                                     "image: /project/images/vit-dt-a40.sqsh}"], None),
 }
+JOB_PATHS = ("/scratch/me/sweeps/20250101-120000", "/datasets/cifar10")   # the sweep directory, a data root
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +73,8 @@ def render_case(name: str) -> str:
     shape = resolve_shape(cfg, profile)
     python = profile.python or PYTHON
     spec = job_spec(profile, shape, FOLDER, job_name=f"vitdt-{name}", array_size=array, python=python,
-                    description=f"golden case {name}", code_dir=None if name in NO_SNAPSHOT else CODE_DIR)
+                    description=f"golden case {name}", code_dir=None if name in NO_SNAPSHOT else CODE_DIR,
+                    job_paths=JOB_PATHS)
     return render_sbatch(spec)
 
 
